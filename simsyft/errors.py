@@ -1,0 +1,82 @@
+"""Every exception simsyft raises on purpose, rooted at SimsyftError.
+
+Imports nothing from simsyft. Where the meaning matches a builtin, the class
+also inherits it, so ``except ValueError`` keeps working for bad config and
+``except LookupError`` for missing objects::
+
+    SimsyftError
+    ├── ConfigError(ValueError)           bad config file or bad worker spec
+    ├── ProtocolError(ValueError)         a frame that cannot be decoded safely
+    ├── OpNotAllowedError(PermissionError) op outside the executor allowlist
+    ├── ObjectNotFoundError(LookupError)  id not in a worker's store, or pointer already fetched
+    ├── LocationMismatchError(ValueError) one op given pointers to different places
+    ├── RemoteValueError(ValueError)      a value exists only remotely (item(), bool(), ...)
+    ├── WorkerCrashedError(RuntimeError)  the worker process died
+    ├── WorkerShutdownError(RuntimeError) the worker was shut down on purpose
+    ├── WorkerTimeoutError(TimeoutError)  no answer within an explicit timeout
+    └── RemoteError(RuntimeError)         a remote exception of a type we do not rebuild
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "LocationMismatchError",
+    "ObjectNotFoundError",
+    "OpNotAllowedError",
+    "ProtocolError",
+    "RemoteError",
+    "RemoteValueError",
+    "SimsyftError",
+    "WorkerCrashedError",
+    "WorkerShutdownError",
+    "WorkerTimeoutError",
+]
+
+
+class SimsyftError(Exception):
+    """Root of every error simsyft raises on purpose."""
+
+
+class ConfigError(SimsyftError, ValueError):
+    """A config file or worker spec is invalid; the message names file, key and reason."""
+
+
+class ProtocolError(SimsyftError, ValueError):
+    """A message frame is truncated, oversized, mistyped or names something not allowed."""
+
+
+class OpNotAllowedError(SimsyftError, PermissionError):
+    """A worker was asked to run something outside the op allowlist in simsyft/executor.py."""
+
+
+class ObjectNotFoundError(SimsyftError, LookupError):
+    """A worker has no object with that id, or the pointer was already fetched with .get()."""
+
+
+class LocationMismatchError(SimsyftError, ValueError):
+    """One op received pointers to different workers, or a pointer and a local tensor."""
+
+
+class RemoteValueError(SimsyftError, ValueError):
+    """A Python value (item(), bool(), tolist()) was asked of data that lives on a worker."""
+
+
+class WorkerCrashedError(SimsyftError, RuntimeError):
+    """The worker process died; the message names it, its pid, exit status and last log lines."""
+
+
+class WorkerShutdownError(SimsyftError, RuntimeError):
+    """The worker was shut down with .shutdown() or sy.shutdown() and cannot be used."""
+
+
+class WorkerTimeoutError(SimsyftError, TimeoutError):
+    """A worker did not answer within an explicit timeout (start-up, shutdown)."""
+
+
+class RemoteError(SimsyftError, RuntimeError):
+    """A remote exception whose type simsyft does not rebuild locally; keeps type name and text."""
+
+    def __init__(self, message: str, type_name: str = "Exception") -> None:
+        super().__init__(message)
+        self.type_name = type_name
