@@ -1,0 +1,47 @@
+"""simsyft: PySyft 0.2's pointer API on real worker processes.
+
+>>> import torch, simsyft as sy
+>>> hook = sy.TorchHook(torch)
+>>> bob = sy.VirtualWorker(hook, id="bob")        # a worker process
+>>> x_ptr = torch.tensor([1, 2, 3]).send(bob)      # data crosses via shared memory or a frame
+>>> (x_ptr + x_ptr).get()
+tensor([2, 4, 6])
+"""
+
+from .errors import (
+    ConfigError,
+    LocationMismatchError,
+    ObjectNotFoundError,
+    OpNotAllowedError,
+    ProtocolError,
+    RemoteError,
+    RemoteValueError,
+    SimsyftError,
+    WorkerCrashedError,
+    WorkerShutdownError,
+    WorkerTimeoutError,
+)
+from .hook import TorchHook
+from .pointer import PointerTensor
+from .workers import VirtualWorker, local_worker, shutdown
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "LocationMismatchError",
+    "ObjectNotFoundError",
+    "OpNotAllowedError",
+    "PointerTensor",
+    "ProtocolError",
+    "RemoteError",
+    "RemoteValueError",
+    "SimsyftError",
+    "TorchHook",
+    "VirtualWorker",
+    "WorkerCrashedError",
+    "WorkerShutdownError",
+    "WorkerTimeoutError",
+    "local_worker",
+    "shutdown",
+]

@@ -1,0 +1,297 @@
+"""Messages between a client and a worker, and their frames on the wire.
+
+Owns the message dataclasses, the code <-> class table, and encode/decode.
+Knows no sockets and nothing about what an op means; imports sharing (tensor
+descriptors) and errors only.
+
+Wire format: ``[header, *buffers]``. The header is a pickle of
+``(code, *fields)`` made only of builtin data (ints, strings, tuples, lists,
+dicts, slices, torch dtypes/Size/device); tensors and remote references become
+*persistent ids* so they never go through pickle's object machinery:
+``("T", descriptor)`` (see sharing.py), ``("R", object_id)``, ``("M", name)`` for
+a memory format and ``("L", name)`` for a layout. Decoding uses an unpickler
+whose ``find_class`` resolves nothing outside a short allowlist, so a peer's
+frame can never import or call arbitrary code.
+
+Speed is guarded by bench/ (row "encode+decode 5-element tensor message").
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+import torch
+
+from . import sharing
+from .errors import ProtocolError
+
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "Ack",
+    "Command",
+    "ErrorReply",
+    "Fetch",
+    "Free",
+    "Info",
+    "Message",
+    "Objects",
+    "Ref",
+    "Shutdown",
+    "Store",
+    "Value",
+    "decode",
+    "encode",
+    "frames_size",
+]
+
+# Headers carry op names, ids, shapes and small scalars; anything near this is an attack or a bug.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+
+
+class Ref:
+    """A reference to an object in the receiving worker's store."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, id: int) -> None:
+        self.id = id
+
+    def __repr__(self) -> str:
+        return f"Ref({self.id})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Ref) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(("Ref", self.id))
+
+
+class Message:
+    """Base of every message kind; `code` is its number on the wire."""
+
+    __slots__ = ()
+    code: int = 0
+    wants_reply: bool = True
+
+
+def _message(code: int, wants_reply: bool = True):
+    def wrap(cls):
+        cls = dataclass(frozen=True, slots=True)(cls)
+        cls.code = code
+        cls.wants_reply = wants_reply
+        return cls
+    return wrap
+
+
+@_message(1)
+class Command(Message):
+    """Run allowlisted op `op` on the worker; store the result under `result_id`."""
+    seq: int
+    op: str
+    args: tuple
+    kwargs: dict
+    result_id: int
+    grad_enabled: bool = True
+
+
+@_message(2)
+class Store(Message):
+    """Put `value` (a tensor) into the worker's store under `id`."""
+    seq: int
+    id: int
+    value: Any
+
+
+@_message(3)
+class Fetch(Message):
+    """Return the object `id`; with `remove`, also drop it from the store (`.get()`)."""
+    seq: int
+    id: int
+    remove: bool = True
+
+
+@_message(4, wants_reply=False)
+class Free(Message):
+    """Drop these ids from the store; ids already gone are ignored. No reply."""
+    ids: tuple
+
+
+@_message(5)
+class Objects(Message):
+    """Return the store: with `values`, as ((id, tensor), ...); else its size."""
+    seq: int
+    values: bool = True
+
+
+@_message(6)
+class Info(Message):
+    """Return a dict describing the worker (pid, name, objects, counters)."""
+    seq: int
+
+
+@_message(7)
+class Shutdown(Message):
+    """Reply, then leave the loop and exit."""
+    seq: int
+
+
+@_message(16)
+class Ack(Message):
+    """Result of a Command or Store: one descriptor per result (see worker.describe)."""
+    seq: int
+    result: tuple
+
+
+@_message(17)
+class Value(Message):
+    """A value returned by Fetch, Objects, Info or Shutdown."""
+    seq: int
+    value: Any
+
+
+@_message(18)
+class ErrorReply(Message):
+    """The request raised; enough to rebuild the exception on the client."""
+    seq: int
+    type_module: str
+    type_name: str
+    message: str
+    traceback: str
+    worker: str
+
+
+_KINDS: dict[int, type] = {
+    cls.code: cls for cls in (Command, Store, Fetch, Free, Objects, Info, Shutdown, Ack, Value, ErrorReply)
+}
+_FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _KINDS.values()}
+_FIELD_TYPES: dict[type, tuple] = {
+    Command: (int, str, tuple, dict, int, bool),
+    Store: (int, int, object),
+    Fetch: (int, int, bool),
+    Free: (tuple,),
+    Objects: (int, bool),
+    Info: (int,),
+    Shutdown: (int,),
+    Ack: (int, tuple),
+    Value: (int, object),
+    ErrorReply: (int, str, str, str, str, str),
+}
+
+_MEMORY_FORMATS = {str(f).removeprefix("torch."): f for f in vars(torch).values() if isinstance(f, torch.memory_format)}
+_LAYOUTS = {str(f).removeprefix("torch."): f for f in vars(torch).values() if isinstance(f, torch.layout)}
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("builtins", "slice"): slice,
+    ("builtins", "range"): range,
+    ("builtins", "complex"): complex,
+    ("builtins", "Ellipsis"): Ellipsis,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "set"): set,
+    ("torch", "Size"): torch.Size,
+    ("torch", "device"): torch.device,
+    **{("torch", name): dtype for name, dtype in sharing._DTYPES.items()},
+}
+
+
+class _Encoder(pickle.Pickler):
+    def __init__(self, file: io.BytesIO, buffers: list, namespace: str) -> None:
+        super().__init__(file, protocol=5)
+        self.buffers = buffers
+        self.namespace = namespace
+
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return ("T", sharing.encode_tensor(obj, self.buffers, self.namespace))
+        if type(obj) is Ref:
+            return ("R", obj.id)
+        if isinstance(obj, torch.memory_format):
+            return ("M", str(obj).removeprefix("torch."))
+        if isinstance(obj, torch.layout):
+            return ("L", str(obj).removeprefix("torch."))
+        return None
+
+
+class _Decoder(pickle.Unpickler):
+    def __init__(self, header: bytes, buffers: list, resolve: Callable[[int], Any] | None) -> None:
+        super().__init__(io.BytesIO(header))
+        self.buffers = buffers
+        self.resolve = resolve
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise ProtocolError(f"message refers to {module}.{name}, which is not an allowed type") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not isinstance(pid, tuple) or len(pid) != 2:
+            raise ProtocolError(f"malformed persistent id {pid!r:.100}")
+        tag, value = pid
+        if tag == "T":
+            return sharing.decode_tensor(value, self.buffers)
+        if tag == "R":
+            if not isinstance(value, int):
+                raise ProtocolError(f"object reference must be an int, got {type(value).__name__}")
+            return self.resolve(value) if self.resolve is not None else Ref(value)
+        if tag == "M" and value in _MEMORY_FORMATS:
+            return _MEMORY_FORMATS[value]
+        if tag == "L" and value in _LAYOUTS:
+            return _LAYOUTS[value]
+        raise ProtocolError(f"unknown persistent id {pid!r:.100}")
+
+
+def encode(msg: Message, namespace: str = "") -> list:
+    """Message -> frames. Large tensors go to shared-memory segments named for `namespace`."""
+    buffers: list = []
+    file = io.BytesIO()
+    values = (msg.code, *(getattr(msg, name) for name in _FIELDS[type(msg)]))
+    _Encoder(file, buffers, namespace).dump(values)
+    return [file.getvalue(), *buffers]
+
+
+def decode(frames: list, resolve: Callable[[int], Any] | None = None) -> Message:
+    """Frames -> message, refusing anything that is not a well-formed simsyft message.
+
+    `resolve(id)` turns a remote reference into a store object (the worker
+    passes its store lookup); without it references decode to `Ref`.
+    """
+    if not frames:
+        raise ProtocolError("empty message: no header frame")
+    header = frames[0]
+    if len(header) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(header)} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
+    try:
+        values = _Decoder(bytes(header), list(frames[1:]), resolve).load()
+    except ProtocolError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError, MemoryError) as exc:
+        raise ProtocolError(f"undecodable message header ({type(exc).__name__}: {exc})") from None
+    if not isinstance(values, tuple) or not values or type(values[0]) is not int:
+        raise ProtocolError("message header is not a (code, fields...) tuple")
+    cls = _KINDS.get(values[0])
+    if cls is None:
+        raise ProtocolError(f"unknown message code {values[0]}")
+    args = values[1:]
+    types = _FIELD_TYPES[cls]
+    if len(args) != len(types):
+        raise ProtocolError(f"{cls.__name__} needs {len(types)} fields, got {len(args)}")
+    for name, value, expected in zip(_FIELDS[cls], args, types):
+        if expected is not object and type(value) is not expected:
+            raise ProtocolError(f"{cls.__name__}.{name} must be {expected.__name__}, got {type(value).__name__}")
+    return cls(*args)
+
+
+def frames_size(frames: list) -> int:
+    """Bytes a message puts through the socket (header plus inline buffers)."""
+    return sum(len(f) for f in frames)
+
+
+def peek_seq(frames: list) -> int:
+    """Best-effort sequence number of an undecodable request, so its error reply can be matched."""
+    try:
+        values = _Decoder(bytes(frames[0]), [], None).load()
+        return values[1] if type(values[1]) is int else -1
+    except Exception:  # the frame is already known to be bad; -1 means "the request in flight"
+        return -1

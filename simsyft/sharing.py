@@ -1,0 +1,186 @@
+"""Tensor data across processes: small tensors inline, large ones in shared memory.
+
+Owns the tensor descriptor (a plain tuple, safe to put in a message header) and
+the shared-memory segments behind it. Imports torch and simsyft.errors only;
+knows nothing of sockets or messages.
+
+A descriptor is ``(dtype_name, shape, requires_grad, data, grad)`` where
+``data`` is ``("i", buffer_index)`` for bytes that travel as an extra message
+frame, or ``("s", path, nbytes)`` for a segment in /dev/shm, and ``grad`` is
+a nested descriptor or None. Data always crosses contiguous, so strides and
+storage offsets never travel.
+
+Note [Who unlinks a segment]
+    The sender creates a segment, copies the tensor into it once, and drops
+    its own mapping. The receiver maps it and unlinks the name at once: from
+    then on the pages live exactly as long as the receiver's tensor, and no
+    name is left behind to leak. A segment whose message is never decoded
+    (the receiver crashed first) still carries the simulation's namespace in
+    its name, so `sweep(namespace)` at shutdown removes it.
+
+Speed is guarded by bench/ (rows "send"/"get" of 1 MB..256 MB).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from typing import Any
+
+import torch
+
+from .errors import ProtocolError
+
+__all__ = [
+    "INLINE_MAX",
+    "SHM_DIR",
+    "decode_tensor",
+    "dtype_from_name",
+    "dtype_name",
+    "encode_tensor",
+    "segment_prefix",
+    "sweep",
+]
+
+# Below this many bytes a tensor travels as a message frame. Measured on the
+# 2-core dev machine (bench/): creating, mapping and unlinking a segment costs
+# ~40-60 us, which equals copying ~256 KiB through ZeroMQ twice.
+INLINE_MAX = 256 * 1024
+
+SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else os.path.join(os.sep, "tmp")
+_SEGMENT_RE = re.compile(r"simsyft_[A-Za-z0-9-]+_\d+_\d+")
+_counter = itertools.count()
+
+_DTYPES: dict[str, torch.dtype] = {
+    str(value).removeprefix("torch."): value
+    for value in vars(torch).values()
+    if isinstance(value, torch.dtype)
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype)[6:]
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    try:
+        return _DTYPES[name]
+    except (KeyError, TypeError):
+        raise ProtocolError(f"unknown dtype {name!r} in a tensor descriptor") from None
+
+
+def segment_prefix(namespace: str) -> str:
+    """File-name prefix shared by every segment of one simulation."""
+    return f"simsyft_{namespace}_"
+
+
+def encode_tensor(tensor: torch.Tensor, buffers: list, namespace: str) -> tuple:
+    """Describe `tensor`; its bytes go to `buffers` (inline) or to a new segment."""
+    if tensor.device.type != "cpu":
+        # CUDA IPC arrives with the config issue; until then data crosses via host memory.
+        tensor = tensor.cpu()
+    flat = tensor.detach().contiguous().reshape(-1)
+    nbytes = flat.numel() * flat.element_size()
+    raw = flat.view(torch.uint8) if nbytes else flat
+    if nbytes <= INLINE_MAX:
+        buffers.append(raw.numpy().tobytes() if nbytes else b"")
+        data: tuple = ("i", len(buffers) - 1)
+    else:
+        path = os.path.join(SHM_DIR, f"{segment_prefix(namespace)}{os.getpid()}_{next(_counter)}")
+        storage = torch.UntypedStorage.from_file(path, shared=True, nbytes=nbytes)
+        torch.empty(0, dtype=torch.uint8).set_(storage, 0, (nbytes,)).copy_(raw)
+        del storage  # unmap our side; the pages stay in the file until the receiver unlinks it
+        data = ("s", path, nbytes)
+    grad = tensor.grad if tensor.requires_grad or tensor.grad is not None else None
+    grad_desc = encode_tensor(grad, buffers, namespace) if grad is not None else None
+    return (dtype_name(tensor.dtype), tuple(tensor.shape), bool(tensor.requires_grad), data, grad_desc)
+
+
+def decode_tensor(desc: Any, buffers: list) -> torch.Tensor:
+    """Rebuild a tensor from a descriptor; the result owns its memory."""
+    try:
+        dtype_s, shape, requires_grad, data, grad_desc = desc
+        shape = tuple(int(n) for n in shape)
+    except (TypeError, ValueError):
+        raise ProtocolError(f"malformed tensor descriptor {desc!r:.200}") from None
+    dtype = dtype_from_name(dtype_s)
+    if any(n < 0 for n in shape):
+        raise ProtocolError(f"negative size in tensor shape {shape}")
+    numel = 1
+    for n in shape:
+        numel *= n
+    nbytes = numel * dtype.itemsize
+    kind = data[0] if isinstance(data, tuple) and data else None
+    if kind == "i":
+        index = data[1]
+        if not isinstance(index, int) or not 0 <= index < len(buffers):
+            raise ProtocolError(f"tensor descriptor names missing frame {index!r}")
+        raw = buffers[index]
+        if len(raw) != nbytes:
+            raise ProtocolError(f"tensor frame has {len(raw)} bytes, its shape {shape} and dtype {dtype_s} need {nbytes}")
+        if nbytes == 0:
+            tensor = torch.empty(shape, dtype=dtype)
+        else:
+            tensor = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype).reshape(shape)
+    elif kind == "s" and len(data) == 3:
+        tensor = _open_segment(data[1], data[2], nbytes, dtype, shape)
+    else:
+        raise ProtocolError(f"unknown tensor data location {data!r:.200}")
+    if requires_grad:
+        if not (dtype.is_floating_point or dtype.is_complex):
+            raise ProtocolError(f"requires_grad set on a tensor of dtype {dtype_s}")
+        tensor.requires_grad_(True)
+    if grad_desc is not None:
+        tensor.grad = decode_tensor(grad_desc, buffers)
+    return tensor
+
+
+def _open_segment(path: Any, seg_bytes: Any, nbytes: int, dtype: torch.dtype, shape: tuple) -> torch.Tensor:
+    # Only our own segment names are ever opened: a peer must not be able to
+    # make us map (and then unlink) an arbitrary file.
+    if (
+        not isinstance(path, str)
+        or os.path.dirname(path) != SHM_DIR
+        or not _SEGMENT_RE.fullmatch(os.path.basename(path))
+    ):
+        raise ProtocolError(f"refusing shared-memory path {path!r:.200}: not a simsyft segment")
+    if seg_bytes != nbytes:
+        raise ProtocolError(f"segment {path} holds {seg_bytes!r} bytes, the tensor needs {nbytes}")
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise ProtocolError(f"shared-memory segment {path} does not exist (already consumed or swept)") from None
+    if size != nbytes:
+        raise ProtocolError(f"segment {path} has {size} bytes, the tensor needs {nbytes}")
+    storage = torch.UntypedStorage.from_file(path, shared=True, nbytes=nbytes)
+    os.unlink(path)  # Note [Who unlinks a segment]
+    stride = torch.empty(shape, dtype=torch.uint8, device="meta").stride()
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape, stride)
+
+
+def sweep(namespace: str) -> int:
+    """Remove every segment left by the simulation `namespace`; returns how many."""
+    prefix = segment_prefix(namespace)
+    removed = 0
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return 0
+    for name in names:
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def list_segments(namespace: str | None = None) -> list[str]:
+    """Names of live simsyft segments (of one simulation, or all)."""
+    prefix = segment_prefix(namespace) if namespace else "simsyft_"
+    try:
+        return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(prefix))
+    except OSError:
+        return []

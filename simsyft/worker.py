@@ -1,0 +1,223 @@
+"""The worker process: a ZeroMQ ROUTER socket, an object store, allowlisted ops.
+
+Owns `WorkerCore` (store + message handling, no sockets: the in-process test
+connection drives it directly) and `main()`, the process's loop. Never imports
+the user layer (pointer, workers, hook): a worker holds tensors, not pointers.
+
+One worker, one thread: messages are handled strictly in arrival order, which
+is what makes fire-and-forget Free and (later) pipelined commands safe.
+
+Run as ``python -m simsyft.worker '<json spec>'`` (simulation.py does this).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+import torch
+
+from . import executor, protocol, sharing
+from .errors import ObjectNotFoundError, ProtocolError
+
+__all__ = ["WorkerCore", "describe_meta", "main"]
+
+_VALUE_TYPES = (bool, int, float, complex, str, bytes, torch.Size, torch.dtype, torch.device)
+
+
+def describe_meta(tensor: torch.Tensor) -> tuple:
+    """What a client caches about a remote tensor, so shape/dtype need no round trip."""
+    return (sharing.dtype_name(tensor.dtype), tuple(tensor.shape), tensor.requires_grad, str(tensor.device))
+
+
+class WorkerCore:
+    """A worker's store and message handling, independent of any transport."""
+
+    def __init__(self, name: str, namespace: str = "", device: str = "cpu") -> None:
+        self.name = name
+        self.namespace = namespace
+        self.device = torch.device(device)
+        self.store: dict[int, Any] = {}
+        self.messages_in = 0
+        self.messages_out = 0
+        self.started = time.time()
+        self.running = True
+        # Extra results of multi-output ops get ids here; never the global `random`, which user code reseeds.
+        self._ids = random.Random(int.from_bytes(os.urandom(16), "little"))
+
+    # -- transport-facing -------------------------------------------------
+    def handle(self, frames: list) -> list | None:
+        """One request's frames -> reply frames (None for messages that want no reply)."""
+        self.messages_in += 1
+        used: dict[int, Any] = {}
+        try:
+            msg = protocol.decode(frames, resolve=lambda ref: self._resolve(ref, used))
+        except Exception as exc:  # noqa: BLE001 - a bad frame must never kill the worker
+            return self._error(protocol.peek_seq(frames), exc)
+        if not msg.wants_reply:
+            self._free(msg)
+            return None
+        try:
+            reply = self._dispatch(msg, used)
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
+            return self._error(msg.seq, exc)
+        self.messages_out += 1
+        return protocol.encode(reply, self.namespace)
+
+    def _error(self, seq: int, exc: BaseException) -> list:
+        self.messages_out += 1
+        reply = protocol.ErrorReply(
+            seq, type(exc).__module__, type(exc).__qualname__, str(exc),
+            "".join(traceback.format_exception(exc)), self.name,
+        )
+        return protocol.encode(reply)
+
+    def _resolve(self, object_id: int, used: dict[int, Any]) -> Any:
+        try:
+            obj = self.store[object_id]
+        except KeyError:
+            raise ObjectNotFoundError(
+                f"worker {self.name!r} has no object {object_id}: it was already returned by .get() or freed"
+            ) from None
+        used[object_id] = obj
+        return obj
+
+    # -- messages ---------------------------------------------------------
+    def _dispatch(self, msg: protocol.Message, used: dict[int, Any]) -> protocol.Message:
+        kind = type(msg)
+        if kind is protocol.Command:
+            with torch.set_grad_enabled(msg.grad_enabled):
+                result = executor.run(msg.op, msg.args, msg.kwargs)
+            return protocol.Ack(msg.seq, self.describe(result, msg.result_id, used, msg.op))
+        if kind is protocol.Store:
+            value = msg.value
+            if not isinstance(value, torch.Tensor):
+                raise ProtocolError(f"Store carries a {type(value).__name__}; only tensors can be stored")
+            if value.device != self.device:
+                value = _to_device(value, self.device)
+            self.store[msg.id] = value
+            return protocol.Ack(msg.seq, ("p", msg.id, *describe_meta(value)))
+        if kind is protocol.Fetch:
+            self._resolve(msg.id, used)
+            value = self.store.pop(msg.id) if msg.remove else self.store[msg.id]
+            return protocol.Value(msg.seq, value)
+        if kind is protocol.Objects:
+            if msg.values:
+                return protocol.Value(msg.seq, tuple(self.store.items()))
+            return protocol.Value(msg.seq, len(self.store))
+        if kind is protocol.Info:
+            return protocol.Value(msg.seq, self.info())
+        if kind is protocol.Shutdown:
+            self.running = False
+            return protocol.Value(msg.seq, True)
+        raise ProtocolError(f"a worker does not accept {kind.__name__} messages")
+
+    def _free(self, msg: protocol.Message) -> None:
+        if type(msg) is protocol.Free:
+            for object_id in msg.ids:
+                self.store.pop(object_id, None)
+
+    def describe(self, result: Any, result_id: int, used: dict[int, Any], op: str) -> tuple:
+        """Store a result and describe it for the client's Ack."""
+        if isinstance(result, torch.Tensor):
+            for object_id, obj in used.items():
+                if obj is result:  # in-place op or out=: the caller's pointer stays the owner
+                    return ("a", object_id, *describe_meta(result))
+            self.store[result_id] = result
+            return ("p", result_id, *describe_meta(result))
+        if result is None:
+            return ("n",)
+        if isinstance(result, _VALUE_TYPES):
+            return ("v", result)
+        if isinstance(result, (tuple, list)):
+            kind = type(result)
+            if kind is tuple or kind is list:
+                type_name = kind.__name__
+            elif kind.__module__ == "torch.return_types":
+                type_name = f"torch.return_types.{kind.__name__}"
+            else:
+                type_name = "tuple"
+            items = []
+            for i, item in enumerate(result):
+                item_id = result_id if i == 0 else self._ids.getrandbits(63) or 1
+                items.append(self.describe(item, item_id, used, op))
+            return ("q", type_name, tuple(items))
+        raise TypeError(f"{op} returned a {type(result).__name__}, which simsyft cannot point to or return")
+
+    def info(self) -> dict:
+        tensors = [v for v in self.store.values() if isinstance(v, torch.Tensor)]
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "device": str(self.device),
+            "objects": len(self.store),
+            "bytes": sum(t.numel() * t.element_size() for t in tensors),
+            "messages_in": self.messages_in,
+            "messages_out": self.messages_out,
+            "uptime": time.time() - self.started,
+            "threads": torch.get_num_threads(),
+        }
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    grad = tensor.grad
+    moved = tensor.detach().to(device).requires_grad_(tensor.requires_grad)
+    if grad is not None:
+        moved.grad = grad.to(device)
+    return moved
+
+
+def _cleanup_after_parent(spec: dict) -> None:
+    # The client died without shutting us down (kill -9): remove what it would have.
+    sharing.sweep(spec["namespace"])
+    shutil.rmtree(spec["run_dir"], ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import zmq
+
+    spec = json.loads((argv if argv is not None else sys.argv[1:])[0])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the user's terminal is the client's to handle
+    torch.set_num_threads(int(spec.get("threads") or 1))
+    if spec.get("cpus"):
+        import psutil
+
+        psutil.Process().cpu_affinity(list(spec["cpus"]))
+    if spec.get("seed") is not None:
+        torch.manual_seed(int(spec["seed"]))
+    core = WorkerCore(spec["name"], spec["namespace"], spec.get("device") or "cpu")
+    parent = int(spec.get("parent_pid") or 0)
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 250)
+    sock.bind(spec["endpoint"])
+    try:
+        while core.running:
+            try:
+                frames = sock.recv_multipart(copy=False)
+            except zmq.Again:
+                if parent and os.getppid() != parent:
+                    _cleanup_after_parent(spec)
+                    return 0
+                continue
+            identity, request = frames[0], [f.buffer for f in frames[1:]]
+            reply = core.handle(request)
+            if reply is not None:
+                sock.send_multipart([identity, *reply], copy=len(reply) == 1)
+    finally:
+        sock.close(0)
+        ctx.term()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
