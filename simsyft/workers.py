@@ -83,6 +83,7 @@ class VirtualWorker:
         self.owner = None  # set below; the local worker owns every pointer
         self.is_local = sim is None
         self._process = sim.start_worker(spec) if sim is not None else None
+        self._connection = None
         self._local_objects: dict[int, Any] = {}
         self.owner = local_worker if sim is not None else self
 
@@ -100,8 +101,21 @@ class VirtualWorker:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    @classmethod
+    def over(cls, connection: Any, name: str) -> "VirtualWorker":
+        """A handle on a worker reached through `connection` (used by simsyft.testing)."""
+        _check_name(name)
+        handle = object.__new__(cls)
+        handle._init(None, name, None, None)
+        handle.is_local = False
+        handle.owner = local_worker
+        handle._connection = connection
+        return handle
+
     @property
     def connection(self):
+        if self._connection is not None:
+            return self._connection
         if self._process is None:
             raise WorkerShutdownError(f"worker {self.id!r} is the local worker or was shut down")
         return self._process.connection
@@ -141,6 +155,8 @@ class VirtualWorker:
     # -- lifecycle ----------------------------------------------------------------
     def shutdown(self) -> None:
         """Stop this worker's process; its pointers then raise WorkerShutdownError."""
+        if self._connection is not None:
+            self._connection.close("shut down")
         if self._process is not None and self.simulation is not None:
             self.simulation.stop_worker(self.id)
 

@@ -1,0 +1,569 @@
+"""Simulation configs: TOML file -> frozen dataclasses, with every check done here.
+
+Owns the config format (documented in docs/config.md), worker-name rules,
+size parsing and the ``device = "cuda:*"`` expansion. Starts nothing: it only
+reads the file, looks at this process's CPU affinity (psutil) and, when some
+worker names a CUDA device, counts devices with torch (imported lazily, so a
+CPU-only config never pays for importing torch here). Imports the standard
+library, psutil and simsyft.errors; never imports the layers above it.
+
+Every error is a ConfigError whose text is ``<source>: <where>: <reason>``::
+
+    configs/hospitals.toml: [workers.bob] cpus: CPU 17 not available (have 0-1)
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime
+import math
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import psutil
+
+from .errors import ConfigError
+
+__all__ = [
+    "ALL_GPUS",
+    "DataItem",
+    "SimulationConfig",
+    "WorkerConfig",
+    "check_worker_name",
+    "load_config",
+    "parse_config",
+    "parse_size",
+]
+
+ALL_GPUS = "cuda:*"
+"""Device value that turns one worker table into one worker per visible GPU."""
+
+_TOP_LEVEL_KEYS = ("simulation", "workers")
+_SIMULATION_KEYS = ("name", "seed")
+_WORKER_KEYS = ("cpus", "data", "device", "gpu_memory_fraction", "memory_limit", "threads")
+_DATA_ITEM_KEYS = ("description", "path", "tags")
+_RESERVED_NAMES = frozenset({"me"})  # the local client, sy.local_worker
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+_NAME_RULE = "use letters, digits, '_' and '-', starting with a letter or '_' (at most 64 characters)"
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_CUDA = re.compile(r"cuda(?::(0|[1-9][0-9]*))?")
+_TAG = re.compile(r"#\S+")
+_CPU_RANGE = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*")
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}  # fmt: skip
+_SIZE_RULE = (
+    "use a number of bytes or a number with a unit: B, KB, MB, GB, TB (powers of 1000) "
+    'or KiB, MiB, GiB, TiB (powers of 1024), e.g. "4GiB"'
+)
+_SEED_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class DataItem:
+    """One tensor file loaded into a worker at start; ``path`` is absolute."""
+
+    key: str
+    path: str
+    tags: tuple[str, ...]
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """One worker process. Plain data, so it can cross to the spawned worker as JSON.
+
+    >>> spec = WorkerConfig("bob", threads=2)
+    >>> WorkerConfig.from_dict(spec.to_dict()) == spec
+    True
+    """
+
+    name: str
+    device: str = "cpu"
+    cpus: tuple[int, ...] | None = None
+    threads: int = 1
+    memory_limit: int | None = None
+    gpu_memory_fraction: float | None = None
+    seed: int | None = None
+    data: tuple[DataItem, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of lists, str, int, float and None (json.dumps-able)."""
+        return {
+            "name": self.name,
+            "device": self.device,
+            "cpus": None if self.cpus is None else list(self.cpus),
+            "threads": self.threads,
+            "memory_limit": self.memory_limit,
+            "gpu_memory_fraction": self.gpu_memory_fraction,
+            "seed": self.seed,
+            "data": [
+                {"key": d.key, "path": d.path, "tags": list(d.tags), "description": d.description}
+                for d in self.data
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> WorkerConfig:
+        """Inverse of to_dict(). The dict is trusted (it came from to_dict()), not re-validated."""
+        unknown = set(spec) - {"name", "device", "cpus", "threads", "memory_limit",
+                               "gpu_memory_fraction", "seed", "data"}  # fmt: skip
+        if unknown:
+            raise ConfigError(f"worker spec: unknown keys {sorted(unknown)}")
+        cpus = spec.get("cpus")
+        return cls(
+            name=spec["name"],
+            device=spec.get("device", "cpu"),
+            cpus=None if cpus is None else tuple(cpus),
+            threads=spec.get("threads", 1),
+            memory_limit=spec.get("memory_limit"),
+            gpu_memory_fraction=spec.get("gpu_memory_fraction"),
+            seed=spec.get("seed"),
+            data=tuple(
+                DataItem(d["key"], d["path"], tuple(d["tags"]), d.get("description"))
+                for d in spec.get("data", ())
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationConfig:
+    """A whole simulation: workers in file order (``cuda:*`` tables already expanded)."""
+
+    name: str
+    seed: int | None
+    workers: tuple[WorkerConfig, ...]
+    source: str = "<config>"
+
+    def worker(self, name: str) -> WorkerConfig:
+        """The worker called ``name``; KeyError naming the known workers otherwise."""
+        for spec in self.workers:
+            if spec.name == name:
+                return spec
+        known = ", ".join(w.name for w in self.workers)
+        raise KeyError(f"simulation {self.name!r} has no worker {name!r} (workers: {known})")
+
+
+# ---------------------------------------------------------------------------
+# Public helpers
+
+
+def check_worker_name(name: str) -> None:
+    """Raise ConfigError unless ``name`` can name a worker (also used by sy.VirtualWorker).
+
+    >>> check_worker_name("bob")
+    """
+    problem = _name_problem(name)
+    if problem is not None:
+        raise ConfigError(problem)
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes in ``value``: an int of bytes, or a string like "512MB" or "4GiB".
+
+    >>> parse_size("4GiB"), parse_size("1.5 KB"), parse_size(100)
+    (4294967296, 1500, 100)
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(f"invalid size: expected an integer or a string, got {_describe(value)}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"invalid size {value}: must not be negative")
+        return value
+    match = _SIZE.fullmatch(value)
+    unit = None if match is None else _SIZE_UNITS.get(match.group(2).lower())
+    if match is None or unit is None:
+        raise ConfigError(f"invalid size {value!r}: {_SIZE_RULE}")
+    number = match.group(1)
+    # Exact arithmetic for integers so "8TiB" is not rounded through a float.
+    return int(number) * unit if number.isdigit() else int(float(number) * unit)
+
+
+def load_config(path: str | os.PathLike[str]) -> SimulationConfig:
+    """Read and validate a TOML config; relative data paths are taken from its directory.
+
+    >>> sim = load_config("configs/default.toml")
+    >>> [w.name for w in sim.workers]
+    ['bob', 'alice']
+    """
+    source = os.fspath(path)
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read config: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: byte {exc.start}: not UTF-8 text (TOML files are UTF-8)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {_toml_error(exc)}") from None
+    return parse_config(data, source, Path(os.path.abspath(path)).parent)
+
+
+def parse_config(
+    data: Mapping[str, Any], source: str = "<config>", base_dir: Path | None = None
+) -> SimulationConfig:
+    """Validate an already-parsed config; relative data paths resolve against ``base_dir``
+    (default: the current directory).
+
+    >>> parse_config({"simulation": {"name": "s"}, "workers": {"bob": {}}}).workers[0].device
+    'cpu'
+    """
+    return _Parser(source, Path.cwd() if base_dir is None else Path(base_dir)).parse(data)
+
+
+# ---------------------------------------------------------------------------
+# Parsing
+
+
+class _Parser:
+    """One pass over one config; holds what every check needs to name its place."""
+
+    def __init__(self, source: str, base_dir: Path) -> None:
+        self.source = source
+        self.base_dir = base_dir
+        self._cuda_count: int | None = None
+        self._available_cpus: list[int] | None = None
+
+    def fail(self, where: str, reason: str) -> NoReturn:
+        raise ConfigError(f"{self.source}: {where}: {reason}")
+
+    def parse(self, data: Mapping[str, Any]) -> SimulationConfig:
+        if not isinstance(data, Mapping):
+            self.fail("top level", f"expected a table, got {_describe(data)}")
+        for key, value in data.items():
+            if key not in _TOP_LEVEL_KEYS:
+                kind = "table" if isinstance(value, Mapping) else "key"
+                where = f"[{_key(key)}]" if kind == "table" else _key(key)
+                self.fail(where, f"unknown {kind} (expected one of: {', '.join(_TOP_LEVEL_KEYS)})")
+        name, seed = self._simulation(data.get("simulation"))
+        workers = self._workers(data.get("workers"))
+        if seed is not None:
+            if seed + len(workers) - 1 > _SEED_MAX:
+                self.fail("[simulation] seed", f"must be at most {_SEED_MAX - len(workers) + 1} "
+                          f"(worker i gets seed + i, and there are {len(workers)} workers)")  # fmt: skip
+            workers = [_replace_seed(w, seed + i) for i, w in enumerate(workers)]
+        self._check_gpu_fractions(workers)
+        return SimulationConfig(name, seed, tuple(workers), self.source)
+
+    # -- [simulation] --------------------------------------------------------
+
+    def _simulation(self, table: Any) -> tuple[str, int | None]:
+        if table is None:
+            self.fail("[simulation]", 'missing (every config needs [simulation] with name = "...")')
+        if not isinstance(table, Mapping):
+            self.fail("simulation", f"expected a table [simulation], got {_describe(table)}")
+        self._check_keys("[simulation]", table, _SIMULATION_KEYS)
+        if "name" not in table:
+            self.fail("[simulation] name", 'missing (e.g. name = "hospitals")')
+        name = self._str("[simulation] name", table["name"])
+        if not _NAME.fullmatch(name):
+            self.fail("[simulation] name", f"invalid simulation name {name!r}: {_NAME_RULE}")
+        seed = table.get("seed")
+        if seed is not None:
+            seed = self._int("[simulation] seed", seed)
+            if seed < 0:
+                self.fail("[simulation] seed", f"must be 0 or more, got {seed}")
+        return name, seed
+
+    # -- [workers.<name>] ------------------------------------------------------
+
+    def _workers(self, table: Any) -> list[WorkerConfig]:
+        if table is not None and not isinstance(table, Mapping):
+            self.fail("workers", f"expected tables [workers.<name>], got {_describe(table)}")
+        if not table:
+            self.fail("[workers]", "no workers (add a table such as [workers.bob])")
+        workers: list[WorkerConfig] = []
+        origin: dict[str, str] = {}  # worker name -> table that made it, to report clashes
+        for name, spec in table.items():
+            where = f"[workers.{_key(name)}]"
+            problem = _name_problem(name)
+            if problem is not None:
+                self.fail(where, problem)
+            if not isinstance(spec, Mapping):
+                self.fail(where, f"expected a table, got {_describe(spec)}")
+            for worker in self._worker(name, where, spec):
+                if worker.name in origin:
+                    self.fail(f"{where} device", f"{ALL_GPUS!r} names a worker {worker.name!r}, "
+                              f"which {origin[worker.name]} also names")  # fmt: skip
+                origin[worker.name] = where
+                workers.append(worker)
+        return workers
+
+    def _worker(self, name: str, where: str, spec: Mapping[str, Any]) -> list[WorkerConfig]:
+        """The worker(s) one table describes: one, or one per GPU for ``device = "cuda:*"``."""
+        self._check_keys(where, spec, _WORKER_KEYS)
+        device = self._device(f"{where} device", spec.get("device", "cpu"))
+        threads = self._int(f"{where} threads", spec.get("threads", 1))
+        if threads < 1:
+            self.fail(f"{where} threads", f"must be at least 1, got {threads}")
+        cpus = None if "cpus" not in spec else self._cpus(f"{where} cpus", spec["cpus"])
+        memory_limit = None
+        if "memory_limit" in spec:
+            memory_limit = self._size(f"{where} memory_limit", spec["memory_limit"])
+            if memory_limit == 0:
+                self.fail(f"{where} memory_limit", "must be more than 0 bytes")
+        fraction = None
+        if "gpu_memory_fraction" in spec:
+            fraction = self._fraction(f"{where} gpu_memory_fraction", spec["gpu_memory_fraction"], device)
+        data = self._data(f"workers.{_key(name)}.data", spec.get("data", {}))
+        if device != ALL_GPUS:
+            return [WorkerConfig(name, device, cpus, threads, memory_limit, fraction, None, data)]
+        count = self._cuda_device_count()
+        if count == 0:
+            self.fail(f"{where} device", f"{ALL_GPUS!r} needs at least one CUDA device "
+                      f"(this machine has 0 CUDA devices)")  # fmt: skip
+        workers = []
+        for i in range(count):
+            problem = _name_problem(f"{name}{i}")
+            if problem is not None:
+                self.fail(f"{where} device", f"{ALL_GPUS!r} cannot name worker {i}: {problem}")
+            workers.append(WorkerConfig(f"{name}{i}", f"cuda:{i}", cpus, threads, memory_limit,
+                                        fraction, None, data))  # fmt: skip
+        return workers
+
+    def _device(self, where: str, value: Any) -> str:
+        device = self._str(where, value)
+        if device == "cpu" or device == ALL_GPUS:
+            return device
+        match = _CUDA.fullmatch(device)
+        if match is None:
+            self.fail(where, f'{device!r} is not a device: use "cpu", "cuda", "cuda:N" or {ALL_GPUS!r}')
+        index = int(match.group(1) or 0)  # a fresh worker's "cuda" is cuda:0; say so explicitly
+        count = self._cuda_device_count()
+        if index >= count:
+            self.fail(where, f"{device} not available (this machine has {_plural(count, 'CUDA device')})")
+        return f"cuda:{index}"
+
+    def _cpus(self, where: str, value: Any) -> tuple[int, ...]:
+        if isinstance(value, str):
+            cpus = _parse_cpu_list(value)
+            if cpus is None:
+                self.fail(where, f'invalid CPU list {value!r}: use an array such as [0, 1] '
+                          f'or a string such as "0-3,6"')  # fmt: skip
+        elif isinstance(value, list | tuple):
+            cpus = [self._int(where, cpu) for cpu in value]
+        else:
+            self.fail(where, f"expected an array of CPU numbers, got {_describe(value)}")
+        if not cpus:
+            self.fail(where, "no CPUs given (leave cpus out to let the worker run on any CPU)")
+        seen: set[int] = set()
+        for cpu in cpus:
+            if cpu < 0:
+                self.fail(where, f"CPU numbers are 0 or more, got {cpu}")
+            if cpu in seen:
+                self.fail(where, f"CPU {cpu} listed twice")
+            seen.add(cpu)
+        available = self._cpus_available()
+        missing = [cpu for cpu in cpus if cpu not in available]
+        if missing:
+            have = _format_cpus(available) or "none"
+            self.fail(where, f"{'CPU' if len(missing) == 1 else 'CPUs'} {_format_cpus(missing)} "
+                      f"not available (have {have})")  # fmt: skip
+        return tuple(cpus)
+
+    def _fraction(self, where: str, value: Any, device: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(where, f"expected a number, got {_describe(value)}")
+        if not device.startswith("cuda"):
+            self.fail(where, f"only valid with a cuda device (device is {device!r})")
+        if not 0 < value <= 1 or math.isnan(value):
+            self.fail(where, f"must be more than 0 and at most 1, got {value}")
+        return float(value)
+
+    def _check_gpu_fractions(self, workers: list[WorkerConfig]) -> None:
+        by_gpu: dict[str, list[WorkerConfig]] = {}
+        for worker in workers:
+            if worker.gpu_memory_fraction is not None:
+                by_gpu.setdefault(worker.device, []).append(worker)
+        for gpu, sharing in by_gpu.items():
+            total = sum(w.gpu_memory_fraction for w in sharing)  # type: ignore[misc]
+            if total > 1 + 1e-9:  # tolerate float error in e.g. 0.1 + 0.2 + 0.7
+                parts = ", ".join(f"{w.name} {w.gpu_memory_fraction:g}" for w in sharing)
+                self.fail("[workers] gpu_memory_fraction",
+                          f"fractions on {gpu} add up to {total:.6g} ({parts}); they must not exceed 1")  # fmt: skip
+
+    def _data(self, table_path: str, value: Any) -> tuple[DataItem, ...]:
+        if not isinstance(value, Mapping):
+            self.fail(f"[{table_path}]", f"expected a table of data items, got {_describe(value)}")
+        items = []
+        for key, spec in value.items():
+            where = f"[{table_path}.{_key(key)}]"
+            if not isinstance(spec, Mapping):
+                self.fail(where, f'expected a table such as {{ path = "x.pt", tags = ["#x"] }}, '
+                          f"got {_describe(spec)}")  # fmt: skip
+            self._check_keys(where, spec, _DATA_ITEM_KEYS)
+            if "path" not in spec:
+                self.fail(f"{where} path", 'missing (e.g. path = "data/xray.pt")')
+            path = Path(self._str(f"{where} path", spec["path"])).expanduser()
+            resolved = os.path.abspath(self.base_dir / path)  # no-op when path is absolute
+            if not os.path.exists(resolved):
+                self.fail(f"{where} path", f"file not found: {resolved}")
+            if not os.path.isfile(resolved):
+                self.fail(f"{where} path", f"not a file: {resolved}")
+            if "tags" not in spec:
+                self.fail(f"{where} tags", 'missing (e.g. tags = ["#xray", "#train"])')
+            tags = spec["tags"]
+            if not isinstance(tags, list | tuple):
+                self.fail(f"{where} tags", f"expected an array of strings, got {_describe(tags)}")
+            if not tags:
+                self.fail(f"{where} tags", 'give at least one tag, e.g. ["#xray"]: tags are how the data is found')
+            for tag in tags:
+                tag = self._str(f"{where} tags", tag)
+                if not _TAG.fullmatch(tag):
+                    self.fail(f"{where} tags", f"tag {tag!r} must be '#' followed by text without spaces, e.g. '#xray'")
+            if len(set(tags)) != len(tags):
+                duplicate = next(t for t in tags if tags.count(t) > 1)
+                self.fail(f"{where} tags", f"tag {duplicate!r} listed twice")
+            description = spec.get("description")
+            if description is not None:
+                description = self._str(f"{where} description", description)
+            items.append(DataItem(str(key), resolved, tuple(tags), description))
+        return tuple(items)
+
+    # -- small checks ----------------------------------------------------------
+
+    def _check_keys(self, where: str, table: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+        for key in table:
+            if key not in allowed:
+                self.fail(f"{where} {_key(key)}", f"unknown key (expected one of: {', '.join(allowed)})")
+
+    def _str(self, where: str, value: Any) -> str:
+        if not isinstance(value, str):
+            self.fail(where, f"expected a string, got {_describe(value)}")
+        return value
+
+    def _int(self, where: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):  # bool is an int subclass
+            self.fail(where, f"expected an integer, got {_describe(value)}")
+        return value
+
+    def _size(self, where: str, value: Any) -> int:
+        try:
+            return parse_size(value)
+        except ConfigError as exc:
+            self.fail(where, str(exc))
+
+    def _cuda_device_count(self) -> int:
+        if self._cuda_count is None:
+            import torch  # lazily: only configs that name a CUDA device pay for importing torch
+
+            self._cuda_count = torch.cuda.device_count()
+        return self._cuda_count
+
+    def _cpus_available(self) -> list[int]:
+        if self._available_cpus is None:
+            try:
+                self._available_cpus = sorted(psutil.Process().cpu_affinity())
+            except (AttributeError, NotImplementedError):  # macOS: no affinity API at all
+                self._available_cpus = list(range(psutil.cpu_count() or 1))
+        return self._available_cpus
+
+
+# ---------------------------------------------------------------------------
+# Formatting
+
+
+def _name_problem(name: Any) -> str | None:
+    if not isinstance(name, str):
+        return f"invalid worker name {name!r}: expected a string, got {_describe(name)}"
+    if not _NAME.fullmatch(name):
+        return f"invalid worker name {name!r}: {_NAME_RULE}"
+    if name in _RESERVED_NAMES:
+        return f"invalid worker name {name!r}: it is reserved for the local client (sy.local_worker)"
+    return None
+
+
+def _replace_seed(worker: WorkerConfig, seed: int) -> WorkerConfig:
+    return WorkerConfig(worker.name, worker.device, worker.cpus, worker.threads,
+                        worker.memory_limit, worker.gpu_memory_fraction, seed, worker.data)  # fmt: skip
+
+
+def _describe(value: Any) -> str:
+    """TOML's name for the type of ``value``, for 'expected X, got Y' messages."""
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a float ({value})"
+    if isinstance(value, str):
+        return f"a string ({value!r})"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, datetime.date | datetime.time):
+        return "a date/time"
+    return type(value).__name__
+
+
+def _key(key: str) -> str:
+    """A key as TOML would print it: bare when possible, quoted otherwise."""
+    return key if isinstance(key, str) and _BARE_KEY.fullmatch(key) else _quote(key)
+
+
+def _quote(key: Any) -> str:
+    text = str(key).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _format_cpus(cpus: Iterable[int]) -> str:
+    """Compact CPU list: [0, 2, 4, 5, 6, 7] -> "0,2,4-7"."""
+    runs: list[list[int]] = []
+    for cpu in sorted(set(cpus)):
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _parse_cpu_list(text: str) -> list[int] | None:
+    """Inverse of _format_cpus ("0-3,6" -> [0, 1, 2, 3, 6]); None if malformed."""
+    cpus: list[int] = []
+    for part in text.split(","):
+        match = _CPU_RANGE.fullmatch(part)
+        if match is None:
+            return None
+        first = int(match.group(1))
+        last = first if match.group(2) is None else int(match.group(2))
+        if last < first:
+            return None
+        cpus.extend(range(first, last + 1))
+    return cpus
+
+
+_TOML_POSITION = re.compile(r"^(?P<msg>.*?) \((?:at line (?P<line>\d+), column (?P<col>\d+)|at end of document)\)$")
+_TOML_TWICE = re.compile(r"^(?:Cannot declare (?P<a>\(.*\)) twice|Cannot redefine namespace (?P<b>\(.*\)))$")
+
+
+def _toml_error(exc: tomllib.TOMLDecodeError) -> str:
+    """'<where>: <reason>' for a tomllib error (Python 3.11 keeps the position only in the text)."""
+    match = _TOML_POSITION.match(str(exc))
+    if match is None:
+        return f"invalid TOML: {exc}"
+    message = match.group("msg")
+    where = "end of file" if match.group("line") is None else f"line {match.group('line')}"
+    twice = _TOML_TWICE.match(message)
+    if twice is not None:
+        # TOML refuses a table declared twice; for [workers.x] that means a duplicate worker.
+        path = ast.literal_eval(twice.group("a") or twice.group("b"))
+        table = ".".join(_key(part) for part in path)
+        if len(path) == 2 and path[0] == "workers":
+            return f"{where}: [{table}] is declared twice (worker names must be unique)"
+        return f"{where}: [{table}] is declared twice"
+    column = "" if match.group("col") is None else f" (column {match.group('col')})"
+    return f"{where}: invalid TOML: {message[:1].lower()}{message[1:]}{column}"
