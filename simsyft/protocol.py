@@ -31,6 +31,7 @@ from .errors import ProtocolError
 __all__ = [
     "MAX_HEADER_BYTES",
     "Ack",
+    "Clear",
     "Command",
     "ErrorReply",
     "Fetch",
@@ -138,6 +139,12 @@ class Shutdown(Message):
     seq: int
 
 
+@_message(8)
+class Clear(Message):
+    """Drop every object in the store; replies with how many were dropped."""
+    seq: int
+
+
 @_message(16)
 class Ack(Message):
     """Result of a Command or Store: one descriptor per result (see worker.describe)."""
@@ -164,7 +171,7 @@ class ErrorReply(Message):
 
 
 _KINDS: dict[int, type] = {
-    cls.code: cls for cls in (Command, Store, Fetch, Free, Objects, Info, Shutdown, Ack, Value, ErrorReply)
+    cls.code: cls for cls in (Command, Store, Fetch, Free, Objects, Info, Shutdown, Clear, Ack, Value, ErrorReply)
 }
 _FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _KINDS.values()}
 _FIELD_TYPES: dict[type, tuple] = {
@@ -175,6 +182,7 @@ _FIELD_TYPES: dict[type, tuple] = {
     Objects: (int, bool),
     Info: (int,),
     Shutdown: (int,),
+    Clear: (int,),
     Ack: (int, tuple),
     Value: (int, object),
     ErrorReply: (int, str, str, str, str, str),

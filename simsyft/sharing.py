@@ -92,7 +92,8 @@ def encode_tensor(tensor: torch.Tensor, buffers: list, namespace: str) -> tuple:
         torch.empty(0, dtype=torch.uint8).set_(storage, 0, (nbytes,)).copy_(raw)
         del storage  # unmap our side; the pages stay in the file until the receiver unlinks it
         data = ("s", path, nbytes)
-    grad = tensor.grad if tensor.requires_grad or tensor.grad is not None else None
+    # Reading .grad of a non-leaf warns in torch; only leaves (or retain_grad tensors) carry one.
+    grad = tensor.grad if tensor.is_leaf or tensor.retains_grad else None
     grad_desc = encode_tensor(grad, buffers, namespace) if grad is not None else None
     return (dtype_name(tensor.dtype), tuple(tensor.shape), bool(tensor.requires_grad), data, grad_desc)
 

@@ -114,6 +114,10 @@ class WorkerCore:
             return protocol.Value(msg.seq, len(self.store))
         if kind is protocol.Info:
             return protocol.Value(msg.seq, self.info())
+        if kind is protocol.Clear:
+            count = len(self.store)
+            self.store.clear()
+            return protocol.Value(msg.seq, count)
         if kind is protocol.Shutdown:
             self.running = False
             return protocol.Value(msg.seq, True)

@@ -142,6 +142,14 @@ class VirtualWorker:
             return len(self._local_objects)
         return self.connection.request(lambda seq: protocol.Objects(seq, False)).value
 
+    def clear_objects(self) -> "VirtualWorker":
+        """Drop every object the worker holds (its pointers then find nothing); returns self."""
+        if self.is_local:
+            self._local_objects.clear()
+        else:
+            self.connection.request(lambda seq: protocol.Clear(seq))
+        return self
+
     def send_tensor(self, tensor: torch.Tensor) -> PointerTensor:
         """Copy `tensor` to this worker; returns the pointer that owns the remote copy."""
         if self.is_local:

@@ -1,0 +1,105 @@
+"""Shared fixtures: a hard per-test timeout, worker backends, and a leak check for the session."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import psutil
+import pytest
+import torch
+
+import simsyft as sy
+from simsyft import sharing
+from simsyft.testing import in_process_worker
+
+TEST_TIMEOUT_S = 120
+
+
+@pytest.fixture(autouse=True)
+def hard_timeout():
+    """No test may hang (pyzmq's SIGALRM idea): a stuck call fails the test instead."""
+    def expire(signum, frame):
+        raise TimeoutError(f"test exceeded its hard timeout of {TEST_TIMEOUT_S}s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(TEST_TIMEOUT_S)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def worker_children() -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if any("simsyft.worker" in part for part in child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            pass
+    return found
+
+
+def own_segments() -> list[str]:
+    return [n for n in sharing.list_segments() if n.startswith(f"simsyft_{os.getpid()}-")]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaks_after_session():
+    """Fail the run if any test left a worker process or a shared-memory segment behind."""
+    yield
+    sy.shutdown()
+    leftovers = worker_children()
+    segments = own_segments()
+    for proc in leftovers:
+        proc.kill()
+    assert not leftovers, f"worker processes left running: {[p.pid for p in leftovers]}"
+    assert not segments, f"shared-memory segments left behind: {segments}"
+
+
+@pytest.fixture(scope="session")
+def hook():
+    return sy.TorchHook(torch)
+
+
+@pytest.fixture(scope="session")
+def process_bob(hook):
+    return sy.VirtualWorker(hook, id="bob")
+
+
+@pytest.fixture(scope="session")
+def process_alice(hook):
+    return sy.VirtualWorker(hook, id="alice")
+
+
+@pytest.fixture(params=["inprocess", "process"])
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def bob(backend, hook, request):
+    """Worker 'bob' on each backend; its store is empty at the start of the test."""
+    if backend == "process":
+        worker = request.getfixturevalue("process_bob")
+    else:
+        worker = in_process_worker("bob")
+    worker.clear_objects()
+    yield worker
+    if backend == "process":
+        worker.clear_objects()
+    else:
+        worker.shutdown()
+
+
+@pytest.fixture
+def alice(backend, hook, request):
+    if backend == "process":
+        worker = request.getfixturevalue("process_alice")
+    else:
+        worker = in_process_worker("alice")
+    worker.clear_objects()
+    yield worker
+    if backend == "process":
+        worker.clear_objects()
+    else:
+        worker.shutdown()
