@@ -61,12 +61,20 @@ class Connection:
         self._seq += 1
         return self._seq
 
-    def request(self, make: Callable[[int], protocol.Message]) -> protocol.Message:
-        """Send `make(seq)` and return its reply; remote exceptions are raised here."""
+    def request(self, make: Callable[..., protocol.Message], carries_free: bool = False) -> protocol.Message:
+        """Send `make(seq)` and return its reply; remote exceptions are raised here.
+
+        With `carries_free`, `make(seq, free_ids)` puts the pending frees into the
+        message itself (Command does), saving a message per dropped pointer.
+        """
         with self._lock:
             self._check_open()
-            self._flush_free()
-            msg = make(self.next_seq())
+            if carries_free:
+                ids, self._pending_free = tuple(self._pending_free), []
+                msg = make(self.next_seq(), ids)
+            else:
+                self._flush_free()
+                msg = make(self.next_seq())
             self._transmit(protocol.encode(msg, self.namespace))
             while True:
                 frames = self._recv()

@@ -326,8 +326,10 @@ def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
             f"send the tensor to {location.id!r} first, or .get() the pointer"
         )
     result_id = new_id()
+    grad_enabled = torch.is_grad_enabled()
     reply = location.connection.request(
-        lambda seq: protocol.Command(seq, op, wire_args, wire_kwargs, result_id, torch.is_grad_enabled())
+        lambda seq, free: protocol.Command(seq, op, wire_args, wire_kwargs, result_id, grad_enabled, free),
+        carries_free=True,
     )
     return _materialize(reply.result, location, walker.pointers, op)
 

@@ -89,13 +89,18 @@ def _message(code: int, wants_reply: bool = True):
 
 @_message(1)
 class Command(Message):
-    """Run allowlisted op `op` on the worker; store the result under `result_id`."""
+    """Run allowlisted op `op` on the worker; store the result under `result_id`.
+
+    `free` carries ids of dropped pointers, so garbage collection rides along
+    with the next command instead of costing a message of its own.
+    """
     seq: int
     op: str
     args: tuple
     kwargs: dict
     result_id: int
     grad_enabled: bool = True
+    free: tuple = ()
 
 
 @_message(2)
@@ -175,7 +180,7 @@ _KINDS: dict[int, type] = {
 }
 _FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _KINDS.values()}
 _FIELD_TYPES: dict[type, tuple] = {
-    Command: (int, str, tuple, dict, int, bool),
+    Command: (int, str, tuple, dict, int, bool, tuple),
     Store: (int, int, object),
     Fetch: (int, int, bool),
     Free: (tuple,),

@@ -93,6 +93,8 @@ class WorkerCore:
     def _dispatch(self, msg: protocol.Message, used: dict[int, Any]) -> protocol.Message:
         kind = type(msg)
         if kind is protocol.Command:
+            for object_id in msg.free:  # none of these can be among the args: their pointers are gone
+                self.store.pop(object_id, None)
             with torch.set_grad_enabled(msg.grad_enabled):
                 result = executor.run(msg.op, msg.args, msg.kwargs)
             return protocol.Ack(msg.seq, self.describe(result, msg.result_id, used, msg.op))
