@@ -1,6 +1,7 @@
 """TorchHook: the one place simsyft touches torch.
 
-`TorchHook(torch)` adds `Tensor.send` (PySyft 0.2's entry point); everything
+`TorchHook(torch)` adds `Tensor.send` (PySyft 0.2's entry point) and
+`Tensor.tag` / `Tensor.describe` (metadata carried by send); everything
 else reaches simsyft through torch's own `__torch_function__` protocol on
 PointerTensor. Nothing happens at import time; `unhook()` undoes it for tests.
 """
@@ -21,6 +22,23 @@ def _tensor_send(self: torch.Tensor, worker: Any) -> Any:
     return workers.send(self, worker)
 
 
+def _tensor_tag(self: torch.Tensor, *tags: str) -> torch.Tensor:
+    """Add tags (e.g. "#mnist"); they travel with `send` and are found by `worker.search`."""
+    current = list(getattr(self, "tags", None) or ())
+    current += [tag for tag in tags if tag not in current]
+    self.tags = current
+    return self
+
+
+def _tensor_describe(self: torch.Tensor, description: str) -> torch.Tensor:
+    """Attach a description; it travels with `send`."""
+    self.description = description
+    return self
+
+
+_ADDED = {"send": _tensor_send, "tag": _tensor_tag, "describe": _tensor_describe}
+
+
 class TorchHook:
     """Make `tensor.send(worker)` available, as PySyft's hook did.
 
@@ -37,14 +55,16 @@ class TorchHook:
         self.torch = torch_module
         self.local_worker = local_worker or workers.local_worker
         self.local_worker.hook = self
-        if getattr(torch.Tensor, "send", None) is not _tensor_send:
-            torch.Tensor.send = _tensor_send
+        for name, method in _ADDED.items():
+            if getattr(torch.Tensor, name, None) is not method:
+                setattr(torch.Tensor, name, method)
 
     @staticmethod
     def unhook() -> None:
         """Remove what TorchHook added (for tests that need pristine torch)."""
-        if getattr(torch.Tensor, "send", None) is _tensor_send:
-            del torch.Tensor.send
+        for name, method in _ADDED.items():
+            if getattr(torch.Tensor, name, None) is method:
+                delattr(torch.Tensor, name)
 
     def __repr__(self) -> str:
         return "<TorchHook torch>"

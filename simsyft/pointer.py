@@ -20,7 +20,10 @@ import torch
 from . import executor, protocol, sharing
 from .errors import LocationMismatchError, ObjectNotFoundError, RemoteValueError
 
-__all__ = ["PointerTensor", "new_id"]
+__all__ = ["FETCHED", "LIVE", "OBSERVER", "VOID", "PointerTensor", "new_id"]
+
+# Pointer states. Only a LIVE pointer owns (and so frees) its remote object.
+LIVE, FETCHED, VOID, OBSERVER = 0, 1, 2, 3
 
 # Ids come from a private generator: user code and hypothesis reseed the global
 # `random`, and a repeated id would silently overwrite a live remote object.
@@ -56,10 +59,8 @@ class PointerTensor:
     tensor([2, 4, 6])
     """
 
-    __slots__ = ("id", "id_at_location", "location", "owner", "_shape", "_dtype", "_requires_grad",
-                 "_device", "_state", "__weakref__")
-
-    # _state: 0 live (owns the remote object), 1 fetched, 2 void (nothing stored), 3 observer (never frees)
+    __slots__ = ("id", "id_at_location", "location", "owner", "tags", "description", "_shape", "_dtype",
+                 "_requires_grad", "_device", "_state", "__weakref__")
 
     def __init__(self, location: Any, id_at_location: int, owner: Any, meta: tuple | None = None,
                  state: int = 0, id: int | None = None) -> None:
@@ -68,6 +69,8 @@ class PointerTensor:
         self.location = location
         self.owner = owner
         self._state = state
+        self.tags = None
+        self.description = None
         if meta is not None:
             self._set_meta(meta)
         else:
@@ -83,7 +86,15 @@ class PointerTensor:
 
     # -- what PySyft showed --------------------------------------------------
     def __repr__(self) -> str:
-        return f"(Wrapper)>[PointerTensor | {self.owner.id}:{self.id} -> {self.location.id}:{self.id_at_location}]"
+        out = f"(Wrapper)>[PointerTensor | {self.owner.id}:{self.id} -> {self.location.id}:{self.id_at_location}]"
+        # PySyft showed tags, shape and description under a tagged pointer (search results).
+        if self.tags:
+            out += "\n\tTags: " + "".join(f"{tag} " for tag in self.tags)
+            if self._shape is not None:
+                out += f"\n\tShape: {self._shape}"
+        if self.description is not None:
+            out += "\n\tDescription: " + str(self.description).split("\n")[0] + "..."
+        return out
 
     __str__ = __repr__
 
@@ -192,15 +203,15 @@ class PointerTensor:
     def get(self) -> Any:
         """Bring the tensor home and remove it from the worker (PySyft's `.get()`)."""
         self._check_live()
-        if self._state == 2:
-            self._state = 1
+        if self._state == VOID:
+            self._state = FETCHED
             return None
         reply = self.location.connection.request(lambda seq: protocol.Fetch(seq, self.id_at_location, True))
-        self._state = 1
+        self._state = FETCHED
         return reply.value
 
     def _check_live(self) -> None:
-        if self._state == 1:
+        if self._state == FETCHED:
             raise ObjectNotFoundError(
                 f"pointer {self.id} -> {self.location.id}:{self.id_at_location} was already fetched with "
                 f".get(); the object is no longer on worker {self.location.id!r}"
@@ -208,7 +219,7 @@ class PointerTensor:
 
     # -- lifetime -------------------------------------------------------------
     def __del__(self) -> None:
-        if self._state != 0:
+        if self._state != LIVE:
             return
         try:
             self.location.connection.free(self.id_at_location)
@@ -348,7 +359,7 @@ def _materialize(desc: tuple, location: Any, pointers: dict[int, PointerTensor],
         if op.endswith(".__get__"):
             return None  # ptr.grad of a tensor without grad is None, as locally
         # PySyft returned a pointer for every remote call, even `backward()`; it points at nothing.
-        return PointerTensor(location, new_id(), location.owner, state=2)
+        return PointerTensor(location, new_id(), location.owner, state=VOID)
     if kind == "q":
         _, type_name, items = desc
         values = [_materialize(item, location, pointers, op) for item in items]

@@ -40,6 +40,7 @@ __all__ = [
     "Message",
     "Objects",
     "Ref",
+    "Search",
     "Shutdown",
     "Store",
     "Value",
@@ -105,10 +106,12 @@ class Command(Message):
 
 @_message(2)
 class Store(Message):
-    """Put `value` (a tensor) into the worker's store under `id`."""
+    """Put `value` (a tensor) into the worker's store under `id`, with optional tags."""
     seq: int
     id: int
     value: Any
+    tags: tuple = ()
+    description: Any = None
 
 
 @_message(3)
@@ -150,6 +153,13 @@ class Clear(Message):
     seq: int
 
 
+@_message(9)
+class Search(Message):
+    """Return ((id, meta, tags, description), ...) for objects carrying every tag in `query`."""
+    seq: int
+    query: tuple
+
+
 @_message(16)
 class Ack(Message):
     """Result of a Command or Store: one descriptor per result (see worker.describe)."""
@@ -176,18 +186,19 @@ class ErrorReply(Message):
 
 
 _KINDS: dict[int, type] = {
-    cls.code: cls for cls in (Command, Store, Fetch, Free, Objects, Info, Shutdown, Clear, Ack, Value, ErrorReply)
+    cls.code: cls for cls in (Command, Store, Fetch, Free, Objects, Info, Shutdown, Clear, Search, Ack, Value, ErrorReply)
 }
 _FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _KINDS.values()}
 _FIELD_TYPES: dict[type, tuple] = {
     Command: (int, str, tuple, dict, int, bool, tuple),
-    Store: (int, int, object),
+    Store: (int, int, object, tuple, object),
     Fetch: (int, int, bool),
     Free: (tuple,),
     Objects: (int, bool),
     Info: (int,),
     Shutdown: (int,),
     Clear: (int,),
+    Search: (int, tuple),
     Ack: (int, tuple),
     Value: (int, object),
     ErrorReply: (int, str, str, str, str, str),

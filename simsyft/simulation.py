@@ -1,10 +1,12 @@
 """Worker processes of one simulation: spawn, pin, supervise, tear down.
 
-Owns the private run directory (mode 0700: the ipc endpoints and worker logs
-live there), the namespace that names every shared-memory segment of the
-simulation, the worker processes, and the sweep of leftovers from
-simulations whose owner died. Knows pids and endpoints, never handles or
-pointers (workers.py builds those on top). Imports connection, sharing, errors.
+Owns `Cluster`: the private run directory (mode 0700: ipc endpoints, worker
+logs, `simulation.json`, `pids.json`), the namespace that names every
+shared-memory segment of the simulation, the worker processes, and the sweep
+of leftovers from simulations whose owner died. A cluster is either *owned*
+(this process started it and stops it) or *attached* (another process owns
+it: `simsyft.connect`, `simsyft run`). Knows pids and endpoints, never
+handles or pointers (workers.py builds those on top).
 """
 
 from __future__ import annotations
@@ -23,36 +25,51 @@ from typing import Any
 
 from . import protocol, sharing
 from .connection import ZmqConnection, signal_name
-from .errors import WorkerTimeoutError
+from .errors import SimsyftError, WorkerTimeoutError
 
-__all__ = ["Simulation", "WorkerProcess", "sweep_stale"]
+__all__ = ["Cluster", "WorkerProcess", "find_run_dir", "running_simulations", "sweep_stale"]
 
 _RUN_DIR_RE = re.compile(r"simsyft-(\d+)-([0-9a-f]+)")
 _SHM_RE = re.compile(r"simsyft_(\d+)-([0-9a-f]+)_")
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_DIR_ENV = "SIMSYFT_RUN_DIR"
 
 
-def _tmp_root() -> str:
+def tmp_root() -> str:
     return tempfile.gettempdir()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has exited; only its parent's wait() is missing
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 @dataclass
 class WorkerProcess:
-    """One running worker: its process, endpoint, log and client connection."""
+    """One worker: its process (ours, or another owner's), endpoint, log and client connection."""
 
     name: str
     spec: dict
-    popen: subprocess.Popen
+    pid: int
     log_path: str
-    connection: ZmqConnection
+    connection: ZmqConnection | None = None
+    popen: subprocess.Popen | None = None
     started: float = field(default_factory=time.time)
 
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
     def exit_code(self) -> int | None:
-        return self.popen.poll()
+        """None while running; the exit status once gone (-1 if not our child and unknown)."""
+        if self.popen is not None:
+            return self.popen.poll()
+        return None if pid_alive(self.pid) else -1
 
     def log_tail(self, lines: int = 10) -> str:
         try:
@@ -65,183 +82,287 @@ class WorkerProcess:
         return "\n".join(text.strip().splitlines()[-lines:])
 
     def describe_exit(self) -> str:
-        code = self.popen.poll()
+        code = self.exit_code()
+        status = "an unknown status" if code == -1 and self.popen is None else f"{code}{signal_name(code)}"
         tail = self.log_tail()
         return (
-            f"worker {self.name!r} (pid {self.pid}) exited with {code}{signal_name(code)}; "
+            f"worker {self.name!r} (pid {self.pid}) exited with {status}; "
             f"last stderr: {tail if tail else '(empty)'}"
         )
 
 
-class Simulation:
-    """A set of worker processes sharing one run directory and shm namespace.
+class Cluster:
+    """The worker processes of one simulation, sharing a run directory and shm namespace.
 
-    >>> sim = Simulation("demo")
-    >>> bob = sim.start_worker({"name": "bob"})
-    >>> sim.shutdown()
+    >>> cluster = Cluster("demo")
+    >>> bob = cluster.start_worker({"name": "bob"})
+    >>> cluster.shutdown()
     """
 
-    def __init__(self, name: str = "default") -> None:
-        sweep_stale()
-        self.name = name
-        self.namespace = f"{os.getpid()}-{secrets.token_hex(4)}"
-        self.run_dir = os.path.join(_tmp_root(), f"simsyft-{self.namespace}")
-        os.mkdir(self.run_dir, 0o700)
-        os.chmod(self.run_dir, 0o700)  # umask can only narrow mkdir's mode; be explicit anyway
-        with open(os.path.join(self.run_dir, "simulation.json"), "w") as f:
-            json.dump({"name": name, "owner_pid": os.getpid(), "namespace": self.namespace}, f)
+    def __init__(self, name: str = "default", *, run_dir: str | None = None) -> None:
         self.workers: dict[str, WorkerProcess] = {}
         self.closed = False
+        if run_dir is None:  # a new simulation owned by this process
+            sweep_stale()
+            self.owner = True
+            self.name = name
+            self.namespace = f"{os.getpid()}-{secrets.token_hex(4)}"
+            self.run_dir = os.path.join(tmp_root(), f"simsyft-{self.namespace}")
+            os.mkdir(self.run_dir, 0o700)
+            os.chmod(self.run_dir, 0o700)  # umask can only narrow mkdir's mode; be explicit anyway
+            self.owner_pid = os.getpid()
+            self._write_meta(ready=False)
+        else:  # attach to a simulation another process owns
+            meta = read_meta(run_dir)
+            self.owner = False
+            self.name = meta["name"]
+            self.namespace = meta["namespace"]
+            self.run_dir = run_dir
+            self.owner_pid = meta["owner_pid"]
+            for worker_name, pid in read_pids(run_dir).items():
+                self._adopt(worker_name, pid)
 
+    # -- starting -------------------------------------------------------------
     def start_worker(self, spec: dict[str, Any]) -> WorkerProcess:
         """Spawn a worker process; returns at once (the worker answers once torch is imported)."""
         name = spec["name"]
         if self.closed:
-            raise RuntimeError(f"simulation {self.name!r} is shut down")
-        if name in self.workers and self.workers[name].exit_code() is None:
-            raise ValueError(f"worker {name!r} is already running (pid {self.workers[name].pid})")
-        endpoint = f"ipc://{self.run_dir}/{name}.sock"
+            raise SimsyftError(f"simulation {self.name!r} is shut down")
+        existing = self.workers.get(name)
+        if existing is not None and existing.exit_code() is None:
+            raise SimsyftError(f"worker {name!r} is already running (pid {existing.pid})")
         full = {
             "device": "cpu", "threads": 1, "cpus": None, "seed": None, **spec,
-            "endpoint": endpoint, "namespace": self.namespace, "run_dir": self.run_dir,
-            "parent_pid": os.getpid(),
+            "endpoint": self._endpoint(name), "namespace": self.namespace, "run_dir": self.run_dir,
+            "parent_pid": os.getpid(), "owns_run_dir": self.owner,
         }
         log_path = os.path.join(self.run_dir, f"{name}.log")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+        env.pop(RUN_DIR_ENV, None)
         with open(log_path, "ab") as log:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "simsyft.worker", json.dumps(full)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                close_fds=True,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, close_fds=True,
             )
-        holder: dict[str, WorkerProcess] = {}
-        connection = ZmqConnection(
-            name, endpoint, self.namespace,
-            exit_status=popen.poll,
-            describe_exit=lambda: holder["w"].describe_exit(),
-        )
-        worker = WorkerProcess(name, full, popen, log_path, connection)
-        holder["w"] = worker
+        worker = WorkerProcess(name, full, popen.pid, log_path, popen=popen)
+        worker.connection = self._connect(worker)
         self.workers[name] = worker
         self._write_pids()
         return worker
 
-    def wait_ready(self, names: list[str] | None = None, timeout: float = 60.0) -> None:
-        """Block until each worker answers (or raise its crash / a timeout)."""
+    def _adopt(self, name: str, pid: int) -> WorkerProcess:
+        worker = WorkerProcess(name, {"name": name, "endpoint": self._endpoint(name)}, pid,
+                               os.path.join(self.run_dir, f"{name}.log"))
+        worker.connection = self._connect(worker)
+        self.workers[name] = worker
+        return worker
+
+    def _endpoint(self, name: str) -> str:
+        return f"ipc://{self.run_dir}/{name}.sock"
+
+    def _connect(self, worker: WorkerProcess) -> ZmqConnection:
+        return ZmqConnection(worker.name, self._endpoint(worker.name), self.namespace,
+                             exit_status=worker.exit_code, describe_exit=worker.describe_exit)
+
+    def wait_ready(self, names: list[str] | None = None, timeout: float = 120.0) -> None:
+        """Block until each worker answers; a worker that dies on the way raises WorkerCrashedError."""
         deadline = time.monotonic() + timeout
         for name in names or list(self.workers):
             worker = self.workers[name]
-            while True:
-                try:
-                    worker.connection.request(lambda seq: protocol.Info(seq))
-                    break
-                except WorkerTimeoutError:
-                    if time.monotonic() > deadline:
-                        raise
+            # request() returns once the worker bound its socket and answered, or raises on a crash.
+            worker.connection.request(lambda seq: protocol.Info(seq))
+            if time.monotonic() > deadline:
+                raise WorkerTimeoutError(f"worker {name!r} took more than {timeout:.0f}s to start")
+        if self.owner:
+            self._write_meta(ready=True)
 
+    # -- stopping -------------------------------------------------------------
     def stop_worker(self, name: str, timeout: float = 5.0) -> None:
+        """Ask a worker to exit (killing it after `timeout`), and forget it."""
         worker = self.workers.pop(name, None)
         if worker is None:
             return
-        if worker.exit_code() is None and worker.connection.closed_reason is None:
-            try:
-                worker.connection._lock.acquire(timeout=timeout)
+        conn = worker.connection
+        if worker.exit_code() is None and conn is not None and conn.closed_reason is None:
+            if conn._lock.acquire(timeout=timeout):
                 try:
-                    frames = protocol.encode(protocol.Shutdown(worker.connection.next_seq()))
-                    worker.connection._transmit(frames)
+                    conn._transmit(protocol.encode(protocol.Shutdown(conn.next_seq())))
+                except Exception:  # noqa: BLE001 - best effort; the process is killed below if it stays
+                    pass
                 finally:
-                    worker.connection._lock.release()
-            except Exception:  # noqa: BLE001 - best effort; the process is killed below if it stays
-                pass
-        worker.connection.close("shut down")
-        try:
-            worker.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            worker.popen.kill()
-            worker.popen.wait()
+                    conn._lock.release()
+        if conn is not None:
+            conn.close("shut down")
+        self._reap(worker, timeout)
         self._write_pids()
+
+    def _reap(self, worker: WorkerProcess, timeout: float) -> None:
+        if worker.popen is not None:
+            try:
+                worker.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                worker.popen.kill()
+                worker.popen.wait()
+            return
+        deadline = time.monotonic() + timeout
+        while pid_alive(worker.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if pid_alive(worker.pid) and _is_worker(worker.pid):
+            os.kill(worker.pid, 9)
 
     def kill(self, name: str) -> None:
         """SIGKILL a worker (fault injection); its connection then reports the crash."""
-        self.workers[name].popen.kill()
-        self.workers[name].popen.wait()
+        worker = self.workers[name]
+        os.kill(worker.pid, 9)
+        if worker.popen is not None:
+            worker.popen.wait()
+        else:
+            deadline = time.monotonic() + 5
+            while pid_alive(worker.pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+    def restart(self, name: str) -> WorkerProcess:
+        """Stop (or clean up after) a worker and start it again with the same spec, empty."""
+        worker = self.workers[name]
+        spec = {k: v for k, v in worker.spec.items() if k not in ("endpoint", "namespace", "run_dir", "parent_pid", "owns_run_dir")}
+        self.stop_worker(name)
+        try:
+            os.unlink(self._endpoint(name).removeprefix("ipc://"))
+        except FileNotFoundError:
+            pass
+        return self.start_worker(spec)
 
     def shutdown(self) -> None:
-        """Stop every worker, remove every segment and the run directory."""
+        """Owned: stop every worker, remove every segment and the run directory.
+        Attached: stop only the workers this process started; close the rest's connections."""
         if self.closed:
             return
         self.closed = True
-        for name in list(self.workers):
-            self.stop_worker(name)
-        sharing.sweep(self.namespace)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        for name, worker in list(self.workers.items()):
+            if self.owner or worker.popen is not None:
+                self.stop_worker(name)
+            elif worker.connection is not None:
+                worker.connection.close("detached")
+        if self.owner:
+            sharing.sweep(self.namespace)
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
+    # -- facts ----------------------------------------------------------------
     def pids(self) -> dict[str, int]:
         return {name: w.pid for name, w in self.workers.items()}
 
     def _write_pids(self) -> None:
-        try:
-            with open(os.path.join(self.run_dir, "pids.json"), "w") as f:
-                json.dump(self.pids(), f)
-        except OSError:
-            pass
+        if not os.path.isdir(self.run_dir):
+            return
+        known = read_pids(self.run_dir) if not self.owner else {}
+        known.update(self.pids())
+        _write_json(os.path.join(self.run_dir, "pids.json"), known)
+
+    def _write_meta(self, ready: bool) -> None:
+        _write_json(os.path.join(self.run_dir, "simulation.json"), {
+            "name": self.name, "owner_pid": self.owner_pid, "namespace": self.namespace, "ready": ready,
+        })
 
     def __repr__(self) -> str:
-        return f"<Simulation {self.name!r} workers={sorted(self.workers)} run_dir={self.run_dir}>"
+        role = "owned" if self.owner else "attached"
+        return f"<Cluster {self.name!r} {role} workers={sorted(self.workers)} run_dir={self.run_dir}>"
 
 
-def _alive(pid: int) -> bool:
+def _write_json(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)  # readers (simsyft status) never see half a file
+
+
+def read_meta(run_dir: str) -> dict:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(os.path.join(run_dir, "simulation.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise SimsyftError(f"{run_dir} is not a running simsyft simulation ({exc})") from None
+
+
+def read_pids(run_dir: str) -> dict[str, int]:
+    try:
+        with open(os.path.join(run_dir, "pids.json")) as f:
+            return {k: int(v) for k, v in json.load(f).items()}
+    except (OSError, ValueError):
+        return {}
+
+
+def running_simulations() -> list[tuple[str, dict]]:
+    """(run_dir, simulation.json) of every simulation whose owner is alive."""
+    found = []
+    root = tmp_root()
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError:
+        return []
+    for entry in entries:
+        m = _RUN_DIR_RE.fullmatch(entry)
+        if m and pid_alive(int(m.group(1))):
+            path = os.path.join(root, entry)
+            try:
+                found.append((path, read_meta(path)))
+            except SimsyftError:
+                continue
+    return found
+
+
+def find_run_dir(name: str | None = None) -> str:
+    """The run directory of the running simulation called `name` (the only one, if None)."""
+    running = running_simulations()
+    matches = [(d, m) for d, m in running if name is None or m.get("name") == name]
+    if not matches:
+        known = ", ".join(sorted({m.get("name", "?") for _, m in running})) or "none"
+        wanted = f"called {name!r}" if name else "at all"
+        raise SimsyftError(f"no running simulation {wanted} (running: {known}); start one with `simsyft up CONFIG`")
+    if len(matches) > 1:
+        raise SimsyftError(
+            f"{len(matches)} running simulations match{' ' + repr(name) if name else ''}: "
+            + ", ".join(f"{m.get('name')} (owner pid {m.get('owner_pid')})" for _, m in matches)
+            + "; name one"
+        )
+    return matches[0][0]
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"simsyft.worker" in f.read()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def sweep_stale() -> list[str]:
     """Remove run dirs, worker processes and segments of simulations whose owner is dead."""
     removed: list[str] = []
-    root = _tmp_root()
+    root = tmp_root()
     try:
         entries = os.listdir(root)
     except OSError:
         entries = []
     for entry in entries:
         m = _RUN_DIR_RE.fullmatch(entry)
-        if not m or _alive(int(m.group(1))):
+        if not m or pid_alive(int(m.group(1))):
             continue
         path = os.path.join(root, entry)
-        _kill_recorded_workers(path)
+        for pid in read_pids(path).values():
+            if pid_alive(pid) and _is_worker(pid):  # never kill a recycled pid that is not our worker
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     for name in sharing.list_segments():
         m = _SHM_RE.match(name)
-        if m and not _alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             try:
                 os.unlink(os.path.join(sharing.SHM_DIR, name))
                 removed.append(name)
             except FileNotFoundError:
                 pass
     return removed
-
-
-def _kill_recorded_workers(run_dir: str) -> None:
-    try:
-        with open(os.path.join(run_dir, "pids.json")) as f:
-            pids = json.load(f)
-    except (OSError, ValueError):
-        return
-    for pid in pids.values():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if b"simsyft.worker" in cmdline:  # never kill a recycled pid that is not our worker
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass

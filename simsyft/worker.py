@@ -45,6 +45,7 @@ class WorkerCore:
         self.namespace = namespace
         self.device = torch.device(device)
         self.store: dict[int, Any] = {}
+        self.tags: dict[int, tuple[tuple[str, ...], str | None]] = {}  # id -> (tags, description)
         self.messages_in = 0
         self.messages_out = 0
         self.started = time.time()
@@ -105,10 +106,16 @@ class WorkerCore:
             if value.device != self.device:
                 value = _to_device(value, self.device)
             self.store[msg.id] = value
+            if msg.tags or msg.description is not None:
+                self.tag(msg.id, msg.tags, msg.description)
             return protocol.Ack(msg.seq, ("p", msg.id, *describe_meta(value)))
         if kind is protocol.Fetch:
             self._resolve(msg.id, used)
-            value = self.store.pop(msg.id) if msg.remove else self.store[msg.id]
+            if msg.remove:
+                value = self.store.pop(msg.id)
+                self.tags.pop(msg.id, None)
+            else:
+                value = self.store[msg.id]
             return protocol.Value(msg.seq, value)
         if kind is protocol.Objects:
             if msg.values:
@@ -119,7 +126,10 @@ class WorkerCore:
         if kind is protocol.Clear:
             count = len(self.store)
             self.store.clear()
+            self.tags.clear()
             return protocol.Value(msg.seq, count)
+        if kind is protocol.Search:
+            return protocol.Value(msg.seq, self.search(msg.query))
         if kind is protocol.Shutdown:
             self.running = False
             return protocol.Value(msg.seq, True)
@@ -129,6 +139,35 @@ class WorkerCore:
         if type(msg) is protocol.Free:
             for object_id in msg.ids:
                 self.store.pop(object_id, None)
+                self.tags.pop(object_id, None)
+
+    def tag(self, object_id: int, tags: tuple, description: Any) -> None:
+        if not all(isinstance(t, str) for t in tags) or not (description is None or isinstance(description, str)):
+            raise ProtocolError("tags must be strings and a description a string or None")
+        self.tags[object_id] = (tuple(tags), description)
+
+    def search(self, query: tuple) -> tuple:
+        """Objects carrying every tag in `query` (PySyft's worker.search)."""
+        wanted = set(query)
+        found = []
+        for object_id, (tags, description) in self.tags.items():
+            obj = self.store.get(object_id)
+            if isinstance(obj, torch.Tensor) and wanted <= set(tags):
+                found.append((object_id, describe_meta(obj), tags, description))
+        return tuple(found)
+
+    def load_data(self, items: list[dict]) -> None:
+        """Load the config's data files into the store, tagged, before serving."""
+        for item in items:
+            value = torch.load(item["path"], map_location=self.device, weights_only=True)
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(
+                    f"data item {item['key']!r} ({item['path']}) holds a {type(value).__name__}; "
+                    "each data file must hold one tensor (torch.save(tensor, path))"
+                )
+            object_id = self._ids.getrandbits(63) or 1
+            self.store[object_id] = value
+            self.tag(object_id, tuple(item.get("tags") or ()), item.get("description"))
 
     def describe(self, result: Any, result_id: int, used: dict[int, Any], op: str) -> tuple:
         """Store a result and describe it for the client's Ack."""
@@ -181,9 +220,11 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _cleanup_after_parent(spec: dict) -> None:
-    # The client died without shutting us down (kill -9): remove what it would have.
-    sharing.sweep(spec["namespace"])
-    shutil.rmtree(spec["run_dir"], ignore_errors=True)
+    # The owner died without shutting us down (kill -9): remove what it would have.
+    # A worker started by an attached process must leave the owner's simulation alone.
+    if spec.get("owns_run_dir", True):
+        sharing.sweep(spec["namespace"])
+        shutil.rmtree(spec["run_dir"], ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,8 +239,19 @@ def main(argv: list[str] | None = None) -> int:
         psutil.Process().cpu_affinity(list(spec["cpus"]))
     if spec.get("seed") is not None:
         torch.manual_seed(int(spec["seed"]))
-    core = WorkerCore(spec["name"], spec["namespace"], spec.get("device") or "cpu")
+    device = torch.device(spec.get("device") or "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        if spec.get("gpu_memory_fraction"):
+            torch.cuda.set_per_process_memory_fraction(float(spec["gpu_memory_fraction"]), device)
+    core = WorkerCore(spec["name"], spec["namespace"], str(device))
+    core.load_data(spec.get("data") or [])
     parent = int(spec.get("parent_pid") or 0)
+    memory_limit = int(spec.get("memory_limit") or 0)
+    if memory_limit:
+        import psutil
+
+        me = psutil.Process()
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
@@ -219,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
             reply = core.handle(request)
             if reply is not None:
                 sock.send_multipart([identity, *reply], copy=len(reply) == 1)
+            if memory_limit and me.memory_info().rss > memory_limit:
+                rss = me.memory_info().rss
+                print(f"simsyft worker {core.name!r}: memory limit exceeded: RSS {rss} bytes > "
+                      f"memory_limit {memory_limit} bytes; stopping", file=sys.stderr, flush=True)
+                return 3
     finally:
         sock.close(0)
         ctx.term()

@@ -1,14 +1,19 @@
 """Worker handles: `VirtualWorker`, the local worker "me", and the default simulation.
 
 Owns the handle objects users hold (`bob`), their registry (one handle per
-worker name per simulation, so `VirtualWorker(hook, id="bob")` twice reaches
-the same process), `send` of a tensor, the `_objects` view, and `shutdown`.
-Builds handles on top of simulation.py, which knows only processes.
+worker name per cluster, so `VirtualWorker(hook, id="bob")` twice reaches the
+same process), `send` of a tensor, the `_objects` view, `search`, and
+`shutdown`. Builds handles on top of simulation.py, which knows only processes.
+
+The default simulation is created on first use, unless the environment names
+a running one (`simsyft run CONFIG -- python script.py` sets SIMSYFT_RUN_DIR):
+then `VirtualWorker(hook, id="bob")` reaches that simulation's bob.
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from typing import Any
 
@@ -16,36 +21,59 @@ import torch
 
 from . import protocol
 from .errors import WorkerShutdownError
-from .pointer import PointerTensor, new_id
-from .simulation import Simulation
+from .pointer import OBSERVER, PointerTensor, new_id
+from .simulation import RUN_DIR_ENV, Cluster, WorkerProcess
 
-__all__ = ["VirtualWorker", "default_simulation", "local_worker", "send", "shutdown"]
+__all__ = ["VirtualWorker", "default_simulation", "handle_for", "local_worker", "send", "shutdown"]
 
 _lock = threading.RLock()
-_default: Simulation | None = None
+_default: Cluster | None = None
 _handles: dict[tuple[int, str], "VirtualWorker"] = {}
 
 
 def _check_name(name: Any) -> str:
-    try:
-        from .config import check_worker_name
-    except ImportError:  # config.py arrives with the config-file issue
-        check_worker_name = None
+    from .config import check_worker_name
+
     if not isinstance(name, str):
         raise TypeError(f"worker id must be a string, got {type(name).__name__} {name!r}")
-    if check_worker_name is not None:
-        check_worker_name(name)
+    check_worker_name(name)
     return name
 
 
-def default_simulation() -> Simulation:
-    """The implicit simulation `sy.VirtualWorker` starts workers in (created on first use)."""
+def default_simulation() -> Cluster:
+    """The simulation `sy.VirtualWorker` uses: the one named by $SIMSYFT_RUN_DIR, or an implicit one."""
     global _default
     with _lock:
         if _default is None or _default.closed:
-            _default = Simulation("default")
+            run_dir = os.environ.get(RUN_DIR_ENV)
+            _default = Cluster(run_dir=run_dir) if run_dir else Cluster("default")
             atexit.register(_default.shutdown)
         return _default
+
+
+def handle_for(cluster: Cluster, name: str, hook: Any = None) -> "VirtualWorker":
+    """The one handle on worker `name` of `cluster` (starting the worker if it is not running)."""
+    with _lock:
+        key = (id(cluster), name)
+        handle = _handles.get(key)
+        if handle is not None and handle._usable():
+            return handle
+        process = cluster.workers.get(name)
+        if process is not None and process.exit_code() is not None:
+            cluster.stop_worker(name)  # crashed: a new handle gets a fresh process
+            process = None
+        if process is None:
+            process = cluster.start_worker({"name": name})
+        handle = object.__new__(VirtualWorker)
+        handle._init(hook, name, cluster, process)
+        _handles[key] = handle
+        return handle
+
+
+def forget(cluster: Cluster) -> None:
+    with _lock:
+        for key in [k for k in _handles if k[0] == id(cluster)]:
+            del _handles[key]
 
 
 class VirtualWorker:
@@ -57,18 +85,11 @@ class VirtualWorker:
     {5752283563812345: tensor([1, 2, 3])}
     """
 
-    def __new__(cls, hook: Any = None, id: str = "worker", data: Any = (), *,
-                simulation: Simulation | None = None, **kwargs: Any) -> "VirtualWorker":
+    def __new__(cls, hook: Any = None, id: str = "worker", data: Any = (), **kwargs: Any) -> "VirtualWorker":
         _check_name(id)
-        with _lock:
-            sim = simulation or default_simulation()
-            key = (builtin_id(sim), id)
-            handle = _handles.get(key)
-            if handle is not None and handle._alive_or_restartable():
-                return handle
-            handle = object.__new__(cls)
-            handle._init(hook, id, sim, {"name": id, **kwargs.pop("spec", {})})
-            _handles[key] = handle
+        handle = handle_for(default_simulation(), id, hook)
+        if hook is not None and handle.hook is None:
+            handle.hook = hook
         for tensor in data or ():
             handle.send_tensor(tensor)
         return handle
@@ -76,30 +97,24 @@ class VirtualWorker:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass  # all set up in __new__, so a repeated VirtualWorker(...) does not reset the handle
 
-    def _init(self, hook: Any, name: str, sim: Simulation | None, spec: dict | None) -> None:
+    def _init(self, hook: Any, name: str, cluster: Cluster | None, process: WorkerProcess | None) -> None:
         self.id = name
         self.hook = hook
-        self.simulation = sim
-        self.owner = None  # set below; the local worker owns every pointer
-        self.is_local = sim is None
-        self._process = sim.start_worker(spec) if sim is not None else None
+        self.simulation = cluster
+        self.is_local = cluster is None
+        self._process = process
         self._connection = None
         self._local_objects: dict[int, Any] = {}
-        self.owner = local_worker if sim is not None else self
+        self.owner = self if self.is_local else local_worker
 
-    def _alive_or_restartable(self) -> bool:
-        # A crashed worker is not reused: VirtualWorker(hook, id="bob") then starts a fresh process.
-        if self._process is None or self.simulation.workers.get(self.id) is not self._process:
-            return False
-        if self._process.exit_code() is not None:
-            self.simulation.stop_worker(self.id)
-            return False
-        return True
+    def _usable(self) -> bool:
+        # A crashed or stopped worker is not reused: VirtualWorker(hook, id="bob") then starts a fresh process.
+        current = self.simulation.workers.get(self.id)
+        return current is not None and current is self._process and current.exit_code() is None
 
-    # -- process facts ----------------------------------------------------------
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+    def _rebind(self, process: WorkerProcess) -> None:
+        """Point this handle at a restarted process (Simulation.restart)."""
+        self._process = process
 
     @classmethod
     def over(cls, connection: Any, name: str) -> "VirtualWorker":
@@ -112,12 +127,17 @@ class VirtualWorker:
         handle._connection = connection
         return handle
 
+    # -- process facts ----------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     @property
     def connection(self):
         if self._connection is not None:
             return self._connection
         if self._process is None:
-            raise WorkerShutdownError(f"worker {self.id!r} is the local worker or was shut down")
+            raise WorkerShutdownError(f"worker {self.id!r} is the local worker and has no connection")
         return self._process.connection
 
     def traffic(self) -> dict[str, int]:
@@ -150,23 +170,44 @@ class VirtualWorker:
             self.connection.request(lambda seq: protocol.Clear(seq))
         return self
 
+    def search(self, *query: str) -> list[PointerTensor]:
+        """Pointers to the objects tagged with every tag in `query` (PySyft's `worker.search`).
+
+        These pointers only observe: dropping them never frees the data.
+        """
+        if len(query) == 1 and isinstance(query[0], (list, tuple)):
+            query = tuple(query[0])
+        found = self.connection.request(lambda seq: protocol.Search(seq, tuple(query))).value
+        pointers = []
+        for object_id, meta, tags, description in found:
+            pointer = PointerTensor(self, object_id, self.owner, meta, state=OBSERVER)
+            pointer.tags, pointer.description = set(tags), description
+            pointers.append(pointer)
+        return pointers
+
     def send_tensor(self, tensor: torch.Tensor) -> PointerTensor:
         """Copy `tensor` to this worker; returns the pointer that owns the remote copy."""
         if self.is_local:
-            raise ValueError("sending to the local worker 'me' is a no-op in PySyft; keep the tensor")
+            raise ValueError("cannot send to the local worker 'me': the tensor is already here")
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"only tensors can be sent, got {type(tensor).__name__}")
         object_id = new_id()
-        reply = self.connection.request(lambda seq: protocol.Store(seq, object_id, tensor))
-        return PointerTensor(self, object_id, self.owner, reply.result[2:])
+        tags = tuple(getattr(tensor, "tags", None) or ())
+        description = getattr(tensor, "description", None)
+        reply = self.connection.request(lambda seq: protocol.Store(seq, object_id, tensor, tags, description))
+        pointer = PointerTensor(self, object_id, self.owner, reply.result[2:])
+        if tags or description is not None:
+            pointer.tags, pointer.description = set(tags), description
+        return pointer
 
     # -- lifecycle ----------------------------------------------------------------
     def shutdown(self) -> None:
         """Stop this worker's process; its pointers then raise WorkerShutdownError."""
         if self._connection is not None:
             self._connection.close("shut down")
-        if self._process is not None and self.simulation is not None:
-            self.simulation.stop_worker(self.id)
+        elif self._process is not None and self.simulation is not None:
+            if self.simulation.workers.get(self.id) is self._process:
+                self.simulation.stop_worker(self.id)
 
     def __repr__(self) -> str:
         try:
@@ -177,10 +218,6 @@ class VirtualWorker:
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         raise TypeError(f"a worker handle ({self.id!r}) cannot be pickled")
-
-
-def builtin_id(obj: Any) -> int:
-    return id(obj)
 
 
 local_worker: VirtualWorker = object.__new__(VirtualWorker)
@@ -198,8 +235,8 @@ def shutdown() -> None:
     """Stop every worker of the default simulation; leaves no process and no segment."""
     global _default
     with _lock:
-        sim, _default = _default, None
-        for key in [k for k in _handles if sim is not None and k[0] == builtin_id(sim)]:
-            del _handles[key]
-    if sim is not None:
-        sim.shutdown()
+        cluster, _default = _default, None
+        if cluster is not None:
+            forget(cluster)
+    if cluster is not None:
+        cluster.shutdown()

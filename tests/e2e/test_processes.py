@@ -18,7 +18,7 @@ import torch
 
 import simsyft as sy
 from simsyft import sharing
-from simsyft.simulation import Simulation
+from simsyft.simulation import Cluster
 from simsyft.workers import VirtualWorker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -102,7 +102,7 @@ def test_shutdown_one_worker(hook):
 
 
 def test_worker_log_tail_in_crash_message(hook, tmp_path):
-    sim = Simulation("logs")
+    sim = Cluster("logs")
     try:
         worker = sim.start_worker({"name": "broken", "cpus": [10_000]})  # affinity fails at start
         handle = VirtualWorker.over(worker.connection, "broken")
