@@ -22,6 +22,7 @@ from .errors import (
     WorkerTimeoutError,
 )
 from .hook import TorchHook
+from .launcher import Simulation, connect, launch
 from .pointer import PointerTensor
 from .workers import VirtualWorker, local_worker, shutdown
 
@@ -37,11 +38,14 @@ __all__ = [
     "RemoteError",
     "RemoteValueError",
     "SimsyftError",
+    "Simulation",
     "TorchHook",
     "VirtualWorker",
     "WorkerCrashedError",
     "WorkerShutdownError",
     "WorkerTimeoutError",
+    "connect",
+    "launch",
     "local_worker",
     "shutdown",
 ]

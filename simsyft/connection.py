@@ -104,6 +104,11 @@ class Connection:
     def close(self, reason: str = "closed") -> None:
         with self._lock:
             if self.closed_reason is None:
+                if reason == "detached":  # the worker lives on: do not leave our dropped objects on it
+                    try:
+                        self._flush_free()
+                    except errors.SimsyftError:
+                        pass
                 self.closed_reason = reason
                 self._pending_free.clear()
                 self._close()

@@ -89,7 +89,7 @@ class PointerTensor:
         out = f"(Wrapper)>[PointerTensor | {self.owner.id}:{self.id} -> {self.location.id}:{self.id_at_location}]"
         # PySyft showed tags, shape and description under a tagged pointer (search results).
         if self.tags:
-            out += "\n\tTags: " + "".join(f"{tag} " for tag in self.tags)
+            out += "\n\tTags: " + "".join(f"{tag} " for tag in sorted(self.tags))
             if self._shape is not None:
                 out += f"\n\tShape: {self._shape}"
         if self.description is not None:

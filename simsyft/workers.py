@@ -24,7 +24,8 @@ from .errors import WorkerShutdownError
 from .pointer import OBSERVER, PointerTensor, new_id
 from .simulation import RUN_DIR_ENV, Cluster, WorkerProcess
 
-__all__ = ["VirtualWorker", "default_simulation", "handle_for", "local_worker", "send", "shutdown"]
+__all__ = ["VirtualWorker", "adopt_default", "default_simulation", "handle_for", "local_worker", "release_default",
+           "send", "shutdown"]
 
 _lock = threading.RLock()
 _default: Cluster | None = None
@@ -51,23 +52,53 @@ def default_simulation() -> Cluster:
         return _default
 
 
-def handle_for(cluster: Cluster, name: str, hook: Any = None) -> "VirtualWorker":
-    """The one handle on worker `name` of `cluster` (starting the worker if it is not running)."""
+def adopt_default(cluster: Cluster) -> None:
+    """Make `cluster` the default simulation unless one with running workers exists."""
+    global _default
+    with _lock:
+        if _default is None or _default.closed or not _default.workers:
+            if _default is not None and not _default.closed:
+                _default.shutdown()
+            _default = cluster
+
+
+def release_default(cluster: Cluster) -> None:
+    global _default
+    with _lock:
+        if _default is cluster:
+            _default = None
+
+
+def handle_for(cluster: Cluster, name: str, hook: Any = None, start: bool = True) -> "VirtualWorker":
+    """The one handle on worker `name` of `cluster`.
+
+    With `start` (what `VirtualWorker(...)` does), a worker that is not running,
+    or has crashed, is started afresh. Without it (`sim["bob"]`), the existing
+    handle is returned even if its process died, so its calls report the crash.
+    """
     with _lock:
         key = (id(cluster), name)
         handle = _handles.get(key)
-        if handle is not None and handle._usable():
+        if handle is not None and (not start or handle._usable()):
             return handle
         process = cluster.workers.get(name)
-        if process is not None and process.exit_code() is not None:
-            cluster.stop_worker(name)  # crashed: a new handle gets a fresh process
-            process = None
-        if process is None:
-            process = cluster.start_worker({"name": name})
+        if start:
+            if process is not None and process.exit_code() is not None:
+                cluster.stop_worker(name)  # crashed: a new handle gets a fresh process
+                process = None
+            if process is None:
+                process = cluster.start_worker({"name": name})
+        elif process is None:
+            raise KeyError(f"simulation {cluster.name!r} has no worker {name!r}")
         handle = object.__new__(VirtualWorker)
         handle._init(hook, name, cluster, process)
         _handles[key] = handle
         return handle
+
+
+def register(cluster: Cluster, handle: "VirtualWorker") -> None:
+    with _lock:
+        _handles[(id(cluster), handle.id)] = handle
 
 
 def forget(cluster: Cluster) -> None:
