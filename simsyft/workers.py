@@ -60,6 +60,7 @@ def adopt_default(cluster: Cluster) -> None:
             if _default is not None and not _default.closed:
                 _default.shutdown()
             _default = cluster
+            atexit.register(cluster.shutdown)
 
 
 def release_default(cluster: Cluster) -> None:
