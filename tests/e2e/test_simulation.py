@@ -1,0 +1,169 @@
+"""Simulations from config files: launch, placement, seeds, data and search, kill/restart, limits."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+import psutil
+import pytest
+import torch
+
+import simsyft as sy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "examples"))
+
+
+def write(tmp_path, text: str, name: str = "sim.toml") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+@pytest.fixture
+def two_workers(tmp_path, hook):
+    cpus = sorted(psutil.Process().cpu_affinity())
+    config = write(tmp_path, f"""
+        [simulation]
+        name = "e2e-two"
+        seed = 7
+
+        [workers.bob]
+        cpus = [{cpus[-1]}]
+        threads = 2
+
+        [workers.alice]
+        device = "cpu"
+    """)
+    with sy.launch(config) as sim:
+        yield sim
+
+
+def test_launch_gives_the_same_handles_as_virtualworker(two_workers, hook):
+    sim = two_workers
+    assert list(sim.workers) == ["bob", "alice"]
+    bob = sim["bob"]
+    assert sim.workers["bob"] is bob
+    assert sy.VirtualWorker(hook, id="bob") is bob
+    assert bob.pid != sim["alice"].pid
+    assert torch.equal((torch.ones(3).send(bob) * 2).get(), torch.full((3,), 2.0))
+    with pytest.raises(KeyError, match="no worker 'carol'"):
+        sim["carol"]
+
+
+def test_cpu_affinity_and_threads_are_applied(two_workers):
+    bob, alice = two_workers["bob"], two_workers["alice"]
+    expected = sorted(psutil.Process().cpu_affinity())[-1]
+    assert psutil.Process(bob.pid).cpu_affinity() == [expected]
+    assert bob.info()["threads"] == 2
+    assert alice.info()["threads"] == 1
+
+
+def test_seed_is_offset_per_worker(two_workers):
+    for index, name in enumerate(["bob", "alice"]):
+        remote = torch.zeros(4).send(two_workers[name]).uniform_().get()
+        torch.manual_seed(7 + index)
+        assert torch.equal(remote, torch.zeros(4).uniform_())
+
+
+def test_status_reports_every_worker(two_workers):
+    bob = two_workers["bob"]
+    keep = torch.zeros(1000).send(bob)
+    status = two_workers.status()
+    assert set(status) == {"bob", "alice"}
+    row = status["bob"]
+    assert row["state"] == "running" and row["pid"] == bob.pid and row["device"] == "cpu"
+    assert row["objects"] == 1 and row["bytes"] == 4000
+    assert row["rss"] > 0 and row["uptime"] >= 0 and row["messages_in"] >= 1 and len(row["cpus"]) == 1
+    del keep
+
+
+def test_kill_then_restart(two_workers):
+    bob = two_workers["bob"]
+    p = torch.ones(2).send(bob)
+    old_pid = bob.pid
+    two_workers.kill("bob")
+    with pytest.raises(sy.WorkerCrashedError, match=rf"'bob' \(pid {old_pid}\) exited with -9"):
+        p + 1
+    assert two_workers.status()["bob"]["state"].startswith("exited")
+    assert two_workers["bob"] is bob  # the same handle, reporting the crash
+    restarted = two_workers.restart("bob")
+    assert restarted is bob and bob.pid != old_pid
+    assert psutil.Process(bob.pid).cpu_affinity() == [sorted(psutil.Process().cpu_affinity())[-1]]
+    assert bob._objects == {}
+    assert torch.equal((torch.ones(2).send(bob) + 1).get(), torch.full((2,), 2.0))
+    with pytest.raises(sy.ObjectNotFoundError, match="has no object"):
+        p + 1  # the old object died with the old process
+
+
+def test_data_is_loaded_and_found_by_tag(tmp_path, hook):
+    from make_hospital_data import make_shards
+
+    make_shards(tmp_path / "data", seed=0, samples=20)
+    config = write(tmp_path, """
+        [simulation]
+        name = "e2e-data"
+
+        [workers.hospital_a.data]
+        data = { path = "data/hospital_a_data.pt", tags = ["#data", "#train"], description = "features" }
+        target = { path = "data/hospital_a_target.pt", tags = ["#target", "#train"] }
+    """)
+    with sy.launch(config) as sim:
+        hospital = sim["hospital_a"]
+        assert len(hospital._objects) == 2
+        found = hospital.search("#data")
+        assert len(found) == 1
+        pointer = found[0]
+        assert pointer.shape == torch.Size([20, 8]) and pointer.dtype == torch.float32
+        assert "Tags: #data #train" in repr(pointer) and "Description: features..." in repr(pointer)
+        assert len(hospital.search("#train")) == 2 and hospital.search("#nothing") == []
+        expected = torch.load(tmp_path / "data" / "hospital_a_data.pt")
+        assert torch.equal((pointer * 1).get(), expected)
+        del pointer, found
+        assert len(hospital._objects) == 2  # search pointers only observe: nothing was freed
+        sent = torch.ones(2).tag("#mine").describe("sent by the client").send(hospital)
+        assert [p.id_at_location for p in hospital.search("#mine")] == [sent.id_at_location]
+
+
+def test_memory_limit_stops_the_worker_with_a_clear_error(tmp_path, hook):
+    config = write(tmp_path, """
+        [simulation]
+        name = "e2e-memory"
+
+        [workers.small]
+        memory_limit = "400MiB"
+    """)
+    with sy.launch(config) as sim:
+        small = sim["small"]
+        big = torch.zeros(64 * 1024 * 1024).send(small)  # 256 MiB on top of ~220 MiB of torch
+        with pytest.raises(sy.WorkerCrashedError, match=r"(?s)'small'.*exited with 3.*memory limit exceeded"):
+            big + 1
+            big + 1
+
+
+def test_bad_config_is_refused_before_anything_starts(tmp_path, hook):
+    config = write(tmp_path, """
+        [simulation]
+        name = "e2e-bad"
+
+        [workers.bob]
+        devcie = "cpu"
+    """)
+    with pytest.raises(sy.ConfigError, match=r"\[workers.bob\] devcie: unknown key"):
+        sy.launch(config)
+
+
+def test_connect_attaches_to_a_running_simulation(two_workers):
+    attached = sy.connect("e2e-two")
+    try:
+        assert not attached.cluster.owner
+        assert attached["bob"].pid == two_workers["bob"].pid
+        p = torch.tensor([1.0, 2.0]).send(attached["bob"])
+        assert p.id_at_location in two_workers["bob"]._objects
+        assert torch.equal(p.get(), torch.tensor([1.0, 2.0]))
+    finally:
+        attached.shutdown()
+    assert psutil.pid_exists(two_workers["bob"].pid)  # detaching stopped nothing
+    assert torch.equal((torch.ones(1).send(two_workers["bob"]) + 1).get(), torch.tensor([2.0]))
