@@ -28,7 +28,9 @@ __all__ = ["VirtualWorker", "adopt_default", "default_simulation", "handle_for",
            "send", "shutdown"]
 
 _lock = threading.RLock()
-_default: Cluster | None = None
+# The default simulation is the top of a stack: launch()/connect() push theirs, and
+# shutting one down uncovers the one below (the implicit simulation, usually).
+_stack: list[Cluster] = []
 _handles: dict[tuple[int, str], "VirtualWorker"] = {}
 
 
@@ -42,32 +44,30 @@ def _check_name(name: Any) -> str:
 
 
 def default_simulation() -> Cluster:
-    """The simulation `sy.VirtualWorker` uses: the one named by $SIMSYFT_RUN_DIR, or an implicit one."""
-    global _default
+    """The simulation `sy.VirtualWorker` uses: the latest launched or connected one, else the
+    one named by $SIMSYFT_RUN_DIR, else an implicit one started on first use."""
     with _lock:
-        if _default is None or _default.closed:
+        while _stack and _stack[-1].closed:
+            _stack.pop()
+        if not _stack:
             run_dir = os.environ.get(RUN_DIR_ENV)
-            _default = Cluster(run_dir=run_dir) if run_dir else Cluster("default")
-            atexit.register(_default.shutdown)
-        return _default
+            cluster = Cluster(run_dir=run_dir) if run_dir else Cluster("default")
+            atexit.register(cluster.shutdown)
+            _stack.append(cluster)
+        return _stack[-1]
 
 
 def adopt_default(cluster: Cluster) -> None:
-    """Make `cluster` the default simulation unless one with running workers exists."""
-    global _default
+    """Make `cluster` the default simulation until it shuts down."""
     with _lock:
-        if _default is None or _default.closed or not _default.workers:
-            if _default is not None and not _default.closed:
-                _default.shutdown()
-            _default = cluster
-            atexit.register(cluster.shutdown)
+        _stack.append(cluster)
+        atexit.register(cluster.shutdown)
 
 
 def release_default(cluster: Cluster) -> None:
-    global _default
     with _lock:
-        if _default is cluster:
-            _default = None
+        if cluster in _stack:
+            _stack.remove(cluster)
 
 
 def handle_for(cluster: Cluster, name: str, hook: Any = None, start: bool = True) -> "VirtualWorker":
@@ -264,11 +264,12 @@ def send(tensor: torch.Tensor, worker: VirtualWorker) -> PointerTensor:
 
 
 def shutdown() -> None:
-    """Stop every worker of the default simulation; leaves no process and no segment."""
-    global _default
+    """Stop every simulation this process started (detach from attached ones): no process,
+    no segment remains."""
     with _lock:
-        cluster, _default = _default, None
-        if cluster is not None:
+        clusters = list(reversed(_stack))
+        _stack.clear()
+        for cluster in clusters:
             forget(cluster)
-    if cluster is not None:
+    for cluster in clusters:
         cluster.shutdown()
