@@ -79,9 +79,13 @@ def segment_prefix(namespace: str) -> str:
 
 def encode_tensor(tensor: torch.Tensor, buffers: list, namespace: str) -> tuple:
     """Describe `tensor`; its bytes go to `buffers` (inline) or to a new segment."""
+    if tensor.device.type == "cuda":
+        data: tuple = _encode_cuda(tensor)
+        grad = tensor.grad if tensor.is_leaf or tensor.retains_grad else None
+        grad_desc = encode_tensor(grad, buffers, namespace) if grad is not None else None
+        return (dtype_name(tensor.dtype), tuple(tensor.shape), bool(tensor.requires_grad), data, grad_desc)
     if tensor.device.type != "cpu":
-        # CUDA IPC arrives with the config issue; until then data crosses via host memory.
-        tensor = tensor.cpu()
+        tensor = tensor.cpu()  # other accelerators cross through host memory
     flat = tensor.detach().contiguous().reshape(-1)
     nbytes = flat.numel() * flat.element_size()
     raw = flat.view(torch.uint8) if nbytes else flat
@@ -128,6 +132,8 @@ def decode_tensor(desc: Any, buffers: list) -> torch.Tensor:
             tensor = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype).reshape(shape)
     elif kind == "s" and len(data) == 3:
         tensor = _open_segment(data[1], data[2], nbytes, dtype, shape)
+    elif kind == "c" and len(data) == 11:
+        tensor = _decode_cuda(data, dtype, shape)
     else:
         raise ProtocolError(f"unknown tensor data location {data!r:.200}")
     if requires_grad:
@@ -160,6 +166,46 @@ def _open_segment(path: Any, seg_bytes: Any, nbytes: int, dtype: torch.dtype, sh
     os.unlink(path)  # Note [Who unlinks a segment]
     stride = torch.empty(shape, dtype=torch.uint8, device="meta").stride()
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape, stride)
+
+
+# Note [CUDA tensors cross with CUDA IPC]
+#     The sender clones the tensor on its GPU and shares that private block with a
+#     CUDA IPC handle (torch's own `_share_cuda_`, the mechanism behind
+#     torch.multiprocessing). The receiver maps it and copies it into memory of its
+#     own (a device-to-device copy: the receiver owns its tensor, as on the CPU
+#     path) and drops the mapping, which releases torch's IPC ref counter; the
+#     sender's caching allocator keeps the block in its IPC "limbo" until then.
+#     Data never goes through host memory.
+
+def _encode_cuda(tensor: torch.Tensor) -> tuple:
+    private = tensor.detach().clone()
+    storage = private._typed_storage()
+    (device, handle, storage_bytes, storage_offset_bytes, ref_handle, ref_offset, event_handle,
+     event_sync) = storage._share_cuda_()
+    return ("c", tuple(private.stride()), private.storage_offset(), device, handle, storage_bytes,
+            storage_offset_bytes, ref_handle, ref_offset, event_handle, event_sync)
+
+
+def _decode_cuda(data: tuple, dtype: torch.dtype, shape: tuple) -> torch.Tensor:
+    (_, stride, offset, device, handle, storage_bytes, storage_offset_bytes, ref_handle, ref_offset,
+     event_handle, event_sync) = data
+    ints = (offset, device, storage_bytes, storage_offset_bytes, ref_offset)
+    if not all(type(v) is int for v in ints) or not all(type(v) is int for v in stride) or not all(
+        isinstance(v, (bytes, type(None))) for v in (handle, ref_handle, event_handle)
+    ):
+        raise ProtocolError("malformed CUDA IPC descriptor")
+    if not torch.cuda.is_available():
+        raise ProtocolError("received a CUDA tensor, but this process has no CUDA device")
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+    mapped = rebuild_cuda_tensor(
+        torch.Tensor, torch.Size(shape), tuple(stride), offset, torch.storage.TypedStorage, dtype,
+        device, handle, storage_bytes, storage_offset_bytes, False, ref_handle, ref_offset,
+        event_handle, bool(event_sync),
+    )
+    owned = mapped.clone()  # Note [CUDA tensors cross with CUDA IPC]
+    del mapped
+    return owned
 
 
 def sweep(namespace: str) -> int:
