@@ -1,7 +1,8 @@
 """TorchHook: the one place simsyft touches torch.
 
 `TorchHook(torch)` adds `Tensor.send` (PySyft 0.2's entry point) and
-`Tensor.tag` / `Tensor.describe` (metadata carried by send); everything
+`Tensor.tag` / `Tensor.describe` (metadata carried by send), and
+`nn.Module.send/get/move/copy/location` (models.py); everything
 else reaches simsyft through torch's own `__torch_function__` protocol on
 PointerTensor. Nothing happens at import time; `unhook()` undoes it for tests.
 """
@@ -12,7 +13,7 @@ from typing import Any
 
 import torch
 
-from . import workers
+from . import models, workers
 
 __all__ = ["TorchHook"]
 
@@ -39,6 +40,35 @@ def _tensor_describe(self: torch.Tensor, description: str) -> torch.Tensor:
 _ADDED = {"send": _tensor_send, "tag": _tensor_tag, "describe": _tensor_describe}
 
 
+def _module_send(self: torch.nn.Module, worker: Any) -> torch.nn.Module:
+    """Send the module's parameters and buffers to `worker`, in place (PySyft's `model.send`)."""
+    return models.send_module(self, worker)
+
+
+def _module_get(self: torch.nn.Module) -> torch.nn.Module:
+    """Bring the module's data (and grads) home, in place."""
+    return models.get_module(self)
+
+
+def _module_move(self: torch.nn.Module, worker: Any) -> torch.nn.Module:
+    """Move the module's data to `worker`, worker to worker, in place."""
+    return models.move_module(self, worker)
+
+
+def _module_copy(self: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of a local module (PySyft's `model.copy()`)."""
+    return models.copy_module(self)
+
+
+_MODULE_ADDED = {
+    "send": _module_send,
+    "get": _module_get,
+    "move": _module_move,
+    "copy": _module_copy,
+    "location": property(models.module_location),
+}
+
+
 class TorchHook:
     """Make `tensor.send(worker)` available, as PySyft's hook did.
 
@@ -58,6 +88,9 @@ class TorchHook:
         for name, method in _ADDED.items():
             if getattr(torch.Tensor, name, None) is not method:
                 setattr(torch.Tensor, name, method)
+        for name, method in _MODULE_ADDED.items():
+            if torch.nn.Module.__dict__.get(name) is not method:
+                setattr(torch.nn.Module, name, method)
 
     @staticmethod
     def unhook() -> None:
@@ -65,6 +98,9 @@ class TorchHook:
         for name, method in _ADDED.items():
             if getattr(torch.Tensor, name, None) is method:
                 delattr(torch.Tensor, name)
+        for name, method in _MODULE_ADDED.items():
+            if torch.nn.Module.__dict__.get(name) is method:
+                delattr(torch.nn.Module, name)
 
     def __repr__(self) -> str:
         return "<TorchHook torch>"

@@ -122,6 +122,22 @@ class PointerTensor:
     def is_pointer(self) -> bool:
         return True
 
+    # Layout facts torch code (optimizers, nn) checks; pointers only ever hold dense strided tensors.
+    is_sparse = is_quantized = is_meta = is_nested = is_mkldnn = property(lambda self: False)
+    layout = property(lambda self: torch.strided)
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def itemsize(self) -> int:
+        return self.dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel() * self.dtype.itemsize
+
     def size(self, dim: int | None = None) -> Any:
         shape = self.shape
         return shape if dim is None else shape[dim]
@@ -209,6 +225,37 @@ class PointerTensor:
         reply = self.location.connection.request(lambda seq: protocol.Fetch(seq, self.id_at_location, True))
         self._state = FETCHED
         return reply.value
+
+    def move(self, worker: Any) -> "PointerTensor":
+        """Move the data to `worker`, worker to worker through shared memory; returns this pointer.
+
+        The bytes never pass through the client (it only relays the segment's
+        name). If the destination is dead, the crash error is raised and the data
+        stays where it was.
+        """
+        self._check_live()
+        if worker is self.location:
+            return self
+        if getattr(worker, "is_local", False):
+            return self.get()
+        source = self.location.connection
+        destination = worker.connection
+        destination._check_open()  # a dead destination fails here, before anything moves
+        descriptor, tags, description = source.request(lambda seq: protocol.Export(seq, self.id_at_location)).value
+        new = new_id()
+        try:
+            ack = destination.request(lambda seq: protocol.Import(seq, new, descriptor, tags, description))
+        except Exception:
+            # The segment is only consumed by a successful import: put the data back.
+            source.request(lambda seq: protocol.Import(seq, self.id_at_location, descriptor, tags, description))
+            raise
+        self.location, self.id_at_location = worker, new
+        self._set_meta(ack.result[2:])
+        return self
+
+    def copy(self) -> "PointerTensor":
+        """A remote copy on the same worker (`copy().get()` leaves this one in place)."""
+        return _call_remote(torch.Tensor.clone, (self,), {})
 
     def _check_live(self) -> None:
         if self._state == FETCHED:
@@ -321,6 +368,9 @@ class _Collector:
         if kind is dict:
             return {k: self.walk(v) for k, v in value.items()}
         if isinstance(value, torch.Tensor):
+            remote = value.__dict__.get("_simsyft_pointer")  # a sent module's parameter (models.py)
+            if remote is not None:
+                return self.walk(remote)
             self.local = value
         return value
 

@@ -34,8 +34,10 @@ __all__ = [
     "Clear",
     "Command",
     "ErrorReply",
+    "Export",
     "Fetch",
     "Free",
+    "Import",
     "Info",
     "Message",
     "Objects",
@@ -160,6 +162,26 @@ class Search(Message):
     query: tuple
 
 
+@_message(10)
+class Export(Message):
+    """Remove object `id` and put it in a shared-memory segment; reply with its descriptor only.
+
+    With Import, moves data between two workers without the bytes touching the client.
+    """
+    seq: int
+    id: int
+
+
+@_message(11)
+class Import(Message):
+    """Store under `id` the tensor a descriptor from Export names (segments only, never frames)."""
+    seq: int
+    id: int
+    descriptor: tuple
+    tags: tuple = ()
+    description: Any = None
+
+
 @_message(16)
 class Ack(Message):
     """Result of a Command or Store: one descriptor per result (see worker.describe)."""
@@ -186,7 +208,7 @@ class ErrorReply(Message):
 
 
 _KINDS: dict[int, type] = {
-    cls.code: cls for cls in (Command, Store, Fetch, Free, Objects, Info, Shutdown, Clear, Search, Ack, Value, ErrorReply)
+    cls.code: cls for cls in (Command, Store, Fetch, Free, Objects, Info, Shutdown, Clear, Search, Export, Import, Ack, Value, ErrorReply)
 }
 _FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _KINDS.values()}
 _FIELD_TYPES: dict[type, tuple] = {
@@ -199,6 +221,8 @@ _FIELD_TYPES: dict[type, tuple] = {
     Shutdown: (int,),
     Clear: (int,),
     Search: (int, tuple),
+    Export: (int, int),
+    Import: (int, int, tuple, tuple, object),
     Ack: (int, tuple),
     Value: (int, object),
     ErrorReply: (int, str, str, str, str, str),

@@ -77,19 +77,26 @@ def segment_prefix(namespace: str) -> str:
     return f"simsyft_{namespace}_"
 
 
-def encode_tensor(tensor: torch.Tensor, buffers: list, namespace: str) -> tuple:
-    """Describe `tensor`; its bytes go to `buffers` (inline) or to a new segment."""
+def encode_tensor(tensor: torch.Tensor, buffers: list, namespace: str, inline_max: int | None = None) -> tuple:
+    """Describe `tensor`; its bytes go to `buffers` (inline) or to a new segment.
+
+    `inline_max=-1` forces a segment (a worker-to-worker move: the descriptor
+    travels through the client, the bytes must not).
+    """
+    limit = INLINE_MAX if inline_max is None else inline_max
     if tensor.device.type == "cuda":
         data: tuple = _encode_cuda(tensor)
         grad = tensor.grad if tensor.is_leaf or tensor.retains_grad else None
-        grad_desc = encode_tensor(grad, buffers, namespace) if grad is not None else None
+        grad_desc = encode_tensor(grad, buffers, namespace, inline_max) if grad is not None else None
         return (dtype_name(tensor.dtype), tuple(tensor.shape), bool(tensor.requires_grad), data, grad_desc)
     if tensor.device.type != "cpu":
         tensor = tensor.cpu()  # other accelerators cross through host memory
     flat = tensor.detach().contiguous().reshape(-1)
     nbytes = flat.numel() * flat.element_size()
     raw = flat.view(torch.uint8) if nbytes else flat
-    if nbytes <= INLINE_MAX:
+    if nbytes == 0:
+        data = ("e",)  # nothing to carry; also keeps zero-byte files out of /dev/shm
+    elif nbytes <= limit:
         buffers.append(raw.numpy().tobytes() if nbytes else b"")
         data: tuple = ("i", len(buffers) - 1)
     else:
@@ -100,7 +107,7 @@ def encode_tensor(tensor: torch.Tensor, buffers: list, namespace: str) -> tuple:
         data = ("s", path, nbytes)
     # Reading .grad of a non-leaf warns in torch; only leaves (or retain_grad tensors) carry one.
     grad = tensor.grad if tensor.is_leaf or tensor.retains_grad else None
-    grad_desc = encode_tensor(grad, buffers, namespace) if grad is not None else None
+    grad_desc = encode_tensor(grad, buffers, namespace, inline_max) if grad is not None else None
     return (dtype_name(tensor.dtype), tuple(tensor.shape), bool(tensor.requires_grad), data, grad_desc)
 
 
@@ -130,6 +137,8 @@ def decode_tensor(desc: Any, buffers: list) -> torch.Tensor:
             tensor = torch.empty(shape, dtype=dtype)
         else:
             tensor = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype).reshape(shape)
+    elif kind == "e" and nbytes == 0:
+        tensor = torch.empty(shape, dtype=dtype)
     elif kind == "s" and len(data) == 3:
         tensor = _open_segment(data[1], data[2], nbytes, dtype, shape)
     elif kind == "c" and len(data) == 11:

@@ -128,6 +128,19 @@ class WorkerCore:
             self.store.clear()
             self.tags.clear()
             return protocol.Value(msg.seq, count)
+        if kind is protocol.Export:
+            self._resolve(msg.id, used)
+            value = self.store.pop(msg.id)
+            tags, description = self.tags.pop(msg.id, ((), None))
+            return protocol.Value(msg.seq, (sharing.encode_tensor(value, [], self.namespace, -1), tags, description))
+        if kind is protocol.Import:
+            value = sharing.decode_tensor(msg.descriptor, [])
+            if value.device != self.device:
+                value = _to_device(value, self.device)
+            self.store[msg.id] = value
+            if msg.tags or msg.description is not None:
+                self.tag(msg.id, msg.tags, msg.description)
+            return protocol.Ack(msg.seq, ("p", msg.id, *describe_meta(value)))
         if kind is protocol.Search:
             return protocol.Value(msg.seq, self.search(msg.query))
         if kind is protocol.Shutdown:

@@ -1,0 +1,80 @@
+"""Tutorial Parts 2 and 4 run on worker processes and give plain torch's weights (within 1e-5)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import torch
+from torch import nn, optim
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FINAL = re.compile(r"Out\[\d+\]: \(\[\[([-\d.e]+), ([-\d.e]+)\]\], \[([-\d.e]+)\]\)\s*$")
+
+
+def run_example(name: str) -> str:
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "examples", name)], capture_output=True, text=True,
+                            timeout=240, env={**os.environ, "PYTHONPATH": ROOT})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def final_weights(out: str) -> torch.Tensor:
+    m = FINAL.search(out.strip())
+    assert m, out[-500:]
+    return torch.tensor([float(v) for v in m.groups()])
+
+
+def data():
+    x = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1.0]])
+    y = torch.tensor([[0], [0], [1], [1.0]])
+    return x, y
+
+
+def test_part2_federated_training_equals_plain_torch():
+    out = run_example("tutorial_part2.py")
+    assert out.count("requires_grad=True)") >= 20  # the 20 printed remote losses
+    torch.manual_seed(0)
+    nn.Linear(2, 1)  # the notebook's local model comes first from the same seed
+    x, y = data()
+    model = nn.Linear(2, 1)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(10):
+        for d, t in ((x[:2], y[:2]), (x[2:], y[2:])):
+            opt.zero_grad()
+            ((model(d) - t) ** 2).sum().backward()
+            opt.step()
+    expected = torch.cat([model.weight.detach().flatten(), model.bias.detach()])
+    assert torch.allclose(final_weights(out), expected, atol=1e-5)
+
+
+def test_part4_trusted_aggregator_equals_plain_torch():
+    out = run_example("tutorial_part4.py")
+    assert "Linear(in_features=2, out_features=1, bias=True)" in out
+    torch.manual_seed(0)
+    x, y = data()
+    model = nn.Linear(2, 1)
+
+    def local_round(steps: int) -> None:
+        import copy
+
+        copies = []
+        for d, t in ((x[:2], y[:2]), (x[2:], y[2:])):
+            m = copy.deepcopy(model)
+            o = optim.SGD(m.parameters(), lr=0.1)
+            for _ in range(steps):
+                o.zero_grad()
+                ((m(d) - t) ** 2).sum().backward()
+                o.step()
+            copies.append(m)
+        with torch.no_grad():
+            model.weight.set_((copies[1].weight.data + copies[0].weight.data) / 2)
+            model.bias.set_((copies[1].bias.data + copies[0].bias.data) / 2)
+
+    local_round(10)
+    for _ in range(10):
+        local_round(5)
+    expected = torch.cat([model.weight.detach().flatten(), model.bias.detach()])
+    assert torch.allclose(final_weights(out), expected, atol=1e-5)
