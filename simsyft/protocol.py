@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 from . import sharing
-from .errors import ProtocolError
+from .errors import ProtocolError, SimsyftError
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -312,9 +312,9 @@ def decode(frames: list, resolve: Callable[[int], Any] | None = None) -> Message
         raise ProtocolError(f"header of {len(header)} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
     try:
         values = _Decoder(bytes(header), list(frames[1:]), resolve).load()
-    except ProtocolError:
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError, MemoryError) as exc:
+    except SimsyftError:
+        raise  # ProtocolError, or the resolver's ObjectNotFoundError: already say what is wrong
+    except Exception as exc:  # noqa: BLE001 - whatever a hostile frame provokes, it is a bad frame
         raise ProtocolError(f"undecodable message header ({type(exc).__name__}: {exc})") from None
     if not isinstance(values, tuple) or not values or type(values[0]) is not int:
         raise ProtocolError("message header is not a (code, fields...) tuple")
