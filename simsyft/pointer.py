@@ -224,7 +224,39 @@ class PointerTensor:
             return None
         reply = self.location.connection.request(lambda seq: protocol.Fetch(seq, self.id_at_location, True))
         self._state = FETCHED
-        return reply.value
+        value = reply.value
+        if type(value) is protocol.RemoteRef:
+            # A pointer to a pointer: we get the inner pointer, and with it the duty to free the data.
+            return from_remote_ref(value, self.location, self.owner, LIVE)
+        return value
+
+    def send(self, worker: Any) -> "PointerTensor":
+        """Send this *pointer* to `worker`: returns a pointer to a pointer (PySyft's chains).
+
+        Ops on the result run where the data is, through `worker`; `get()` on it
+        returns the inner pointer. Only the newest pointer frees the data, so this
+        one stops owning it.
+        """
+        self._check_live()
+        if getattr(worker, "is_local", False):
+            return self
+        if getattr(worker, "simulation", None) is None or worker.simulation is not getattr(self.location, "simulation", None):
+            raise LocationMismatchError(
+                f"cannot send a pointer to {self.location.id!r} to {worker.id!r}: workers of one simulation only")
+        meta = (sharing.dtype_name(self._dtype), tuple(self._shape), self._requires_grad, self._device)
+        new = new_id()
+        ack = worker.connection.request(
+            lambda seq: protocol.StorePointer(seq, new, self.location.id, self.id_at_location, meta))
+        if self._state == LIVE:
+            self._state = OBSERVER
+        return PointerTensor(worker, new, worker.owner, ack.result[2:])
+
+    def remote_get(self) -> "PointerTensor":
+        """On a pointer to a pointer: bring the data to the middle worker (worker to worker); returns self."""
+        self._check_live()
+        ack = self.location.connection.request(lambda seq: protocol.RemoteGet(seq, self.id_at_location))
+        self._set_meta(ack.result[2:])
+        return self
 
     def move(self, worker: Any) -> "PointerTensor":
         """Move the data to `worker`, worker to worker through shared memory; returns this pointer.
@@ -293,6 +325,13 @@ class PointerTensor:
         if not all(issubclass(t, (torch.Tensor, PointerTensor)) for t in types):
             return NotImplemented  # let torch raise its usual TypeError
         return _call_remote(func, args, kwargs or {})
+
+
+def from_remote_ref(ref: Any, holder: Any, owner: Any, state: int) -> PointerTensor:
+    """A PointerTensor for a pointer a worker held (`holder` reaches the worker it points to)."""
+    location = holder.peer(ref.location)
+    return PointerTensor(location, ref.id_at_location, owner, ref.meta, state=state,
+                         id=ref.id if state == OBSERVER else None)
 
 
 class _MethodForwarder:

@@ -42,9 +42,12 @@ __all__ = [
     "Message",
     "Objects",
     "Ref",
+    "RemoteGet",
+    "RemoteRef",
     "Search",
     "Shutdown",
     "Store",
+    "StorePointer",
     "Value",
     "decode",
     "encode",
@@ -71,6 +74,24 @@ class Ref:
 
     def __hash__(self) -> int:
         return hash(("Ref", self.id))
+
+
+class RemoteRef:
+    """A pointer held *by a worker* (a pointer chain: alice holds a pointer to bob's tensor).
+
+    Crosses the wire as data; the user layer turns it into a PointerTensor.
+    """
+
+    __slots__ = ("id", "location", "id_at_location", "meta")
+
+    def __init__(self, id: int, location: str, id_at_location: int, meta: tuple) -> None:
+        self.id = id
+        self.location = location
+        self.id_at_location = id_at_location
+        self.meta = meta
+
+    def __repr__(self) -> str:
+        return f"RemoteRef({self.id} -> {self.location}:{self.id_at_location})"
 
 
 class Message:
@@ -182,6 +203,23 @@ class Import(Message):
     description: Any = None
 
 
+@_message(12)
+class StorePointer(Message):
+    """Store under `id` a pointer to object `id_at_location` on worker `location` (a chain)."""
+    seq: int
+    id: int
+    location: str
+    id_at_location: int
+    meta: tuple
+
+
+@_message(13)
+class RemoteGet(Message):
+    """Replace the pointer stored under `id` by the tensor it points to, fetched worker to worker."""
+    seq: int
+    id: int
+
+
 @_message(16)
 class Ack(Message):
     """Result of a Command or Store: one descriptor per result (see worker.describe)."""
@@ -208,7 +246,7 @@ class ErrorReply(Message):
 
 
 _KINDS: dict[int, type] = {
-    cls.code: cls for cls in (Command, Store, Fetch, Free, Objects, Info, Shutdown, Clear, Search, Export, Import, Ack, Value, ErrorReply)
+    cls.code: cls for cls in (Command, Store, Fetch, Free, Objects, Info, Shutdown, Clear, Search, Export, Import, StorePointer, RemoteGet, Ack, Value, ErrorReply)
 }
 _FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _KINDS.values()}
 _FIELD_TYPES: dict[type, tuple] = {
@@ -223,6 +261,8 @@ _FIELD_TYPES: dict[type, tuple] = {
     Search: (int, tuple),
     Export: (int, int),
     Import: (int, int, tuple, tuple, object),
+    StorePointer: (int, int, str, int, tuple),
+    RemoteGet: (int, int),
     Ack: (int, tuple),
     Value: (int, object),
     ErrorReply: (int, str, str, str, str, str),
@@ -254,6 +294,8 @@ class _Encoder(pickle.Pickler):
             return ("T", sharing.encode_tensor(obj, self.buffers, self.namespace))
         if type(obj) is Ref:
             return ("R", obj.id)
+        if type(obj) is RemoteRef:
+            return ("C", (obj.id, obj.location, obj.id_at_location, obj.meta))
         if isinstance(obj, torch.memory_format):
             return ("M", str(obj).removeprefix("torch."))
         if isinstance(obj, torch.layout):
@@ -283,6 +325,11 @@ class _Decoder(pickle.Unpickler):
             if not isinstance(value, int):
                 raise ProtocolError(f"object reference must be an int, got {type(value).__name__}")
             return self.resolve(value) if self.resolve is not None else Ref(value)
+        if tag == "C":
+            if not (isinstance(value, tuple) and len(value) == 4 and type(value[0]) is int
+                    and type(value[1]) is str and type(value[2]) is int and type(value[3]) is tuple):
+                raise ProtocolError(f"malformed remote pointer {value!r:.100}")
+            return RemoteRef(*value)
         if tag == "M" and value in _MEMORY_FORMATS:
             return _MEMORY_FORMATS[value]
         if tag == "L" and value in _LAYOUTS:

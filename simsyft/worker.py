@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from . import executor, protocol, sharing
-from .errors import ObjectNotFoundError, ProtocolError
+from .connection import Connection
+from .errors import LocationMismatchError, ObjectNotFoundError, ProtocolError, SimsyftError
 
 __all__ = ["WorkerCore", "describe_meta", "main"]
 
@@ -40,8 +41,10 @@ def describe_meta(tensor: torch.Tensor) -> tuple:
 class WorkerCore:
     """A worker's store and message handling, independent of any transport."""
 
-    def __init__(self, name: str, namespace: str = "", device: str = "cpu") -> None:
+    def __init__(self, name: str, namespace: str = "", device: str = "cpu", run_dir: str | None = None) -> None:
         self.name = name
+        self.run_dir = run_dir  # where the other workers' endpoints are (pointer chains)
+        self._peers: dict[str, Any] = {}
         self.namespace = namespace
         self.device = torch.device(device)
         self.store: dict[int, Any] = {}
@@ -95,7 +98,9 @@ class WorkerCore:
         kind = type(msg)
         if kind is protocol.Command:
             for object_id in msg.free:  # none of these can be among the args: their pointers are gone
-                self.store.pop(object_id, None)
+                self._drop(object_id)
+            if any(type(obj) is protocol.RemoteRef for obj in used.values()):
+                return protocol.Ack(msg.seq, self._forward(msg, used))
             with torch.set_grad_enabled(msg.grad_enabled):
                 result = executor.run(msg.op, msg.args, msg.kwargs)
             return protocol.Ack(msg.seq, self.describe(result, msg.result_id, used, msg.op))
@@ -125,11 +130,29 @@ class WorkerCore:
             return protocol.Value(msg.seq, self.info())
         if kind is protocol.Clear:
             count = len(self.store)
-            self.store.clear()
+            for object_id in list(self.store):
+                self._drop(object_id)
             self.tags.clear()
             return protocol.Value(msg.seq, count)
+        if kind is protocol.StorePointer:
+            self.store[msg.id] = protocol.RemoteRef(msg.id, msg.location, msg.id_at_location, msg.meta)
+            return protocol.Ack(msg.seq, ("p", msg.id, *msg.meta))
+        if kind is protocol.RemoteGet:
+            ref = self._resolve(msg.id, used)
+            if type(ref) is not protocol.RemoteRef:
+                raise TypeError(f"remote_get(): object {msg.id} on worker {self.name!r} is already a tensor, "
+                                "not a pointer")
+            value = self._peer(ref.location).request(lambda seq: protocol.Fetch(seq, ref.id_at_location, True)).value
+            if type(value) is protocol.RemoteRef:  # a longer chain: we now point where our target pointed
+                value.id = msg.id
+                self.store[msg.id] = value
+                return protocol.Ack(msg.seq, ("p", msg.id, *value.meta))
+            self.store[msg.id] = value
+            return protocol.Ack(msg.seq, ("p", msg.id, *describe_meta(value)))
         if kind is protocol.Export:
-            self._resolve(msg.id, used)
+            if type(self._resolve(msg.id, used)) is protocol.RemoteRef:
+                raise TypeError(f"cannot move object {msg.id} from worker {self.name!r}: it is a pointer to "
+                                "another worker; call remote_get() first")
             value = self.store.pop(msg.id)
             tags, description = self.tags.pop(msg.id, ((), None))
             return protocol.Value(msg.seq, (sharing.encode_tensor(value, [], self.namespace, -1), tags, description))
@@ -151,8 +174,89 @@ class WorkerCore:
     def _free(self, msg: protocol.Message) -> None:
         if type(msg) is protocol.Free:
             for object_id in msg.ids:
-                self.store.pop(object_id, None)
-                self.tags.pop(object_id, None)
+                self._drop(object_id)
+
+    def _drop(self, object_id: int) -> None:
+        """Remove an object; a pointer we hold frees what it points to (only the newest pointer frees)."""
+        obj = self.store.pop(object_id, None)
+        self.tags.pop(object_id, None)
+        if type(obj) is protocol.RemoteRef:
+            try:
+                peer = self._peer(obj.location)
+                peer.free(obj.id_at_location)
+                # A round trip, so the free is done before we answer our client: otherwise the
+                # client's next message to that worker could overtake it (different sockets).
+                peer.request(lambda seq: protocol.Objects(seq, False))
+            except SimsyftError:
+                pass  # the other worker is gone, and its objects with it
+
+    def _peer(self, name: str) -> Any:
+        """A client connection from this worker to worker `name` of the same simulation."""
+        peer = self._peers.get(name)
+        if peer is not None and peer.closed_reason is None:
+            return peer
+        if name == self.name:
+            # A chain through ourselves (x.send(bob).send(bob)): a socket to ourselves would deadlock
+            # our single thread, so the request is handled re-entrantly, still through the protocol.
+            peer = self._peers[name] = _Loopback(self)
+            return peer
+        if self.run_dir is None:
+            raise SimsyftError(f"worker {self.name!r} cannot reach worker {name!r}: pointer chains need "
+                               "worker processes of one simulation")
+        from .connection import ZmqConnection  # pyzmq only where a chain needs it
+
+        pid = _peer_pid(self.run_dir, name)
+        if pid is None:
+            raise SimsyftError(f"worker {self.name!r} cannot reach worker {name!r}: no such worker in this simulation")
+        peer = ZmqConnection(
+            name, f"ipc://{self.run_dir}/{name}.sock", self.namespace,
+            exit_status=lambda: None if _pid_alive(pid) else -1,
+            describe_exit=lambda: f"worker {name!r} (pid {pid}), reached through worker {self.name!r}, has exited",
+        )
+        self._peers[name] = peer
+        return peer
+
+    def _forward(self, msg: protocol.Command, used: dict[int, Any]) -> tuple:
+        """Run an op on pointers we hold: on the worker they point to, keeping pointers to the results."""
+        refs = {oid: obj for oid, obj in used.items() if type(obj) is protocol.RemoteRef}
+        locations = sorted({ref.location for ref in refs.values()})
+        if len(refs) != len(used) or len(locations) > 1:
+            held = f"objects held by {self.name!r}" if len(refs) != len(used) else ""
+            names = " and ".join([repr(n) for n in locations] + ([held] if held else []))
+            raise LocationMismatchError(f"{msg.op} got pointers to {names}; move them to one place first")
+        location = locations[0]
+
+        def swap(value: Any) -> Any:
+            kind = type(value)
+            if kind is protocol.RemoteRef:
+                return protocol.Ref(value.id_at_location)
+            if kind is tuple or kind is list:
+                return kind(swap(v) for v in value)
+            if kind is dict:
+                return {k: swap(v) for k, v in value.items()}
+            return value
+
+        remote_id = self._ids.getrandbits(63) or 1
+        args, kwargs = swap(msg.args), swap(msg.kwargs)
+        ack = self._peer(location).request(
+            lambda seq: protocol.Command(seq, msg.op, args, kwargs, remote_id, msg.grad_enabled, ()))
+        by_remote = {ref.id_at_location: oid for oid, ref in refs.items()}
+        return self._adopt(ack.result, msg.result_id, location, by_remote)
+
+    def _adopt(self, desc: tuple, result_id: int, location: str, by_remote: dict[int, int]) -> tuple:
+        kind = desc[0]
+        if kind == "p":
+            self.store[result_id] = protocol.RemoteRef(result_id, location, desc[1], tuple(desc[2:]))
+            return ("p", result_id, *desc[2:])
+        if kind == "a":
+            local_id = by_remote[desc[1]]
+            self.store[local_id].meta = tuple(desc[2:])
+            return ("a", local_id, *desc[2:])
+        if kind == "q":
+            items = tuple(self._adopt(item, result_id if i == 0 else (self._ids.getrandbits(63) or 1), location,
+                                      by_remote) for i, item in enumerate(desc[2]))
+            return ("q", desc[1], items)
+        return desc
 
     def tag(self, object_id: int, tags: tuple, description: Any) -> None:
         if not all(isinstance(t, str) for t in tags) or not (description is None or isinstance(description, str)):
@@ -224,6 +328,46 @@ class WorkerCore:
         }
 
 
+class _Loopback(Connection):
+    """A connection from a worker to itself, for chains that stay on one worker."""
+
+    def __init__(self, core: WorkerCore) -> None:
+        super().__init__(core.name, core.namespace)
+        self.core = core
+        self._replies: list = []
+
+    def _send(self, frames: list) -> None:
+        reply = self.core.handle([bytes(f) for f in frames])
+        if reply is not None:
+            self._replies.append([bytes(f) for f in reply])
+
+    def _recv(self) -> list:
+        return self._replies.pop(0)
+
+
+def _peer_pid(run_dir: str, name: str) -> int | None:
+    try:
+        with open(os.path.join(run_dir, "pids.json")) as f:
+            pid = json.load(f).get(name)
+    except (OSError, ValueError):
+        return None
+    return int(pid) if pid is not None else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     grad = tensor.grad
     moved = tensor.detach().to(device).requires_grad_(tensor.requires_grad)
@@ -257,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(device)
         if spec.get("gpu_memory_fraction"):
             torch.cuda.set_per_process_memory_fraction(float(spec["gpu_memory_fraction"]), device)
-    core = WorkerCore(spec["name"], spec["namespace"], str(device))
+    core = WorkerCore(spec["name"], spec["namespace"], str(device), run_dir=spec["run_dir"])
     core.load_data(spec.get("data") or [])
     parent = int(spec.get("parent_pid") or 0)
     memory_limit = int(spec.get("memory_limit") or 0)

@@ -21,7 +21,7 @@ import torch
 
 from . import protocol
 from .errors import WorkerShutdownError
-from .pointer import OBSERVER, PointerTensor, new_id
+from .pointer import OBSERVER, PointerTensor, from_remote_ref, new_id
 from .simulation import RUN_DIR_ENV, Cluster, WorkerProcess
 
 __all__ = ["VirtualWorker", "adopt_default", "default_simulation", "handle_for", "local_worker", "release_default",
@@ -187,7 +187,15 @@ class VirtualWorker:
         if self.is_local:
             return self._local_objects
         items = self.connection.request(lambda seq: protocol.Objects(seq, True)).value
-        return dict(items)
+        # Pointers this worker holds show as pointers owned by it; they only observe (never free).
+        return {key: from_remote_ref(value, self, self, OBSERVER) if type(value) is protocol.RemoteRef else value
+                for key, value in items}
+
+    def peer(self, name: str) -> "VirtualWorker":
+        """The handle on worker `name` of this worker's simulation."""
+        if self.simulation is None:
+            raise WorkerShutdownError(f"worker {self.id!r} is not part of a simulation; it cannot reach {name!r}")
+        return handle_for(self.simulation, name, start=False)
 
     def object_count(self) -> int:
         if self.is_local:
