@@ -1,0 +1,255 @@
+"""executor.py: the op allowlist admits tensor compute and nothing else; run() equals calling torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from simsyft import executor
+from simsyft.errors import OpNotAllowedError
+
+ALLOWED = [
+    "torch.add",
+    "torch.Tensor.add",
+    "torch.Tensor.__add__",
+    "torch.Tensor.__radd__",
+    "torch.Tensor.sum",
+    "torch.Tensor.backward",
+    "torch.nn.functional.relu",
+    "torch.functional.split",
+    "torch.max",
+    "torch.Tensor.view",
+    "torch.Tensor.__getitem__",
+    "torch.Tensor.__setitem__",
+    "torch.Tensor.grad.__get__",
+    "torch.Tensor.grad.__set__",
+    "torch.Tensor.add_",
+    "torch.Tensor.mul_",
+    "torch.Tensor.__iadd__",
+    "torch.matmul",
+    "torch.Tensor.__matmul__",
+    "torch.Tensor.__neg__",
+    "torch.Tensor.requires_grad.__get__",
+    "torch.Tensor.requires_grad.__set__",
+    "torch.Tensor.data.__get__",
+    "torch.Tensor.T.__get__",
+    "torch.Tensor.clone",
+    "torch.Tensor.to",
+    "torch.nn.functional.linear",
+    "torch.nn.functional.cross_entropy",
+    "torch.linalg.norm",
+]
+
+REFUSED = [
+    "torch.save",
+    "torch.load",
+    "torch.Tensor.numpy",
+    "torch.Tensor.tolist",
+    "torch.Tensor.item",
+    "torch.Tensor.storage",
+    "torch.Tensor.untyped_storage",
+    "torch.Tensor.data_ptr",
+    "torch.Tensor.register_hook",
+    "torch.Tensor.register_post_accumulate_grad_hook",
+    "torch.Tensor.share_memory_",
+    "torch.Tensor.is_shared",
+    "torch.Tensor.set_",
+    "torch.Tensor.apply_",
+    "torch.Tensor.map_",
+    "torch.Tensor.__dlpack__",
+    "torch.Tensor.__array__",
+    "torch.Tensor._grad.__get__",
+    "torch.Tensor._grad.__set__",
+    "torch.Tensor._base.__get__",
+    "torch.Tensor.grad_fn.__get__",
+    "torch.Tensor.__reduce_ex__",
+    "torch.Tensor.__setstate__",
+    "torch.Tensor.__deepcopy__",
+    "torch.Tensor.__init__",
+    "torch.Tensor.__class__",
+    "torch.Tensor.__torch_function__",
+    "torch._C._nn.linear",
+    "torch.manual_seed",
+    "torch.set_default_dtype",
+    "torch.set_num_threads",
+    "torch.from_file",
+    "torch.from_numpy",
+    "os.system",
+    "builtins.eval",
+    "builtins.exec",
+    "builtins.getattr",
+    "subprocess.Popen",
+    "torch.ops.aten.add",
+    "torch",
+    "torch.",
+    "torch.add ",
+    " torch.add",
+    "TORCH.ADD",
+    "torch.Tensor.add.__globals__",
+    "torch.add.__self__",
+    "",
+]
+
+NON_STRINGS = [None, 42, 1.5, b"torch.add", ("torch.add",), ["torch.add"], {"torch.add": 1}, torch.add, torch.Tensor.add]
+
+
+def message(name) -> str:
+    return f"{name!r} is not in simsyft's op allowlist (simsyft/executor.py)"
+
+
+@pytest.mark.parametrize("name", ALLOWED)
+def test_allowlist_contains_the_usual_ops(name):
+    assert executor.is_allowed(name)
+    assert name in executor.ops()
+    assert callable(executor.lookup(name))
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_lookup_refuses(name):
+    assert not executor.is_allowed(name)
+    assert name not in executor.ops()
+    with pytest.raises(OpNotAllowedError) as info:
+        executor.lookup(name)
+    assert str(info.value) == message(name)
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_run_refuses_without_calling_anything(name):
+    with pytest.raises(OpNotAllowedError) as info:
+        executor.run(name, (torch.ones(2),), {})
+    assert str(info.value) == message(name)
+
+
+@pytest.mark.parametrize("name", NON_STRINGS, ids=lambda v: type(v).__name__)
+def test_non_strings_are_refused(name):
+    with pytest.raises(OpNotAllowedError) as info:
+        executor.lookup(name)
+    assert str(info.value) == message(name)
+    with pytest.raises(OpNotAllowedError) as info:
+        executor.run(name, (torch.ones(2), torch.ones(2)), {})
+    assert str(info.value) == message(name)
+
+
+def test_the_documented_message_text():
+    with pytest.raises(OpNotAllowedError) as info:
+        executor.run("torch.load", ("/etc/passwd",), {})
+    assert str(info.value) == "'torch.load' is not in simsyft's op allowlist (simsyft/executor.py)"
+
+
+def test_op_not_allowed_is_a_permission_error():
+    with pytest.raises(PermissionError):
+        executor.lookup("torch.save")
+
+
+@pytest.mark.parametrize("fragment", ["save", "load", "numpy", "storage"])
+def test_no_op_name_mentions_io_or_raw_memory(fragment):
+    offenders = sorted(name for name in executor.ops() if fragment in name.lower())
+    assert offenders == []
+
+
+def test_underscore_names_are_only_operator_dunders_and_properties():
+    for name in executor.ops():
+        attr = name.rsplit(".", 1)[-1]
+        if attr in ("__get__", "__set__"):
+            prop = name.removesuffix("." + attr).rsplit(".", 1)[-1]
+            assert not prop.startswith("_"), name
+        elif attr.startswith("_"):
+            assert name.startswith("torch.Tensor.") and attr in executor.OPERATOR_DUNDERS, name
+
+
+def test_every_op_lives_in_a_torch_namespace():
+    assert all(name.startswith("torch.") for name in executor.ops())
+    assert len(executor.ops()) > 500  # "the usual ops": the table is torch's tensor API, not a handful
+
+
+def test_ops_is_a_snapshot_callers_cannot_change():
+    ops = executor.ops()
+    assert isinstance(ops, frozenset)
+    with pytest.raises(AttributeError):
+        ops.add("torch.load")  # type: ignore[attr-defined]
+    assert not executor.is_allowed("torch.load")
+
+
+@pytest.mark.parametrize("func", [torch.add, torch.Tensor.add, torch.Tensor.sum, F.relu, torch.max, torch.Tensor.__add__])
+def test_op_name_round_trips_through_lookup(func):
+    name = executor.op_name(func)
+    assert isinstance(name, str) and executor.is_allowed(name)
+    assert executor.lookup(name) is func
+
+
+def test_op_name_of_known_functions():
+    assert executor.op_name(torch.add) == "torch.add"
+    assert executor.op_name(torch.Tensor.sum) == "torch.Tensor.sum"
+    assert executor.op_name(torch.Tensor.grad.__get__) == "torch.Tensor.grad.__get__"
+    assert executor.op_name(F.relu) == "torch.nn.functional.relu"
+
+
+# -- run() equals torch -------------------------------------------------------
+
+def _x():
+    return torch.arange(12, dtype=torch.float32).reshape(3, 4) - 5
+
+
+CASES = {
+    "add": ("torch.add", lambda x: (x, 2), {"alpha": 3}, lambda x: torch.add(x, 2, alpha=3)),
+    "Tensor.add": ("torch.Tensor.add", lambda x: (x, x), {}, lambda x: x.add(x)),
+    "__add__": ("torch.Tensor.__add__", lambda x: (x, 1.5), {}, lambda x: x + 1.5),
+    "__radd__": ("torch.Tensor.__radd__", lambda x: (x, 1), {}, lambda x: 1 + x),
+    "__rsub__": ("torch.Tensor.__rsub__", lambda x: (x, 10), {}, lambda x: 10 - x),
+    "__matmul__": ("torch.Tensor.__matmul__", lambda x: (x, x.t()), {}, lambda x: x @ x.t()),
+    "sum_dim": ("torch.Tensor.sum", lambda x: (x,), {"dim": 1, "keepdim": True}, lambda x: x.sum(dim=1, keepdim=True)),
+    "relu": ("torch.nn.functional.relu", lambda x: (x,), {}, F.relu),
+    "view": ("torch.Tensor.view", lambda x: (x, 4, 3), {}, lambda x: x.view(4, 3)),
+    "getitem": ("torch.Tensor.__getitem__", lambda x: (x, (slice(None), slice(1, None, 2))), {}, lambda x: x[:, 1::2]),
+    "getitem_ellipsis": ("torch.Tensor.__getitem__", lambda x: (x, (Ellipsis, None, 0)), {}, lambda x: x[..., None, 0]),
+    "T": ("torch.Tensor.T.__get__", lambda x: (x,), {}, lambda x: x.T),
+    "linear": ("torch.nn.functional.linear", lambda x: (x, torch.ones(2, 4)), {}, lambda x: F.linear(x, torch.ones(2, 4))),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_run_equals_calling_torch(case):
+    name, make_args, kwargs, direct = case
+    x = _x()
+    got = executor.run(name, make_args(x), dict(kwargs))
+    expected = direct(_x())
+    assert type(got) is type(expected)
+    assert got.dtype == expected.dtype and torch.equal(got, expected)
+
+
+def test_run_multi_output_ops():
+    x = _x()
+    values, indices = executor.run("torch.max", (x,), {"dim": 1})
+    expected = torch.max(x, dim=1)
+    assert type(executor.run("torch.max", (x,), {"dim": 1})) is type(expected)
+    assert torch.equal(values, expected.values) and torch.equal(indices, expected.indices)
+    parts = executor.run("torch.functional.split", (x, 2), {"dim": 1})
+    assert isinstance(parts, tuple) and len(parts) == 2
+    assert all(torch.equal(a, b) for a, b in zip(parts, torch.split(x, 2, dim=1)))
+
+
+def test_run_in_place_returns_the_same_object():
+    x = _x()
+    before = x.clone()
+    out = executor.run("torch.Tensor.add_", (x, 1), {})
+    assert out is x and torch.equal(x, before + 1)
+    executor.run("torch.Tensor.__setitem__", (x, (0, 0), 100.0), {})
+    assert x[0, 0].item() == 100.0
+
+
+def test_run_backward_and_grad_accessors():
+    w = torch.ones(3, requires_grad=True)
+    loss = executor.run("torch.Tensor.sum", (executor.run("torch.mul", (w, torch.tensor([1.0, 2.0, 3.0])), {}),), {})
+    assert executor.run("torch.Tensor.backward", (loss,), {}) is None
+    grad = executor.run("torch.Tensor.grad.__get__", (w,), {})
+    assert torch.equal(grad, torch.tensor([1.0, 2.0, 3.0]))
+    executor.run("torch.Tensor.grad.__set__", (w, None), {})
+    assert w.grad is None
+
+
+def test_run_propagates_torch_errors_unchanged():
+    with pytest.raises(RuntimeError, match="size of tensor a"):
+        executor.run("torch.add", (torch.ones(2), torch.ones(3)), {})
+    with pytest.raises(TypeError):
+        executor.run("torch.add", (torch.ones(2),), {"no_such_kwarg": 1})

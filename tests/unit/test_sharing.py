@@ -1,0 +1,345 @@
+"""sharing.py: tensors cross bit-exact, inline or through a segment, and no segment outlives its decode."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import torch
+
+from simsyft import sharing
+from simsyft.errors import ProtocolError
+
+DTYPES = [
+    torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64,
+    torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.bool,
+]
+SIZES = ["inline", "shm"]
+
+
+def new_namespace() -> str:
+    return f"{os.getpid()}-test{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def ns():
+    """A namespace of this test's own; the test must leave no segment of it behind."""
+    namespace = new_namespace()
+    yield namespace
+    leftover = sharing.list_segments(namespace)
+    sharing.sweep(namespace)
+    assert leftover == [], f"test left shared-memory segments behind: {leftover}"
+
+
+def numel_for(size: str, dtype: torch.dtype) -> int:
+    """Just under/over the inline limit: exercises both paths at their boundary."""
+    if size == "inline":
+        return 37
+    return sharing.INLINE_MAX // dtype.itemsize + 5
+
+
+def random_tensor(shape, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    """Random bits (so floats include NaNs, infinities, subnormals and -0.0)."""
+    gen = torch.Generator().manual_seed(seed)
+    if dtype is torch.bool:
+        return torch.randint(0, 2, shape, generator=gen).bool()
+    numel = 1
+    for n in shape:
+        numel *= n
+    raw = torch.randint(0, 256, (numel * dtype.itemsize,), dtype=torch.uint8, generator=gen)
+    return raw.view(dtype).reshape(shape)
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+def assert_bit_exact(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert b.dtype == a.dtype
+    assert b.shape == a.shape
+    assert torch.equal(bits(a), bits(b))
+
+
+def roundtrip(t: torch.Tensor, namespace: str) -> torch.Tensor:
+    buffers: list = []
+    desc = sharing.encode_tensor(t, buffers, namespace)
+    return sharing.decode_tensor(desc, buffers)
+
+
+# -- bit-exactness ------------------------------------------------------------
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=sharing.dtype_name)
+def test_every_dtype_is_bit_exact(dtype, size, ns):
+    t = random_tensor((numel_for(size, dtype),), dtype, seed=DTYPES.index(dtype))
+    buffers: list = []
+    desc = sharing.encode_tensor(t, buffers, ns)
+    location = desc[3][0]
+    assert location == ("i" if size == "inline" else "s")
+    assert len(sharing.list_segments(ns)) == (1 if size == "shm" else 0)
+    out = sharing.decode_tensor(desc, buffers)
+    assert_bit_exact(t, out)
+    assert out.is_contiguous() and not out.requires_grad
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=sharing.dtype_name)
+def test_descriptor_names_dtype_and_shape(dtype, ns):
+    t = random_tensor((2, 3), dtype)
+    desc = sharing.encode_tensor(t, [], ns)
+    assert desc[0] == sharing.dtype_name(dtype) and desc[1] == (2, 3) and desc[2] is False and desc[4] is None
+    assert sharing.dtype_from_name(desc[0]) is dtype
+
+
+def test_inline_boundary_is_inline_max_bytes(ns):
+    at_limit = torch.zeros(sharing.INLINE_MAX, dtype=torch.uint8)
+    over = torch.zeros(sharing.INLINE_MAX + 1, dtype=torch.uint8)
+    buffers: list = []
+    assert sharing.encode_tensor(at_limit, buffers, ns)[3] == ("i", 0)
+    desc = sharing.encode_tensor(over, buffers, ns)
+    assert desc[3][0] == "s" and desc[3][2] == sharing.INLINE_MAX + 1
+    sharing.decode_tensor(desc, buffers)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.bool, torch.complex64], ids=sharing.dtype_name)
+def test_zero_dim(dtype, ns):
+    t = random_tensor((), dtype, seed=3)
+    out = roundtrip(t, ns)
+    assert out.dim() == 0
+    assert_bit_exact(t, out)
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 3), (4, 0, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int8, torch.bool], ids=sharing.dtype_name)
+def test_empty(shape, dtype, ns):
+    t = torch.empty(shape, dtype=dtype)
+    buffers: list = []
+    desc = sharing.encode_tensor(t, buffers, ns)
+    assert sharing.list_segments(ns) == []  # no zero-byte files in /dev/shm
+    out = sharing.decode_tensor(desc, buffers)
+    assert out.shape == shape and out.dtype == dtype and out.numel() == 0
+
+
+NON_CONTIGUOUS = {
+    "transposed": lambda t: t.reshape(-1, 4).t(),
+    "step_slice": lambda t: t[::3],
+    "offset_slice": lambda t: t[5:-7:2],
+    "expanded": lambda t: t[:1].expand(t.numel()),
+    "permuted_3d": lambda t: t.reshape(4, -1, 2).permute(2, 0, 1),
+    "negative_stride_like_flip": lambda t: t.flip(0),
+}
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("view", NON_CONTIGUOUS.values(), ids=NON_CONTIGUOUS.keys())
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.int32], ids=sharing.dtype_name)
+def test_non_contiguous(dtype, view, size, ns):
+    # The shm base is 4x the limit, so even a view of every third element goes through a segment.
+    numel = 8 * (sharing.INLINE_MAX // dtype.itemsize // 2 + 3) if size == "shm" else 8 * 9
+    base = random_tensor((numel,), dtype, seed=7)
+    t = view(base)
+    out = roundtrip(t, ns)
+    assert_bit_exact(t, out)
+    assert out.is_contiguous()
+    if size == "shm":
+        assert t.numel() * dtype.itemsize > sharing.INLINE_MAX  # the case really went through a segment
+
+
+# -- autograd state -----------------------------------------------------------
+
+@pytest.mark.parametrize("size", SIZES)
+def test_requires_grad_and_grad_survive(size, ns):
+    n = numel_for(size, torch.float32)
+    x = torch.randn(n).requires_grad_(True)
+    x.grad = torch.randn(n)
+    buffers: list = []
+    desc = sharing.encode_tensor(x, buffers, ns)
+    assert desc[2] is True and desc[4] is not None
+    out = sharing.decode_tensor(desc, buffers)
+    assert out.requires_grad and out.is_leaf
+    assert_bit_exact(x, out)
+    assert out.grad is not None
+    assert_bit_exact(x.grad, out.grad)
+    assert not out.grad.requires_grad
+
+
+def test_requires_grad_without_grad(ns):
+    x = torch.randn(3, dtype=torch.complex64, requires_grad=True)
+    out = roundtrip(x, ns)
+    assert out.requires_grad and out.grad is None
+
+
+def test_non_leaf_arrives_as_a_leaf_that_requires_grad(ns):
+    x = torch.randn(4, requires_grad=True)
+    y = x * 2
+    out = roundtrip(y, ns)
+    assert out.requires_grad and out.is_leaf and out.grad_fn is None and out.grad is None
+    assert torch.equal(out.detach(), y.detach())
+
+
+def test_retained_grad_of_a_non_leaf_survives(ns):
+    x = torch.randn(4, requires_grad=True)
+    y = x * 3
+    y.retain_grad()
+    y.sum().backward()
+    out = roundtrip(y, ns)
+    assert torch.equal(out.grad, torch.ones(4))
+
+
+def test_backward_works_on_the_decoded_tensor(ns):
+    x = torch.randn(5, requires_grad=True)
+    out = roundtrip(x, ns)
+    (out * out).sum().backward()
+    assert torch.allclose(out.grad, 2 * x.detach())
+    assert x.grad is None  # the source is untouched
+
+
+# -- ownership ----------------------------------------------------------------
+
+@pytest.mark.parametrize("size", SIZES)
+def test_decoded_tensor_owns_its_memory(size, ns):
+    n = numel_for(size, torch.float32)
+    src = torch.arange(n, dtype=torch.float32)
+    expected = src.clone()
+    buffers: list = []
+    desc = sharing.encode_tensor(src, buffers, ns)
+    src.fill_(-1)  # after encode: must not reach the decoded tensor
+    out = sharing.decode_tensor(desc, buffers)
+    assert torch.equal(out, expected)
+    out.fill_(42)  # and the decoded tensor's writes do not reach the source
+    assert bool(src.eq(-1).all())
+    assert out.data_ptr() != src.data_ptr()
+
+
+def test_decoded_tensor_does_not_alias_a_mutable_frame(ns):
+    src = torch.arange(8, dtype=torch.int32)
+    buffers: list = []
+    desc = sharing.encode_tensor(src, buffers, ns)
+    frame = bytearray(buffers[0])  # a receiver's frame may be a mutable buffer
+    out = sharing.decode_tensor(desc, [frame])
+    frame[:] = b"\xff" * len(frame)
+    assert torch.equal(out, src)
+    out.zero_()
+    assert frame == bytearray(b"\xff" * len(frame))
+
+
+def test_two_decodes_of_one_inline_descriptor_are_independent(ns):
+    buffers: list = []
+    desc = sharing.encode_tensor(torch.ones(4), buffers, ns)
+    a = sharing.decode_tensor(desc, buffers)
+    b = sharing.decode_tensor(desc, buffers)
+    a.zero_()
+    assert torch.equal(b, torch.ones(4))
+
+
+# -- segment lifetime: Note [Who unlinks a segment] ---------------------------
+
+def test_segment_exists_until_decode_then_is_unlinked(ns):
+    t = random_tensor((numel_for("shm", torch.float32),), torch.float32)
+    buffers: list = []
+    desc = sharing.encode_tensor(t, buffers, ns)
+    assert buffers == []  # nothing inline
+    path = desc[3][1]
+    assert os.path.dirname(path) == sharing.SHM_DIR
+    assert os.path.basename(path).startswith(sharing.segment_prefix(ns))
+    assert sharing.list_segments(ns) == [os.path.basename(path)]
+    assert os.path.getsize(path) == t.numel() * 4
+    out = sharing.decode_tensor(desc, buffers)
+    assert not os.path.exists(path)
+    assert sharing.list_segments(ns) == []
+    assert_bit_exact(t, out)  # the pages live on in the tensor after the name is gone
+    out.fill_(2)  # the mapping is private to us and writable
+    assert bool(out.eq(2).all())
+
+
+def test_a_consumed_segment_cannot_be_decoded_again(ns):
+    buffers: list = []
+    desc = sharing.encode_tensor(torch.zeros(numel_for("shm", torch.float32)), buffers, ns)
+    sharing.decode_tensor(desc, buffers)
+    with pytest.raises(ProtocolError, match="does not exist"):
+        sharing.decode_tensor(desc, buffers)
+
+
+def test_tensor_and_grad_in_separate_segments_are_both_unlinked(ns):
+    n = numel_for("shm", torch.float32)
+    x = torch.randn(n, requires_grad=True)
+    x.grad = torch.randn(n)
+    desc = sharing.encode_tensor(x, [], ns)
+    assert len(sharing.list_segments(ns)) == 2
+    out = sharing.decode_tensor(desc, [])
+    assert sharing.list_segments(ns) == []
+    assert torch.equal(out.grad, x.grad)
+
+
+def test_segment_names_are_unique(ns):
+    descs = [sharing.encode_tensor(torch.zeros(numel_for("shm", torch.uint8), dtype=torch.uint8), [], ns) for _ in range(3)]
+    paths = {d[3][1] for d in descs}
+    assert len(paths) == 3 and len(sharing.list_segments(ns)) == 3
+    for d in descs:
+        sharing.decode_tensor(d, [])
+
+
+def test_sweep_removes_only_its_namespace():
+    a, b = new_namespace(), new_namespace()
+    a_longer = a + "0"  # shares a's text as a prefix: must not be swept with a
+    try:
+        for namespace, count in ((a, 2), (b, 1), (a_longer, 1)):
+            for _ in range(count):
+                sharing.encode_tensor(torch.zeros(sharing.INLINE_MAX + 1, dtype=torch.uint8), [], namespace)
+        assert len(sharing.list_segments(a)) == 2
+        assert sharing.sweep(a) == 2
+        assert sharing.list_segments(a) == []
+        assert len(sharing.list_segments(b)) == 1
+        assert len(sharing.list_segments(a_longer)) == 1
+        assert sharing.sweep(a) == 0  # idempotent
+    finally:
+        swept = sharing.sweep(b) + sharing.sweep(a_longer)
+        sharing.sweep(a)
+    assert swept == 2
+    assert sharing.list_segments(b) == sharing.list_segments(a_longer) == []
+
+
+def test_sweep_of_an_unused_namespace_is_zero():
+    assert sharing.sweep(new_namespace()) == 0
+
+
+def test_list_segments(ns):
+    other = new_namespace()
+    try:
+        descs = [sharing.encode_tensor(torch.zeros(sharing.INLINE_MAX + 1, dtype=torch.uint8), [], ns) for _ in range(2)]
+        sharing.encode_tensor(torch.zeros(sharing.INLINE_MAX + 1, dtype=torch.uint8), [], other)
+        mine = sharing.list_segments(ns)
+        assert mine == sorted(os.path.basename(d[3][1]) for d in descs)
+        assert all(name.startswith(sharing.segment_prefix(ns)) for name in mine)
+        everything = sharing.list_segments()
+        assert set(mine) <= set(everything)
+        assert set(sharing.list_segments(other)) <= set(everything)
+        assert all(name.startswith("simsyft_") for name in everything)
+        assert everything == sorted(everything)
+        for d in descs:
+            sharing.decode_tensor(d, [])
+        assert sharing.list_segments(ns) == []
+    finally:
+        sharing.sweep(other)
+
+
+def test_segment_prefix():
+    assert sharing.segment_prefix("123-ab") == "simsyft_123-ab_"
+
+
+def test_dtype_names_round_trip():
+    for dtype in DTYPES:
+        assert sharing.dtype_from_name(sharing.dtype_name(dtype)) is dtype
+    with pytest.raises(ProtocolError, match="unknown dtype 'float31'"):
+        sharing.dtype_from_name("float31")
+    with pytest.raises(ProtocolError, match="unknown dtype"):
+        sharing.dtype_from_name(None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_descriptor_refused_without_cuda():
+    data = ("c", (1,), 0, 0, b"handle", 4, 0, b"ref", 0, b"event", False)
+    with pytest.raises(ProtocolError, match="no CUDA device"):
+        sharing.decode_tensor(("float32", (1,), False, data, None), [])
+    with pytest.raises(ProtocolError, match="malformed CUDA IPC descriptor"):
+        sharing.decode_tensor(("float32", (1,), False, ("c", (1,), "0", 0, b"h", 4, 0, b"r", 0, b"e", False), None), [])
