@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
@@ -346,19 +347,50 @@ def encode(msg: Message, namespace: str = "") -> list:
     return [file.getvalue(), *buffers]
 
 
-def decode(frames: list, resolve: Callable[[int], Any] | None = None) -> Message:
+# Opcodes our encoder never emits (it memoizes with MEMOIZE only). The C unpickler sizes its
+# memo table from a PUT's index, so a 9-byte header could make it allocate gigabytes.
+_REFUSED_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "LONG_BINGET", "GLOBAL", "INST", "OBJ",
+                          "PERSID", "EXT1", "EXT2", "EXT4"})
+
+
+def _check_opcodes(header: bytes) -> None:
+    """Refuse pickle opcodes that can exhaust memory or reach code, before the C unpickler runs.
+
+    Costs ~9 us for a small header, so only the worker (the safety boundary) pays it.
+    """
+    memo = 0
+    try:
+        for op, arg, _ in pickletools.genops(header):
+            name = op.name
+            if name in _REFUSED_OPS:
+                raise ProtocolError(f"message header uses pickle opcode {name}, which simsyft never sends")
+            if name == "MEMOIZE":
+                memo += 1
+            elif name == "BINGET" and arg >= memo:
+                raise ProtocolError(f"message header reads memo entry {arg} of {memo}")
+    except ProtocolError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - genops' own complaints about malformed data
+        raise ProtocolError(f"undecodable message header ({type(exc).__name__}: {exc})") from None
+
+
+def decode(frames: list, resolve: Callable[[int], Any] | None = None, strict: bool = False) -> Message:
     """Frames -> message, refusing anything that is not a well-formed simsyft message.
 
     `resolve(id)` turns a remote reference into a store object (the worker
-    passes its store lookup); without it references decode to `Ref`.
+    passes its store lookup); without it references decode to `Ref`. `strict`
+    (the worker's setting) also refuses opcodes our encoder never emits.
     """
     if not frames:
         raise ProtocolError("empty message: no header frame")
     header = frames[0]
     if len(header) > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {len(header)} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
+    header = bytes(header)
+    if strict:
+        _check_opcodes(header)
     try:
-        values = _Decoder(bytes(header), list(frames[1:]), resolve).load()
+        values = _Decoder(header, list(frames[1:]), resolve).load()
     except SimsyftError:
         raise  # ProtocolError, or the resolver's ObjectNotFoundError: already say what is wrong
     except Exception as exc:  # noqa: BLE001 - whatever a hostile frame provokes, it is a bad frame
@@ -383,10 +415,17 @@ def frames_size(frames: list) -> int:
     return sum(len(f) for f in frames)
 
 
+class _Peeker(_Decoder):
+    def persistent_load(self, pid: Any) -> Any:
+        return None  # tensors and refs are not needed to read the sequence number
+
+
 def peek_seq(frames: list) -> int:
     """Best-effort sequence number of an undecodable request, so its error reply can be matched."""
     try:
-        values = _Decoder(bytes(frames[0]), [], None).load()
+        header = bytes(frames[0])
+        _check_opcodes(header)
+        values = _Peeker(header, [], None).load()
         return values[1] if type(values[1]) is int else -1
-    except Exception:  # the frame is already known to be bad; -1 means "the request in flight"
+    except Exception:  # noqa: BLE001 - the frame is already known to be bad; -1 means "the request in flight"
         return -1

@@ -51,7 +51,7 @@ __all__ = [
 INLINE_MAX = 1024 * 1024
 
 SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else os.path.join(os.sep, "tmp")
-_SEGMENT_RE = re.compile(r"simsyft_[A-Za-z0-9-]+_\d+_\d+")
+_SEGMENT_RE = re.compile(r"simsyft_[A-Za-z0-9_-]*_\d+_\d+")
 _counter = itertools.count()
 
 _DTYPES: dict[str, torch.dtype] = {

@@ -62,7 +62,7 @@ class WorkerCore:
         self.messages_in += 1
         used: dict[int, Any] = {}
         try:
-            msg = protocol.decode(frames, resolve=lambda ref: self._resolve(ref, used))
+            msg = protocol.decode(frames, resolve=lambda ref: self._resolve(ref, used), strict=True)
         except Exception as exc:  # noqa: BLE001 - a bad frame must never kill the worker
             return self._error(protocol.peek_seq(frames), exc)
         if not msg.wants_reply:

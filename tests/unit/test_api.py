@@ -17,7 +17,8 @@ FORBIDDEN = {
     "executor": {"pointer", "workers", "hook", "worker", "connection", "simulation", "protocol", "cli", "testing"},
     "config": {"pointer", "workers", "hook", "worker", "connection", "simulation", "protocol", "executor", "cli", "testing"},
     "connection": {"pointer", "workers", "hook", "worker", "simulation", "cli", "testing"},
-    "worker": {"pointer", "workers", "hook", "connection", "simulation", "cli", "testing"},
+    # a worker reaches other workers (pointer chains) as a client: connection.py, never the user layer
+    "worker": {"pointer", "workers", "hook", "simulation", "launcher", "models", "cli", "testing"},
     "simulation": {"pointer", "workers", "hook", "worker", "cli", "testing"},
     "pointer": {"worker", "workers", "hook", "simulation", "cli", "testing"},
     "workers": {"worker", "hook", "cli", "testing"},

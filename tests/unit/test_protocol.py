@@ -347,16 +347,13 @@ def test_refuses_a_bad_device_string():
     refuse([header], "no-such-device")
 
 
-@pytest.mark.xfail(
-    reason="bug: a 9-byte header makes the C unpickler allocate a memo of 2*index entries (LONG_BINPUT); "
-    "an index near 2**31 allocates and zeroes tens of GB", strict=True,
-)
 def test_a_tiny_header_cannot_make_the_decoder_allocate_much():
+    """The worker decodes strictly: a PUT with a huge memo index is refused before unpickling."""
     header = b"\x80\x05N" + b"r" + (1 << 22).to_bytes(4, "little") + b"."  # memo put at index 4 Mi
     tracemalloc.start()
     try:
-        with pytest.raises(ProtocolError):
-            protocol.decode([header])
+        with pytest.raises(ProtocolError, match="LONG_BINPUT"):
+            protocol.decode([header], strict=True)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -557,10 +554,6 @@ def test_refuses_a_segment_of_the_wrong_size(ns):
     os.unlink(path)
 
 
-@pytest.mark.xfail(
-    reason="bug: encode() defaults to namespace '' and names the segment 'simsyft__<pid>_<n>', which "
-    "sharing._SEGMENT_RE refuses, so the message cannot be decoded and the segment leaks", strict=True,
-)
 def test_default_namespace_round_trips_a_large_tensor():
     before = set(sharing.list_segments())
     frames = protocol.encode(Value(1, big_tensor()))

@@ -197,10 +197,6 @@ def test_fetch_of_a_missing_id_names_the_worker(core):
     assert "worker 'bob' has no object 77" in reply.message
 
 
-@pytest.mark.xfail(
-    reason="bug: peek_seq re-decodes the header with no buffers, so a request carrying an inline tensor "
-    "(or an already consumed segment) gets seq -1 although its seq is readable", strict=True,
-)
 def test_a_missing_id_next_to_a_tensor_argument_keeps_the_seq(core):
     reply = send(core, Command(6, "torch.add", (Ref(4821), torch.ones(2)), {}, 7))
     assert type(reply) is ErrorReply and reply.type_name == "ObjectNotFoundError"
