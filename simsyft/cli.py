@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start a simulation, run a command attached to it, stop it")
     run.add_argument("config")
     run.add_argument("--verbose", "-v", action="store_true", help="stream worker logs, tagged with names")
-    run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    run.add_argument("command", nargs="*", help="-- COMMAND [ARGS...] (everything after -- is the command)")
     run.set_defaults(func=_run)
 
     status = sub.add_parser("status", help="status of running simulations")
@@ -353,9 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--verbose", "-v", action="store_true")
     demo.set_defaults(func=_demo)
 
-    bench = sub.add_parser("bench", help="the benchmark suite (python -m bench)")
-    bench.add_argument("args", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=_bench)
+    bench = sub.add_parser("bench", help="the benchmark suite (python -m bench); options pass through",
+                           add_help=False)
+    bench.set_defaults(func=_bench, args=[])
 
     sub.add_parser("sweep", help="remove leftovers of simulations whose owner died").set_defaults(func=_sweep)
     sub.add_parser("version", help="print versions").set_defaults(func=_version)
@@ -363,5 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # everything after `bench` belongs to python -m bench
+        return _bench(argparse.Namespace(args=argv[1:]))
+    command: list[str] | None = None
+    if argv[:1] == ["run"] and "--" in argv:  # simsyft run [OPTIONS] CONFIG [OPTIONS] -- COMMAND...
+        split = argv.index("--")
+        argv, command = argv[:split], argv[split + 1:]
     args = build_parser().parse_args(argv)
+    if command is not None:
+        args.command = command
     return args.func(args)

@@ -150,7 +150,8 @@ def copy_module(module: nn.Module) -> nn.Module:
 
 def module_location(module: nn.Module) -> Any:
     """The worker holding the module's data (None if local); refuses a module split over workers."""
-    locations = {id(p.location): p.location for p in filter(None, map(_remote_pointer, _tensors(module)))}
+    pointers = [p for p in map(_remote_pointer, _tensors(module)) if p is not None]
+    locations = {id(p.location): p.location for p in pointers}
     if len(locations) > 1:
         names = sorted(w.id for w in locations.values())
         raise LocationMismatchError(f"the module's parameters are on {names}; move them to one worker")

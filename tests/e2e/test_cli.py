@@ -438,8 +438,6 @@ def test_run_verbose_streams_worker_logs_tagged(tmp_path, cleanup):
     _assert_tagged_worker_log(simsyft("run", "--verbose", config, "--", sys.executable, script))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: `run CONFIG --verbose -- CMD` (the usage cli.py documents) takes "
-                                       "--verbose as the command: argparse.REMAINDER swallows options after CONFIG")
 def test_run_verbose_after_the_config(tmp_path, cleanup):
     config, name = write_config(tmp_path, "verbose2")
     cleanup.names.append(name)
@@ -467,8 +465,6 @@ def test_demo_runs_the_part1_tutorial(tmp_path):
     assert glob.glob(os.path.join(sharing.SHM_DIR, f"simsyft_{proc.pid}-*")) == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug: `simsyft bench --list` fails with 'unrecognized arguments': "
-                                       "argparse.REMAINDER as a subcommand's first positional takes no options")
 def test_bench_passes_its_options_to_the_suite():
     result = simsyft("bench", "--list", timeout=60)  # --list only names the rows: no benchmark runs
     assert "unrecognized arguments" not in result.stderr
