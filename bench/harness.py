@@ -65,8 +65,8 @@ MODES: dict[str, Settings] = {
     ),
     "quick": Settings(
         mode="quick", warmup=200, reps=2000, pipelined=10_000, bursts=3,
-        sizes=(1 * MB, 64 * MB, 256 * MB), big_reps=5, cold_reps=1, spawn_reps=2,
-        scaling=(1, 2, 4, 8), scaling_s=1.0, fedavg=(2, 4, 8), fedavg_rounds=2,
+        sizes=(1 * MB, 64 * MB, 256 * MB), big_reps=5, cold_reps=1, spawn_reps=1,
+        scaling=(1, 2, 4, 8), scaling_s=0.5, fedavg=(2, 4, 8), fedavg_rounds=2,
     ),
     "full": Settings(
         mode="full", warmup=1000, reps=10_000, pipelined=30_000, bursts=5,
@@ -485,6 +485,7 @@ def write_plot(path: str, figures: list[Figure]) -> str | None:
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
     ax_t.set_yscale("log")
+    ax_b.set_yscale("log")
     ax_b.legend(fontsize=7)
     ax_t.set_title("latency vs size (dashed: floors)")
     ax_b.set_title("bandwidth vs size")
