@@ -78,3 +78,15 @@ def test_part4_trusted_aggregator_equals_plain_torch():
         local_round(5)
     expected = torch.cat([model.weight.detach().flatten(), model.bias.detach()])
     assert torch.allclose(final_weights(out), expected, atol=1e-5)
+
+
+def test_fedavg_example_on_three_hospitals(tmp_path):
+    plot = tmp_path / "accuracy.png"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "fedavg_hospitals.py"), "--rounds", "3", "--plot", str(plot)],
+        capture_output=True, text=True, timeout=240, env={**os.environ, "PYTHONPATH": ROOT})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rounds = re.findall(r"round (\d)/3 accuracy ([\d.]+)", result.stdout)
+    assert [r for r, _ in rounds] == ["1", "2", "3"]
+    assert all(0.0 <= float(a) <= 1.0 for _, a in rounds)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
