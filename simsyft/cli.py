@@ -242,11 +242,17 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from .simulation import pid_alive, running_simulations, sweep_stale
+    from .simulation import owned_by_cli, pid_alive, running_simulations, sweep_stale
 
     targets = [(d, m) for d, m in running_simulations() if args.name is None or m.get("name") == args.name]
     if args.name and not targets:
         print(f"no running simulation called {args.name!r}")
+    if not args.force:
+        # A simulation owned by a user's script (sy.launch, the implicit one) is that script's to stop.
+        for run_dir, meta in [t for t in targets if not owned_by_cli(t[1])]:
+            print(f"left running: simulation {meta.get('name')!r} belongs to pid {meta.get('owner_pid')}, "
+                  "not to `simsyft up` (use --force to stop it anyway)")
+        targets = [t for t in targets if owned_by_cli(t[1])]
     for run_dir, meta in targets:
         owner = int(meta["owner_pid"])
         try:
@@ -343,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     down = sub.add_parser("down", help="stop running simulations (all, or NAME) and remove leftovers")
     down.add_argument("name", nargs="?")
+    down.add_argument("--force", action="store_true", help="also stop simulations owned by other programs")
     down.set_defaults(func=_down)
 
     check = sub.add_parser("check", help="validate a config file")

@@ -27,7 +27,7 @@ from . import protocol, sharing
 from .connection import ZmqConnection, signal_name
 from .errors import SimsyftError, WorkerTimeoutError
 
-__all__ = ["Cluster", "WorkerProcess", "find_run_dir", "running_simulations", "sweep_stale"]
+__all__ = ["Cluster", "WorkerProcess", "find_run_dir", "owned_by_cli", "running_simulations", "sweep_stale"]
 
 _RUN_DIR_RE = re.compile(r"simsyft-(\d+)-([0-9a-f]+)")
 _SHM_RE = re.compile(r"simsyft_(\d+)-([0-9a-f]+)_")
@@ -311,10 +311,24 @@ def running_simulations() -> list[tuple[str, dict]]:
     return found
 
 
+def owned_by_cli(meta: dict) -> bool:
+    """Whether a simulation's owner is a `simsyft up` process (not some user's Python script)."""
+    try:
+        with open(f"/proc/{int(meta['owner_pid'])}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except (OSError, KeyError, ValueError):
+        return False
+    return b"up" in argv and any(part.endswith(b"simsyft") for part in argv)
+
+
 def find_run_dir(name: str | None = None) -> str:
-    """The run directory of the running simulation called `name` (the only one, if None)."""
+    """The run directory of the running simulation called `name` (the only one, if None).
+
+    Simulations started by `simsyft up` win over ones that user scripts own."""
     running = running_simulations()
     matches = [(d, m) for d, m in running if name is None or m.get("name") == name]
+    if len(matches) > 1 and any(owned_by_cli(m) for _, m in matches):
+        matches = [(d, m) for d, m in matches if owned_by_cli(m)]
     if not matches:
         known = ", ".join(sorted({m.get("name", "?") for _, m in running})) or "none"
         wanted = f"called {name!r}" if name else "at all"

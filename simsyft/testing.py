@@ -1244,7 +1244,7 @@ class PointerMachine(RuleBasedStateMachine):
     def open_world(self, world: World) -> None:
         self.workers = self.pool.world(world)
 
-    @rule(target=pointers, tensor=tensors(requires_grad=None), where=st.integers(0, 3))
+    @rule(target=pointers, tensor=tensors(requires_grad=None, max_side=3), where=st.integers(0, 3))
     def send(self, tensor: torch.Tensor, where: int) -> int:
         worker = self.workers[where % len(self.workers)]
         pointer = tensor.send(worker)

@@ -21,7 +21,7 @@ import torch
 
 from . import protocol
 from .errors import WorkerShutdownError
-from .pointer import OBSERVER, PointerTensor, from_remote_ref, new_id
+from .pointer import LIVE, OBSERVER, PointerTensor, from_remote_ref, new_id
 from .simulation import RUN_DIR_ENV, Cluster, WorkerProcess
 
 __all__ = ["VirtualWorker", "adopt_default", "default_simulation", "handle_for", "local_worker", "release_default",
@@ -51,8 +51,8 @@ def default_simulation() -> Cluster:
             _stack.pop()
         if not _stack:
             run_dir = os.environ.get(RUN_DIR_ENV)
-            cluster = Cluster(run_dir=run_dir) if run_dir else Cluster("default")
-            atexit.register(cluster.shutdown)
+            cluster = Cluster(run_dir=run_dir) if run_dir else Cluster("implicit")
+            atexit.register(_close_at_exit, cluster)
             _stack.append(cluster)
         return _stack[-1]
 
@@ -61,7 +61,25 @@ def adopt_default(cluster: Cluster) -> None:
     """Make `cluster` the default simulation until it shuts down."""
     with _lock:
         _stack.append(cluster)
-        atexit.register(cluster.shutdown)
+        atexit.register(_close_at_exit, cluster)
+
+
+def _close_at_exit(cluster: Cluster) -> None:
+    """At interpreter exit: an attached process frees what its still-live pointers own (the
+    workers outlive it), then detaches; an owner just stops its workers."""
+    if not cluster.owner and not cluster.closed:
+        import gc
+
+        for obj in gc.get_objects():
+            if type(obj) is PointerTensor and obj._state == LIVE:
+                location = obj.location
+                if getattr(location, "simulation", None) is cluster:
+                    try:
+                        location.connection.free(obj.id_at_location)
+                    except Exception:  # noqa: BLE001 - best effort at exit; the worker may be gone
+                        pass
+                obj._state = OBSERVER  # freed once, here; its __del__ must not queue it again
+    cluster.shutdown()
 
 
 def release_default(cluster: Cluster) -> None:
