@@ -78,8 +78,13 @@ def select(only: str | None) -> list[Row]:
     return [r for r in ROWS if r.name in chosen]
 
 
-def run(rows: list[Row], mode: str, progress: Progress) -> list[Figure]:
-    """Run rows in order; any exception becomes an error figure for that row."""
+def run(rows: list[Row], mode: str, progress: Progress,
+        checkpoint: Callable[[list[Figure]], None] | None = None) -> list[Figure]:
+    """Run rows in order; any exception becomes an error figure for that row.
+
+    `checkpoint(figures)` is called after each row, so a run that is killed
+    still leaves what it measured.
+    """
     settings = MODES[mode]
     figures: list[Figure] = []
     lab = None
@@ -107,6 +112,8 @@ def run(rows: list[Row], mode: str, progress: Progress) -> list[Figure]:
             bad = [f"{f.name}: {f.status}" for f in got if f.status != "ok"]
             progress.say(f"{row.group:7} {row.name} done in {now() - t0:.1f}s"
                          + (f" ({'; '.join(bad)})" if bad else ""))
+            if checkpoint is not None:
+                checkpoint(figures)
     finally:
         if lab is not None:
             try:
@@ -150,11 +157,17 @@ def main(argv: list[str] | None = None) -> int:
         progress.say(f"warning: the machine is busy before we start ({before}); "
                      "figures will be noisy, ratios less so (most floors are paired)")
     t0 = now()
-    figures = run(rows, mode_name, progress)
-    elapsed = now() - t0
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    meta = {"mode": mode_name, "command": command.strip(), "elapsed_s": round(elapsed, 1),
-            "rows": [r.name for r in rows], "busy_before": before, "busy_after": busyness()}
+    meta = {"mode": mode_name, "command": command.strip(), "rows": [r.name for r in rows],
+            "busy_before": before}
+
+    def checkpoint(figs: list[Figure]) -> None:
+        resolve(figs)
+        write_json(args.json, figs, {**meta, "partial": True, "elapsed_s": round(now() - t0, 1)})
+
+    figures = run(rows, mode_name, progress, checkpoint)
+    elapsed = now() - t0
+    meta.update(elapsed_s=round(elapsed, 1), busy_after=busyness(), partial=False)
     write_json(args.json, figures, meta)
     plot = None
     if not args.no_plot:
