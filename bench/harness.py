@@ -248,8 +248,12 @@ class Progress:
 def resolve(figures: list[Figure]) -> None:
     """Fill every Compare's ratio and verdict from the figures it names."""
     by_name = {f.name: f for f in figures}
+    seen: set[int] = set()
     for fig in figures:
         for c in fig.compare:
+            if id(c) in seen:  # a shared Compare would carry the last figure's ratio for both
+                raise ValueError(f"{fig.name}: a Compare object is shared with another figure")
+            seen.add(id(c))
             floor = by_name.get(c.floor)
             if not fig.ok:
                 c.ratio, c.verdict = None, "no figure"

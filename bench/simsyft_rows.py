@@ -30,8 +30,13 @@ from .harness import (MB, Compare, Figure, Settings, failed, now, rate_figure, t
 
 G = "simsyft"
 # DESIGN.md: "the same work through torch.distributed.rpc and Ray: simsyft faster on every row".
-PEERS_SMALL = [Compare("torch_rpc_small", goal=1.0), Compare("ray_small", goal=1.0)]
-PEERS_RATE = [Compare("torch_rpc_pipelined", goal=1.0), Compare("ray_pipelined", goal=1.0)]
+# Functions, not lists: a Compare holds its figure's ratio, so no two figures may share one.
+def peers_small() -> list[Compare]:
+    return [Compare("torch_rpc_small", goal=1.0), Compare("ray_small", goal=1.0)]
+
+
+def peers_rate() -> list[Compare]:
+    return [Compare("torch_rpc_pipelined", goal=1.0), Compare("ray_pipelined", goal=1.0)]
 
 
 class Lab:
@@ -114,7 +119,7 @@ def row_small_op(s: Settings, lab: Lab) -> list[Figure]:
             expected=(100e-6, 117e-6) if layout == "cross" else None))
         compare = [Compare(floor_name, goal=1.3, limit=2.0), Compare(floors.REQREP_NAMES[layout])]
         if layout == "cross":
-            compare += PEERS_SMALL
+            compare += peers_small()
         else:
             compare = [Compare(floor_name), Compare(floors.REQREP_NAMES[layout])]
         out.append(time_figure(ours, name=f"simsyft_small_op{suffix}", group=G,
@@ -184,7 +189,7 @@ def row_chain(s: Settings, lab: Lab) -> list[Figure]:
     rate = rate_figure(rates, "ops/s", name="simsyft_chain", group=G,
                        what=f"{n} dependent ops z = z + y_ptr, then one get; client CPU 0, worker CPU 1",
                        compare=[Compare("zmq_pipelined_pickle", goal=0.6, limit=0.35),
-                                Compare("zmq_pipelined_raw"), *PEERS_RATE])
+                                Compare("zmq_pipelined_raw"), *peers_rate()])
     rate.extra.update(client_cpu_us_per_op=client_cpu * 1e6, worker_cpu_us_per_op=worker_cpu * 1e6)
     return [
         rate,
@@ -490,7 +495,6 @@ def row_startup(s: Settings, lab: Lab) -> list[Figure]:
                     samples.append(now() - t0)
                 except Exception as exc:  # reported as this figure's error below
                     errors[name] = exc
-    cmp = [Compare("import_torch_x4_paired", goal=1.5, limit=2.0), Compare("import_torch_x4")]
     out = [time_figure(floor, name="import_torch_x4_paired", group="floor",
                        what='4 parallel `python -c "import torch"`, alternating with the start-up rows')]
     for key, name, what, samples in (
@@ -500,5 +504,7 @@ def row_startup(s: Settings, lab: Lab) -> list[Figure]:
         if key in errors:
             out.append(failed(name, G, what, errors[key]))
         else:
-            out.append(time_figure(samples, name=name, group=G, what=what, compare=cmp))
+            out.append(time_figure(samples, name=name, group=G, what=what,
+                                   compare=[Compare("import_torch_x4_paired", goal=1.5, limit=2.0),
+                                            Compare("import_torch_x4")]))
     return out

@@ -89,3 +89,12 @@ def test_ratios_and_verdicts():
     assert slow.compare[1].ratio is None and slow.compare[1].verdict.startswith("no floor")
     assert rate.compare[0].ratio == pytest.approx(0.5) and rate.compare[0].verdict == "within limit"
     assert verdict(0.2, None, None, "lower") == "info"
+
+
+def test_a_shared_compare_is_refused():
+    shared = Compare("f")
+    figs = [Figure(name="f", group="floor", what="", p50=1.0),
+            Figure(name="a", group="simsyft", what="", p50=1.0, compare=[shared]),
+            Figure(name="b", group="simsyft", what="", p50=2.0, compare=[shared])]
+    with pytest.raises(ValueError, match="shared"):
+        resolve(figs)
