@@ -23,7 +23,7 @@ from .errors import (
 )
 from .hook import TorchHook
 from .launcher import Simulation, connect, launch
-from .pointer import PointerTensor
+from .pointer import PointerTensor, pipeline
 from .workers import VirtualWorker, local_worker, shutdown
 
 __version__ = "0.1.0"
@@ -47,5 +47,6 @@ __all__ = [
     "connect",
     "launch",
     "local_worker",
+    "pipeline",
     "shutdown",
 ]

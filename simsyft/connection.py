@@ -40,6 +40,8 @@ class Connection:
         self.closed_reason: str | None = None
         self._seq = 0
         self._pending_free: list[int] = []
+        self._deferred: list[protocol.ErrorReply] = []  # failures of pipelined commands, not yet raised
+        self.posted = 0  # pipelined commands sent since the last synchronising request
         self._lock = threading.RLock()
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -83,10 +85,30 @@ class Connection:
                 reply = protocol.decode(frames)
                 if reply.seq == msg.seq or (reply.seq == -1 and isinstance(reply, protocol.ErrorReply)):
                     break
-                # A reply to an older request (one abandoned by KeyboardInterrupt): drop it.
+                if isinstance(reply, protocol.ErrorReply):
+                    self._deferred.append(reply)  # a pipelined command failed earlier
+                # Anything else answers an older request (one abandoned by KeyboardInterrupt): drop it.
+            self.posted = 0
+            deferred, self._deferred = self._deferred, []
+        if deferred:
+            # Note [Errors in pipelined mode]: the first failure since the last synchronising
+            # call is raised here, at the next one; later failures usually follow from it.
+            raise rebuild_exception(deferred[0])
         if isinstance(reply, protocol.ErrorReply):
             raise rebuild_exception(reply)
         return reply
+
+    def post(self, make: Callable[[int, tuple], protocol.Message]) -> None:
+        """Send `make(seq, free_ids)` without waiting (pipelined mode); only failures are answered."""
+        with self._lock:
+            self._check_open()
+            ids, self._pending_free = tuple(self._pending_free), []
+            self._transmit(protocol.encode(make(self.next_seq(), ids), self.namespace))
+            self.posted += 1
+
+    def sync(self) -> None:
+        """A round trip, raising the first failure of any pipelined command sent before it."""
+        self.request(lambda seq: protocol.Objects(seq, False))
 
     def free(self, object_id: int) -> None:
         """Queue a remote object for deletion; sent with the next message (batched, no reply)."""
@@ -219,7 +241,8 @@ class ZmqConnection(Connection):
     def _send(self, frames: list) -> None:
         while True:
             try:
-                self._sock.send_multipart(frames, copy=False)
+                # Zero-copy only pays for large frames; below that pyzmq's tracking costs more than a copy.
+                self._sock.send_multipart(frames, copy=len(frames) == 1)
                 return
             except self._zmq.Again:
                 crashed = self._dead()

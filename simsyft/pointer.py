@@ -20,7 +20,7 @@ import torch
 from . import executor, protocol, sharing
 from .errors import LocationMismatchError, ObjectNotFoundError, RemoteValueError
 
-__all__ = ["FETCHED", "LIVE", "OBSERVER", "VOID", "PointerTensor", "new_id"]
+__all__ = ["FETCHED", "LIVE", "OBSERVER", "VOID", "PointerTensor", "new_id", "pipeline"]
 
 # Pointer states. Only a LIVE pointer owns (and so frees) its remote object.
 LIVE, FETCHED, VOID, OBSERVER = 0, 1, 2, 3
@@ -414,6 +414,130 @@ class _Collector:
         return value
 
 
+class pipeline:
+    """Pipelined mode: ops are sent without waiting for the worker's answer.
+
+    >>> with sy.pipeline():
+    ...     for _ in range(10_000):
+    ...         x = x + 1          # returns at once; shape and dtype are predicted locally
+    >>> x.get()                    # a synchronising call
+
+    The client predicts each result's shape, dtype and aliasing by running the
+    op on "meta" tensors (no data), so pointers come back at once with the
+    metadata torch would give. Ops whose result cannot be predicted that way
+    (data-dependent shapes, device changes, non-tensor results, ops that would
+    raise) run synchronously as usual.
+
+    Note [Errors in pipelined mode]: the worker answers a pipelined op only if
+    it fails. Such a failure is raised, with its own type and message, at the
+    next synchronising call on that worker: `get()`, `_objects`, any op that
+    ran synchronously, or at the latest when the `with` block ends.
+    """
+
+    _depth = 0
+
+    def __enter__(self) -> "pipeline":
+        pipeline._depth += 1
+        self.connections: dict[int, Any] = {}
+        _PIPELINES.append(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pipeline._depth -= 1
+        _PIPELINES.remove(self)
+        if exc[0] is None:
+            for connection in self.connections.values():
+                if connection.posted:
+                    connection.sync()
+
+
+_PIPELINES: list[pipeline] = []
+
+
+_PREDICTIONS: dict[tuple, tuple | None] = {}
+_PREDICTIONS_MAX = 4096
+
+
+def _signature(value: Any, pointers: list, out: list) -> None:
+    """Flatten op arguments into a hashable key; pointers contribute their metadata."""
+    kind = type(value)
+    if kind is PointerTensor:
+        out.append((value._shape, value._dtype, value._requires_grad))
+        pointers.append(value)
+    elif kind is tuple or kind is list or kind is dict:
+        out.append((kind, len(value)))
+        for v in (value.items() if kind is dict else value):
+            _signature(v, pointers, out)
+    elif isinstance(value, torch.Tensor):
+        remote = value.__dict__.get("_simsyft_pointer")
+        if remote is None:
+            raise TypeError("local tensor")  # never reached: the collector refused it already
+        _signature(remote, pointers, out)
+    else:
+        out.append((kind, value))
+
+
+def _predict(func: Callable, args: tuple, kwargs: dict, walker: "_Collector") -> tuple | None:
+    """The result's metadata, predicted by running the op on "meta" tensors (no data).
+
+    Returns ("p", None, meta) for a new tensor, ("a", pointer, meta) when the op
+    returns one of its arguments (in-place, out=), or None when the op cannot be
+    predicted so (it must run synchronously). Predictions are cached per op and
+    argument signature, so a loop pays for the meta computation once.
+    """
+    pointers: list[PointerTensor] = []
+    key_parts: list = [func, torch.is_grad_enabled()]
+    try:
+        _signature(args, pointers, key_parts)
+        _signature(kwargs, pointers, key_parts)
+        key = tuple(key_parts)
+        hash(key)
+    except TypeError:
+        return None
+    if key in _PREDICTIONS:
+        cached = _PREDICTIONS[key]
+    else:
+        cached = _meta_run(func, args, kwargs)
+        if len(_PREDICTIONS) >= _PREDICTIONS_MAX:
+            _PREDICTIONS.clear()
+        _PREDICTIONS[key] = cached
+    if cached is None:
+        return None
+    alias_index, dtype, shape, requires_grad = cached
+    meta = (dtype, shape, requires_grad, pointers[0]._device)
+    return ("a", pointers[alias_index], meta) if alias_index is not None else ("p", None, meta)
+
+
+def _meta_run(func: Callable, args: tuple, kwargs: dict) -> tuple | None:
+    metas: list[int] = []
+
+    def to_meta(value: Any) -> Any:
+        kind = type(value)
+        if kind is PointerTensor:
+            meta = torch.empty(value._shape, dtype=value._dtype, device="meta")
+            if value._requires_grad:
+                meta.requires_grad_(True)
+            metas.append(id(meta))
+            return meta
+        if kind is tuple or kind is list:
+            return kind(to_meta(v) for v in value)
+        if kind is dict:
+            return {k: to_meta(v) for k, v in value.items()}
+        if isinstance(value, torch.Tensor):
+            return to_meta(value.__dict__["_simsyft_pointer"])
+        return value
+
+    try:
+        meta_args, meta_kwargs = to_meta(args), to_meta(kwargs)
+        result = func(*meta_args, **meta_kwargs)
+    except Exception:  # noqa: BLE001 - unpredictable here; the synchronous path gives the real answer
+        return None
+    if not isinstance(result, torch.Tensor) or result.device.type != "meta":
+        return None
+    alias = metas.index(id(result)) if id(result) in metas else None
+    return (alias, sharing.dtype_name(result.dtype), tuple(result.shape), result.requires_grad)
+
+
 def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
     op = _op_name(func)
     walker = _Collector(op)
@@ -427,6 +551,19 @@ def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
         )
     result_id = new_id()
     grad_enabled = torch.is_grad_enabled()
+    if pipeline._depth and walker.pointers:
+        with torch.set_grad_enabled(grad_enabled):
+            predicted = _predict(func, args, kwargs, walker)
+        if predicted is not None:
+            connection = location.connection
+            _PIPELINES[-1].connections[id(connection)] = connection
+            connection.post(lambda seq, free: protocol.Command(
+                seq, op, wire_args, wire_kwargs, result_id, grad_enabled, free, False))
+            kind, pointer, meta = predicted
+            if kind == "a":
+                pointer._set_meta(meta)
+                return pointer
+            return PointerTensor(location, result_id, location.owner, meta)
     reply = location.connection.request(
         lambda seq, free: protocol.Command(seq, op, wire_args, wire_kwargs, result_id, grad_enabled, free),
         carries_free=True,

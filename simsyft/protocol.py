@@ -116,7 +116,8 @@ class Command(Message):
     """Run allowlisted op `op` on the worker; store the result under `result_id`.
 
     `free` carries ids of dropped pointers, so garbage collection rides along
-    with the next command instead of costing a message of its own.
+    with the next command instead of costing a message of its own. With
+    `reply=False` (pipelined mode) the worker answers only if the op fails.
     """
     seq: int
     op: str
@@ -125,6 +126,7 @@ class Command(Message):
     result_id: int
     grad_enabled: bool = True
     free: tuple = ()
+    reply: bool = True
 
 
 @_message(2)
@@ -250,7 +252,7 @@ _KINDS: dict[int, type] = {
 }
 _FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _KINDS.values()}
 _FIELD_TYPES: dict[type, tuple] = {
-    Command: (int, str, tuple, dict, int, bool, tuple),
+    Command: (int, str, tuple, dict, int, bool, tuple, bool),
     Store: (int, int, object, tuple, object),
     Fetch: (int, int, bool),
     Free: (tuple,),

@@ -114,7 +114,8 @@ def in_process_worker(name: str = "bob") -> VirtualWorker:
 # -- comparing remote with local -------------------------------------------------
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
-    flat = t.detach().contiguous().reshape(-1)
+    # A fresh buffer: a one-element tensor with stride 0 counts as contiguous but cannot be viewed as bytes.
+    flat = torch.empty(t.numel(), dtype=t.dtype).copy_(t.detach().reshape(-1))
     return flat.view(torch.uint8)
 
 
@@ -1240,9 +1241,12 @@ class PointerMachine(RuleBasedStateMachine):
         return [k for k, e in self.entries.items() if e.worker is worker]
 
     # -- rules --------------------------------------------------------------------
-    @initialize(world=worlds())
-    def open_world(self, world: World) -> None:
+    @initialize(target=pointers, world=worlds(), tensor=tensors(requires_grad=None, max_side=3))
+    def open_world(self, world: World, tensor: torch.Tensor) -> int:
+        """Take the world's workers (stores emptied) and send a first tensor, so that the
+        rules needing a pointer can run from the first step."""
         self.workers = self.pool.world(world)
+        return self.send(tensor, 0)
 
     @rule(target=pointers, tensor=tensors(requires_grad=None, max_side=3), where=st.integers(0, 3))
     def send(self, tensor: torch.Tensor, where: int) -> int:

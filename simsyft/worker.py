@@ -72,6 +72,8 @@ class WorkerCore:
             reply = self._dispatch(msg, used)
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
             return self._error(msg.seq, exc)
+        if type(msg) is protocol.Command and not msg.reply:
+            return None  # pipelined: only failures are answered
         self.messages_out += 1
         return protocol.encode(reply, self.namespace)
 
