@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import floors, peers, simsyft_rows
-from .harness import (MODES, Figure, Progress, busyness, failed, now, render, resolve, write_json,
-                      write_plot)
+from .harness import (MODES, Figure, Progress, busyness, failed, now, read_json, render, resolve,
+                      write_json, write_plot)
 
 DEFAULT_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latest.json")
 
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", metavar="ROWS", help="comma-separated words; rows whose name contains one")
     ap.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     ap.add_argument("--list", action="store_true", help="list the rows and exit")
+    ap.add_argument("--render", metavar="JSON", help="print the tables of an earlier run's JSON; measure nothing")
     ap.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = ap.parse_args(argv)
     mode_name = args.mode or "full"
@@ -147,6 +148,16 @@ def main(argv: list[str] | None = None) -> int:
         for r in ROWS:
             needs = f"  (compares with {', '.join(r.needs)})" if r.needs else ""
             print(f"{r.group:8} {r.name:16} {r.doc}{needs}")
+        return 0
+
+    if args.render:
+        figures, doc = read_json(args.render)
+        m, meta = doc["machine"], doc["meta"]
+        print(f"{meta.get('command')} on {m.get('date')}: {m.get('cpu_model')}, {m.get('logical_cpus')} CPUs, "
+              f"{m.get('memory_gb')} GB, Python {m.get('python')}, torch {m.get('torch_version')}, "
+              f"pyzmq {m.get('zmq_version')} (libzmq {m.get('libzmq_version')}); {meta.get('elapsed_s')} s; "
+              f"CPU busy before start {meta.get('busy_before', {}).get('cpu_busy_percent')} %\n")
+        print(render(figures, markdown=args.markdown))
         return 0
 
     rows = select(args.only)

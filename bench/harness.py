@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Iterator
 
 MB = 1 << 20
@@ -451,6 +451,21 @@ def _cpu_model() -> str:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
+
+
+def read_json(path: str) -> tuple[list[Figure], dict[str, Any]]:
+    """Figures and the whole document back from a file `write_json` wrote."""
+    with open(path) as f:
+        doc = json.load(f)
+    names = {f.name for f in fields(Figure)}
+    figures = []
+    for raw in doc["figures"]:
+        kw = {k: v for k, v in raw.items() if k in names}
+        kw["compare"] = [Compare(**c) for c in kw.get("compare", [])]
+        if kw.get("expected") is not None:
+            kw["expected"] = tuple(kw["expected"])
+        figures.append(Figure(**kw))
+    return figures, doc
 
 
 def write_json(path: str, figures: list[Figure], meta: dict[str, Any]) -> None:
