@@ -64,10 +64,15 @@ ROWS: list[Row] = [
 ]
 
 
-def select(only: str | None) -> list[Row]:
-    """Rows whose name contains one of the comma-separated words, plus what they compare with."""
+def select(only: str | None, skip: str | None = None) -> list[Row]:
+    """Rows whose name contains one of the comma-separated words, plus what they compare with;
+    then minus the rows named exactly in `skip`."""
+    skipped = {w.strip() for w in (skip or "").split(",") if w.strip()}
+    unknown = skipped - {r.name for r in ROWS}
+    if unknown:
+        raise SystemExit(f"--skip: no row named {', '.join(sorted(unknown))}")
     if not only:
-        return list(ROWS)
+        return [r for r in ROWS if r.name not in skipped]
     words = [w.strip() for w in only.split(",") if w.strip()]
     chosen = {r.name for r in ROWS if any(w in r.name for w in words)}
     if not chosen:
@@ -75,7 +80,7 @@ def select(only: str | None) -> list[Row]:
     for r in ROWS:
         if r.name in chosen:
             chosen.update(r.needs)
-    return [r for r in ROWS if r.name in chosen]
+    return [r for r in ROWS if r.name in chosen and r.name not in skipped]
 
 
 def run(rows: list[Row], mode: str, progress: Progress,
@@ -137,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="PNG of latency/bandwidth vs size (default: next to --json; needs matplotlib)")
     ap.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     ap.add_argument("--only", metavar="ROWS", help="comma-separated words; rows whose name contains one")
+    ap.add_argument("--skip", metavar="ROWS", help="comma-separated exact row names to leave out")
     ap.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     ap.add_argument("--list", action="store_true", help="list the rows and exit")
     ap.add_argument("--render", metavar="JSON", help="print the tables of an earlier run's JSON; measure nothing")
@@ -160,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(render(figures, markdown=args.markdown))
         return 0
 
-    rows = select(args.only)
+    rows = select(args.only, args.skip)
     progress = Progress(quiet=args.quiet)
     progress.say(f"mode {mode_name}: {len(rows)} rows")
     before = busyness(0.5)
