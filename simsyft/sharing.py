@@ -23,6 +23,7 @@ Speed is guarded by bench/ (rows "send"/"get" of 1 MB..256 MB).
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import os
 import re
@@ -97,7 +98,7 @@ def encode_tensor(tensor: torch.Tensor, buffers: list, namespace: str, inline_ma
     if nbytes == 0:
         data = ("e",)  # nothing to carry; also keeps zero-byte files out of /dev/shm
     elif nbytes <= limit:
-        buffers.append(raw.numpy().tobytes() if nbytes else b"")
+        buffers.append(ctypes.string_at(raw.data_ptr(), nbytes))  # torch alone: numpy may be absent
         data: tuple = ("i", len(buffers) - 1)
     else:
         path = os.path.join(SHM_DIR, f"{segment_prefix(namespace)}{os.getpid()}_{next(_counter)}")

@@ -418,7 +418,7 @@ def test_refuses_a_header_that_is_not_a_code_tuple(values):
     ((Fetch.code, 1), "Fetch needs 3 fields, got 1"),
     ((Fetch.code, 1, 2, True, 4), "Fetch needs 3 fields, got 4"),
     ((Info.code,), "Info needs 1 fields, got 0"),
-    ((Command.code, 1, "torch.add", (), {}), "Command needs 7 fields, got 4"),
+    ((Command.code, 1, "torch.add", (), {}), "Command needs 8 fields, got 4"),
 ])
 def test_refuses_wrong_number_of_fields(values, expected):
     refuse([raw_header(values)], expected)
