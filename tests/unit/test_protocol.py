@@ -432,7 +432,7 @@ def test_refuses_wrong_number_of_fields(values, expected):
     ((Command.code, 1, b"torch.add", (), {}, 2, True, ()), "Command.op must be str, got bytes"),
     ((Command.code, 1, "torch.add", [], {}, 2, True, ()), "Command.args must be tuple, got list"),
     ((Command.code, 1, "torch.add", (), [], 2, True, ()), "Command.kwargs must be dict, got list"),
-    ((Command.code, 1, "torch.add", (), {}, 2, True, [1]), "Command.free must be tuple, got list"),
+    ((Command.code, 1, "torch.add", (), {}, 2, True, [1], True), "Command.free must be tuple, got list"),
     ((Free.code, [1, 2]), "Free.ids must be tuple, got list"),
     ((ErrorReply.code, 1, "m", "T", "msg", None, "bob"), "ErrorReply.traceback must be str, got NoneType"),
 ])
