@@ -9,7 +9,8 @@ setup(
     packages=find_packages(include=["simsyft", "simsyft.*"]),
     python_requires=">=3.11",
     # torch is pinned by the install commands (a CPU build); any 2.x with __torch_function__ works.
-    install_requires=["torch>=2.1", "pyzmq>=25", "psutil>=5.9"],
+    # numpy: torch warns on every import without it (each worker's log, every CLI command).
+    install_requires=["torch>=2.1", "pyzmq>=25", "psutil>=5.9", "numpy"],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6"],
         "bench": ["matplotlib"],

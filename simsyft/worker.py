@@ -74,8 +74,12 @@ class WorkerCore:
             return self._error(msg.seq, exc)
         if type(msg) is protocol.Command and not msg.reply:
             return None  # pipelined: only failures are answered
+        try:
+            frames = protocol.encode(reply, self.namespace)
+        except Exception as exc:  # noqa: BLE001 - a result we cannot send is an error, not a crash
+            return self._error(msg.seq, exc)
         self.messages_out += 1
-        return protocol.encode(reply, self.namespace)
+        return frames
 
     def _error(self, seq: int, exc: BaseException) -> list:
         self.messages_out += 1
