@@ -21,6 +21,7 @@ from .errors import (
     WorkerShutdownError,
     WorkerTimeoutError,
 )
+from . import exceptions
 from .hook import TorchHook
 from .launcher import Simulation, connect, launch
 from .pointer import PointerTensor, pipeline
