@@ -20,7 +20,9 @@ TEST_TIMEOUT_S = 120
 def hard_timeout():
     """No test may hang (pyzmq's SIGALRM idea): a stuck call fails the test instead."""
     def expire(signum, frame):
-        raise TimeoutError(f"test exceeded its hard timeout of {TEST_TIMEOUT_S}s")
+        # pytest.fail raises a BaseException: hypothesis does not take it for a failing example
+        # to shrink (which would run on and on), and no `except Exception` in the code swallows it.
+        pytest.fail(f"test exceeded its hard timeout of {TEST_TIMEOUT_S}s", pytrace=True)
     previous = signal.signal(signal.SIGALRM, expire)
     signal.alarm(TEST_TIMEOUT_S)
     yield
