@@ -353,8 +353,8 @@ def _relayout(draw: Callable, t: torch.Tensor) -> torch.Tensor:
     big = [d for d, n in enumerate(shape) if n > 1]
     if len(big) >= 2:
         ways.append("transpose")
-    if shape and shape[0] > 1:
-        ways.append("step")
+    if shape and shape[0] >= 1:
+        ways.append("step")  # also a one-element dim with stride 2: "contiguous" to torch, not dense
     if big:
         ways.append("expand")
     way = draw(st.sampled_from(ways))
