@@ -140,7 +140,9 @@ class PointerTensor:
 
     def size(self, dim: int | None = None) -> Any:
         shape = self.shape
-        return shape if dim is None else shape[dim]
+        if dim is None:
+            return shape
+        return torch.empty(shape, device="meta").size(dim)  # torch's own checks and messages
 
     def dim(self) -> int:
         return len(self.shape)

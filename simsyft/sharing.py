@@ -85,14 +85,17 @@ def encode_tensor(tensor: torch.Tensor, buffers: list, namespace: str, inline_ma
     travels through the client, the bytes must not).
     """
     limit = INLINE_MAX if inline_max is None else inline_max
+    grad = _grad_to_send(tensor)
     if tensor.device.type == "cuda":
         data: tuple = _encode_cuda(tensor)
-        grad = tensor.grad if tensor.is_leaf or tensor.retains_grad else None
         grad_desc = encode_tensor(grad, buffers, namespace, inline_max) if grad is not None else None
         return (dtype_name(tensor.dtype), tuple(tensor.shape), bool(tensor.requires_grad), data, grad_desc)
     if tensor.device.type != "cpu":
         tensor = tensor.cpu()  # other accelerators cross through host memory
-    flat = tensor.detach().contiguous().reshape(-1)
+    flat = _plain(tensor).reshape(-1)
+    if flat.numel() and flat.stride(0) != 1:
+        # A one-element tensor may keep any stride and still count as contiguous.
+        flat = flat.clone(memory_format=torch.contiguous_format)
     nbytes = flat.numel() * flat.element_size()
     raw = flat.view(torch.uint8) if nbytes else flat
     if nbytes == 0:
@@ -106,10 +109,29 @@ def encode_tensor(tensor: torch.Tensor, buffers: list, namespace: str, inline_ma
         torch.empty(0, dtype=torch.uint8).set_(storage, 0, (nbytes,)).copy_(raw)
         del storage  # unmap our side; the pages stay in the file until the receiver unlinks it
         data = ("s", path, nbytes)
-    # Reading .grad of a non-leaf warns in torch; only leaves (or retain_grad tensors) carry one.
-    grad = tensor.grad if tensor.is_leaf or tensor.retains_grad else None
     grad_desc = encode_tensor(grad, buffers, namespace, inline_max) if grad is not None else None
     return (dtype_name(tensor.dtype), tuple(tensor.shape), bool(tensor.requires_grad), data, grad_desc)
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """The values as an ordinary dense tensor: no lazy zero, conjugate or negative bits."""
+    plain = tensor.detach()
+    if plain._is_zerotensor():  # e.g. the gradient of torch.sgn
+        return torch.zeros(plain.shape, dtype=plain.dtype, device=plain.device)
+    if plain.is_conj():
+        plain = plain.resolve_conj()
+    if plain.is_neg():
+        plain = plain.resolve_neg()
+    return plain.contiguous()
+
+
+def _grad_to_send(tensor: torch.Tensor) -> torch.Tensor | None:
+    # Reading .grad of a non-leaf warns in torch; only leaves (or retain_grad tensors) carry one.
+    # Some views (made under no_grad, base modified since) make autograd refuse even is_leaf.
+    try:
+        return tensor.grad if tensor.is_leaf or tensor.retains_grad else None
+    except RuntimeError:
+        return None
 
 
 def decode_tensor(desc: Any, buffers: list) -> torch.Tensor:
@@ -137,7 +159,10 @@ def decode_tensor(desc: Any, buffers: list) -> torch.Tensor:
         if nbytes == 0:
             tensor = torch.empty(shape, dtype=dtype)
         else:
-            tensor = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype).reshape(shape)
+            # set_ on the buffer's storage: the tensor owns it and is not a view (no _base), as a
+            # tensor the user made would not be.
+            storage = torch.frombuffer(bytearray(raw), dtype=torch.uint8).untyped_storage()
+            tensor = torch.empty(0, dtype=dtype).set_(storage, 0, shape, _contiguous_stride(shape))
     elif kind == "e" and nbytes == 0:
         tensor = torch.empty(shape, dtype=dtype)
     elif kind == "s" and len(data) == 3:
@@ -146,9 +171,9 @@ def decode_tensor(desc: Any, buffers: list) -> torch.Tensor:
         tensor = _decode_cuda(data, dtype, shape)
     else:
         raise ProtocolError(f"unknown tensor data location {data!r:.200}")
-    if requires_grad:
-        if not (dtype.is_floating_point or dtype.is_complex):
-            raise ProtocolError(f"requires_grad set on a tensor of dtype {dtype_s}")
+    # An integer tensor can end up requiring grad through autograd (an in-place copy of a float
+    # that does); a fetched copy is a leaf, and integer leaves cannot require grad: drop the flag.
+    if requires_grad and (dtype.is_floating_point or dtype.is_complex):
         tensor.requires_grad_(True)
     if grad_desc is not None:
         tensor.grad = decode_tensor(grad_desc, buffers)
@@ -174,8 +199,15 @@ def _open_segment(path: Any, seg_bytes: Any, nbytes: int, dtype: torch.dtype, sh
         raise ProtocolError(f"segment {path} has {size} bytes, the tensor needs {nbytes}")
     storage = torch.UntypedStorage.from_file(path, shared=True, nbytes=nbytes)
     os.unlink(path)  # Note [Who unlinks a segment]
-    stride = torch.empty(shape, dtype=torch.uint8, device="meta").stride()
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape, stride)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape, _contiguous_stride(shape))
+
+
+def _contiguous_stride(shape: tuple) -> tuple:
+    stride, step = [], 1
+    for size in reversed(shape):
+        stride.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(stride))
 
 
 # Note [CUDA tensors cross with CUDA IPC]

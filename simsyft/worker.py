@@ -301,6 +301,11 @@ class WorkerCore:
             self.store[result_id] = result
             return ("p", result_id, *describe_meta(result))
         if result is None:
+            if (op == "torch.Tensor.__setitem__" or op.endswith(".__set__")) and used:
+                # Mutated in place (x[0] = y, x.data = y): send back the target's fresh metadata.
+                object_id, target = next(iter(used.items()))
+                if isinstance(target, torch.Tensor):
+                    return ("a", object_id, *describe_meta(target))
             return ("n",)
         if isinstance(result, _VALUE_TYPES):
             return ("v", result)

@@ -482,7 +482,6 @@ def test_refuses_a_non_string_dtype():
     (("float32", (-1,), False, ("i", 0), None), "negative size"),
     (("float32", (1,), False, ("x", 0), None), "unknown tensor data location"),
     (("float32", (1,), False, None, None), "unknown tensor data location"),
-    (("int64", (1,), True, ("i", 0), None), "requires_grad set on a tensor of dtype int64"),
 ])
 def test_refuses_malformed_descriptors(desc, fragment):
     refuse([tensor_header(desc), b"\0" * 8], fragment)
