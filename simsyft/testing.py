@@ -51,10 +51,12 @@ from .worker import WorkerCore
 from .workers import VirtualWorker
 
 __all__ = [
+    "BINARY_KINDS",
     "DTYPES",
     "FLOAT_DTYPES",
     "INT_DTYPES",
     "KINDS",
+    "UNARY_KINDS",
     "WORKER_NAMES",
     "Apply",
     "Backward",

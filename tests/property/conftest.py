@@ -3,15 +3,17 @@ the programs run (printed at the end, for docs/testing.md).
 
 Profiles (HYPOTHESIS_PROFILE selects one; `ci` is the default):
 - `ci`: the whole property suite in well under two minutes on 2 cores;
-- `thorough`: 100x the examples (>= 10,000 generated programs), run by hand.
-Each test scales its own example count from the profile's `max_examples` (the process
-backend gets a fraction: the same checks, fewer examples).
+- `thorough`: >= 10,000 generated programs (about ten minutes on 2 cores), run by hand.
+Each test names its example count for both (`examples(ci, thorough)`): a profile with at
+least 1,000 `max_examples` counts as thorough. The process backend gets fewer examples
+than the in-process one: the same checks, each costing real round trips.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import signal
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -30,9 +32,27 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )
 settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=10_000, stateful_step_count=50)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+# HYPOTHESIS_PROFILE wins; else a profile chosen with --hypothesis-profile; else ci.
+_chosen = settings.get_current_profile_name()
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or (_chosen if _chosen != "default" else "ci"))
 
 _COUNTS: collections.Counter = collections.Counter()
+
+# The root conftest gives every test a hard 120 s alarm. Under `thorough` one property test
+# runs for many minutes on purpose, so this directory overrides that fixture (same name).
+TEST_TIMEOUT_S = 120 if settings.default.max_examples < 1000 else 2 * 3600
+
+
+@pytest.fixture(autouse=True)
+def hard_timeout():
+    """No property test may hang: a stuck call fails the test instead (pyzmq's SIGALRM idea)."""
+    def expire(signum, frame):
+        raise TimeoutError(f"test exceeded its hard timeout of {TEST_TIMEOUT_S}s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(TEST_TIMEOUT_S)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="session")

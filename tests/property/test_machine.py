@@ -15,7 +15,11 @@ from hypothesis.stateful import rule
 from simsyft.testing import InProcessConnection, Op, PointerMachine, WorkerPool
 from simsyft.workers import VirtualWorker
 
-N = settings.default.max_examples
+THOROUGH = settings.default.max_examples >= 1000  # the `thorough` profile (tests/property/conftest.py)
+
+
+def examples(ci: int, thorough: int) -> int:
+    return thorough if THOROUGH else ci
 STEPS = settings.default.stateful_step_count
 
 
@@ -30,12 +34,12 @@ class CountingMachine(PointerMachine):
 
 def test_machine_inprocess(simsyft_inprocess, counts):
     CountingMachine.counts = counts
-    CountingMachine.run(simsyft_inprocess, settings(max_examples=N // 2))
+    CountingMachine.run(simsyft_inprocess, settings(max_examples=examples(150, 1_000)))
 
 
 def test_machine_processes(simsyft_sim, counts):
     CountingMachine.counts = counts
-    CountingMachine.run(simsyft_sim, settings(max_examples=max(5, N // 10), stateful_step_count=min(STEPS, 20)))
+    CountingMachine.run(simsyft_sim, settings(max_examples=examples(40, 100), stateful_step_count=min(STEPS, 20)))
 
 
 class NormalizingMachine(PointerMachine):
@@ -50,7 +54,7 @@ class NormalizingMachine(PointerMachine):
 
 
 def test_subclass_adds_rules(simsyft_inprocess):
-    NormalizingMachine.run(simsyft_inprocess, settings(max_examples=max(5, N // 10)))
+    NormalizingMachine.run(simsyft_inprocess, settings(max_examples=examples(20, 100)))
     assert NormalizingMachine.calls > 0
 
 

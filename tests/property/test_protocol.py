@@ -22,7 +22,11 @@ from simsyft.errors import ProtocolError
 from simsyft.testing import DTYPES, tensors
 from simsyft.worker import WorkerCore
 
-N = settings.default.max_examples
+THOROUGH = settings.default.max_examples >= 1000  # the `thorough` profile (tests/property/conftest.py)
+
+
+def examples(ci: int, thorough: int) -> int:
+    return thorough if THOROUGH else ci
 NAMESPACE = f"{os.getpid()}-proptest"  # the root conftest checks that this pid leaves no segment
 
 
@@ -134,7 +138,7 @@ def test_every_message_kind_is_generated():
     assert seen == set(KINDS), f"kinds never generated: {set(KINDS) - seen}"
 
 
-@settings(max_examples=N * 2)
+@settings(max_examples=examples(300, 2_000))
 @given(msg=messages, strict=st.booleans())
 def test_every_message_round_trips(msg, strict):
     back = roundtrip(msg, strict)
@@ -142,7 +146,7 @@ def test_every_message_round_trips(msg, strict):
     assert same(back, msg), f"{msg!r}\n-> {back!r}"
 
 
-@settings(max_examples=max(10, N // 10))
+@settings(max_examples=examples(10, 50))
 @given(t=tensors(shape=st.sampled_from([(sharing.INLINE_MAX // 4 + 1,), (1, 300_000)]), dtype=torch.float32))
 def test_large_tensors_round_trip_through_segments(t):
     msg = protocol.Value(7, (1, t))
@@ -164,7 +168,7 @@ def refused(frames, strict=True) -> bool:
     return False
 
 
-@settings(max_examples=N)
+@settings(max_examples=examples(100, 1_000))
 @given(msg=messages, data=st.data())
 def test_truncated_header_is_refused(msg, data):
     frames = protocol.encode(msg, NAMESPACE)
@@ -174,7 +178,7 @@ def test_truncated_header_is_refused(msg, data):
         assert refused([frames[0][:cut], *frames[1:]], strict), f"a header cut at {cut} of {len(frames[0])} decoded"
 
 
-@settings(max_examples=N)
+@settings(max_examples=examples(100, 1_000))
 @given(t=tensors(shape=st.lists(st.integers(1, 3), min_size=1, max_size=2).map(tuple)), data=st.data())
 def test_missing_or_wrong_size_buffers_are_refused(t, data):
     frames = protocol.encode(protocol.Value(1, t), NAMESPACE)
@@ -214,7 +218,7 @@ def _wrong_type(kind: type) -> st.SearchStrategy:
     return st.one_of(*others).filter(lambda v: type(v) is not kind)
 
 
-@settings(max_examples=N)
+@settings(max_examples=examples(100, 1_000))
 @given(data=st.data())
 def test_mistyped_fields_are_refused(data):
     cls = data.draw(st.sampled_from([c for c in KINDS if any(k is not object for k in protocol._FIELD_TYPES[c])]))
@@ -230,7 +234,7 @@ def test_mistyped_fields_are_refused(data):
     sharing.sweep(NAMESPACE)
 
 
-@settings(max_examples=N)
+@settings(max_examples=examples(100, 1_000))
 @given(code=st.integers().filter(lambda c: c not in protocol._KINDS), fields=st.lists(st.integers(), max_size=3))
 def test_unknown_message_codes_are_refused(code, fields):
     with pytest.raises(ProtocolError, match=f"unknown message code {code}"):
@@ -285,7 +289,7 @@ descriptors = st.tuples(
 )
 
 
-@settings(max_examples=N)
+@settings(max_examples=examples(100, 2_000))
 @given(desc=descriptors, grad=st.one_of(st.none(), descriptors), buffers=st.lists(st.binary(max_size=40), max_size=3),
        tag=st.sampled_from(["T", "R", "C", "M", "L", "Q"]))
 def test_forged_descriptors_decode_or_are_refused(desc, grad, buffers, tag):
@@ -330,7 +334,7 @@ def mutate(frames: list, data) -> list:
     return [bytes(f) for f in frames]
 
 
-@settings(max_examples=N * 2)
+@settings(max_examples=examples(500, 5_000))
 @given(msg=messages, data=st.data())
 def test_mutated_frames_decode_or_are_refused(msg, data):
     """Bit flips, inserted and deleted bytes, missing and extra frames: the worker's decoder
@@ -359,7 +363,7 @@ def _reply(core: WorkerCore, frames):
     return None if reply is None else protocol.decode(reply)
 
 
-@settings(max_examples=N)
+@settings(max_examples=examples(200, 2_000))
 @given(msg=messages, data=st.data())
 def test_worker_core_answers_bad_frames_and_keeps_serving(msg, data):
     core = WorkerCore("bob", NAMESPACE)
@@ -386,7 +390,7 @@ def test_worker_core_answers_bad_frames_and_keeps_serving(msg, data):
     assert isinstance(fetched, protocol.Value) and torch.equal(fetched.value, torch.arange(3.0))
 
 
-@settings(max_examples=max(10, N // 4))
+@settings(max_examples=examples(100, 300))
 @given(msg=messages, data=st.data())
 def test_worker_process_answers_bad_frames_and_keeps_serving(simsyft_sim, msg, data):
     """A raw ZeroMQ peer sends damaged frames to a real worker: it replies with a

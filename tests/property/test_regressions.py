@@ -165,3 +165,25 @@ def test_zero_tensor_gradient_can_be_fetched(bob):
     torch.sgn(x).sum().backward()
     assert_same(x.grad.get(), local.grad)  # RuntimeError: Cannot convert a ZeroTensor to numpy
     assert_same(x.get(), local)
+
+
+# 9. torch lets a leaf keep a .grad whose shape no longer matches after an in-place shape
+#    change under no_grad (x.unsqueeze_(0)). sharing.decode_tensor assigns `tensor.grad =`,
+#    which checks the size, so such a tensor can be neither sent nor fetched (ProtocolError).
+#    Found by the thorough profile over worker processes. Fix: rebuild the leaf the way torch
+#    reached that state (assign the grad at its own shape, then set_() the data's storage and
+#    shape under no_grad), or drop a mismatched grad on the sending side and document it.
+
+@pytest.mark.xfail(strict=True, reason="bug: leaf whose .grad shape differs cannot be fetched (sharing.decode_tensor)")
+def test_leaf_with_grad_of_old_shape_can_be_fetched(bob):
+    def build():
+        t = torch.zeros(2, requires_grad=True)
+        t.grad = torch.ones(2)
+        return t
+    local = build()
+    with torch.no_grad():
+        local.unsqueeze_(0)
+    p = build().send(bob)
+    with torch.no_grad():
+        p.unsqueeze_(0)
+    assert_same(p.get(), local)  # ProtocolError: attempting to assign a gradient of size '[2]' ...

@@ -31,17 +31,21 @@ from simsyft.testing import (
     tensors,
 )
 
-N = settings.default.max_examples
+THOROUGH = settings.default.max_examples >= 1000  # the `thorough` profile (tests/property/conftest.py)
 
 
-@settings(max_examples=N * 3)
+def examples(ci: int, thorough: int) -> int:
+    return thorough if THOROUGH else ci
+
+
+@settings(max_examples=examples(1_000, 10_000))
 @given(program=programs())
 def test_programs_inprocess(simsyft_inprocess, counts, program):
     counts["programs (in-process)"] += 1
     counts["steps (in-process)"] += run_program(program, simsyft_inprocess.world(program.workers))
 
 
-@settings(max_examples=max(10, N // 2))
+@settings(max_examples=examples(300, 1_000))
 @given(program=programs(max_steps=6))
 def test_programs_processes(simsyft_sim, counts, program):
     counts["programs (processes)"] += 1
@@ -49,9 +53,9 @@ def test_programs_processes(simsyft_sim, counts, program):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@settings(max_examples=max(10, N // 5))
+@settings(max_examples=examples(50, 300))
 @given(data=st.data())
-def test_every_kind_of_op(simsyft_inprocess, kind, data):
+def test_every_kind_of_op(simsyft_inprocess, counts, kind, data):
     """Each op kind on its own, so every family is covered in every run."""
     (bob,) = simsyft_inprocess.world(1)
     a = data.draw(tensors(requires_grad=None), label="a")
@@ -63,13 +67,14 @@ def test_every_kind_of_op(simsyft_inprocess, kind, data):
     else:
         op = data.draw(ops(a, kinds=[kind]), label="op")
     steps.append(Apply(op, (0, 1) if op.arity == 2 else (0,)))
+    counts["single-op programs (in-process)"] += 1
     run_program(Program(1, tuple(steps)), [bob])
 
 
 GRAD_KINDS = ["unary", "scalar", "reduction", "index", "shape", "matmul", "join", "binary"]
 
 
-@settings(max_examples=N)
+@settings(max_examples=examples(300, 2_000))
 @given(data=st.data())
 def test_gradients_equal_local(simsyft_inprocess, counts, data):
     """A chain of differentiable ops on a leaf, then backward(): the leaf's grad (fetched

@@ -15,7 +15,11 @@ from hypothesis import strategies as st
 from simsyft import sharing
 from simsyft.testing import DTYPES, assert_same, tensors
 
-N = settings.default.max_examples
+THOROUGH = settings.default.max_examples >= 1000  # the `thorough` profile (tests/property/conftest.py)
+
+
+def examples(ci: int, thorough: int) -> int:
+    return thorough if THOROUGH else ci
 MB = 1024 * 1024
 
 
@@ -55,25 +59,25 @@ def check_roundtrip(pool, t):
     assert not pool.segments(), f"segments left behind: {pool.segments()}"
 
 
-@settings(max_examples=N * 2)
+@settings(max_examples=examples(300, 2_000))
 @given(t=any_tensor)
 def test_small_tensors_survive_send_get_inprocess(simsyft_inprocess, t):
     check_roundtrip(simsyft_inprocess, t)
 
 
-@settings(max_examples=max(10, N // 3))
+@settings(max_examples=examples(30, 200))
 @given(t=big_tensor)
 def test_tensors_up_to_megabytes_survive_send_get_inprocess(simsyft_inprocess, t):
     check_roundtrip(simsyft_inprocess, t)
 
 
-@settings(max_examples=max(10, N // 3))
+@settings(max_examples=examples(100, 300))
 @given(t=st.one_of(any_tensor, big_tensor))
 def test_tensors_survive_send_get_processes(simsyft_sim, t):
     check_roundtrip(simsyft_sim, t)
 
 
-@settings(max_examples=N)
+@settings(max_examples=examples(100, 1_000))
 @given(t=tensors(requires_grad=None), data=st.data())
 def test_results_computed_remotely_come_back_exact(simsyft_inprocess, t, data):
     """What the worker computed crosses back bit-exactly too, including non-contiguous results."""
