@@ -30,7 +30,6 @@ def same_error(remote_fn, local_fn):
 #    after send() and on the client after get(). Fix: set_() the bytes' storage into a fresh
 #    tensor, as _open_segment does (torch.empty(0, dtype=dtype).set_(storage, 0, shape, stride)).
 
-@pytest.mark.xfail(strict=True, reason="bug: inline-decoded tensors are views (sharing.decode_tensor)")
 def test_sent_tensor_is_not_a_view_detach_(bob):
     t = torch.tensor([1.0, 2.0])
     p = t.send(bob)
@@ -38,14 +37,12 @@ def test_sent_tensor_is_not_a_view_detach_(bob):
     assert_same(p.get(), t.detach_())
 
 
-@pytest.mark.xfail(strict=True, reason="bug: inline-decoded tensors are views (sharing.decode_tensor)")
 def test_inplace_on_sent_leaf_raises_the_local_message(bob):
     same_error(lambda: torch.tensor([1.0], requires_grad=True).send(bob).add_(1),
                lambda: torch.tensor([1.0], requires_grad=True).add_(1))
     # remote: "a view of a leaf Variable that requires grad is being used in an in-place operation."
 
 
-@pytest.mark.xfail(strict=True, reason="bug: inline-decoded tensors are views (sharing.decode_tensor)")
 def test_fetched_tensor_is_not_a_view(bob):
     back = torch.tensor([1.0, 2.0]).send(bob).get()
     assert back._base is None
@@ -56,7 +53,6 @@ def test_fetched_tensor_is_not_a_view(bob):
 #    "tuple index out of range" instead of torch's IndexError text. Fix: let torch answer,
 #    e.g. torch.empty(shape, device="meta").size(dim).
 
-@pytest.mark.xfail(strict=True, reason="bug: PointerTensor.size(dim) error text differs from torch (pointer.py)")
 def test_size_of_bad_dim_raises_torchs_message(bob):
     same_error(lambda: torch.tensor(1.0).send(bob).size(0), lambda: torch.tensor(1.0).size(0))
     same_error(lambda: torch.ones(2, 3).send(bob).size(5), lambda: torch.ones(2, 3).size(5))
@@ -66,7 +62,6 @@ def test_size_of_bad_dim_raises_torchs_message(bob):
 #    stale cached metadata. Fix: for torch.Tensor.__setitem__ and property setters
 #    (*.__set__), describe the target as an alias ("a", id, meta) so the client refreshes it.
 
-@pytest.mark.xfail(strict=True, reason="bug: setitem does not refresh the target pointer's requires_grad")
 def test_setitem_with_grad_value_refreshes_requires_grad(bob):
     a, b = torch.zeros(2), torch.ones(2, requires_grad=True)
     a[0] = b[0]
@@ -75,7 +70,6 @@ def test_setitem_with_grad_value_refreshes_requires_grad(bob):
     assert pa.requires_grad == a.requires_grad  # False != True
 
 
-@pytest.mark.xfail(strict=True, reason="bug: x.data = y does not refresh the pointer's shape/dtype")
 def test_data_setter_refreshes_shape(bob):
     d = torch.zeros(2)
     d.data = torch.zeros(3, 4, dtype=torch.float64)
@@ -105,7 +99,7 @@ def test_inplace_through_view_refreshes_base_requires_grad(bob):
 #    it (e.g. t.view(-1)[:0] = torch.zeros((), requires_grad=True)), or send the flag only
 #    for floating/complex dtypes and document the difference.
 
-@pytest.mark.xfail(strict=True, reason="bug: integer tensor with requires_grad cannot be fetched (ProtocolError)")
+@pytest.mark.xfail(strict=True, reason="known difference: a fetched integer tensor is a leaf and cannot require grad (sharing.decode_tensor drops the flag)")
 def test_integer_tensor_that_requires_grad_can_be_fetched(bob):
     local = torch.tensor([1, 2])
     local[:] = torch.tensor(1.0, requires_grad=True)
@@ -120,7 +114,6 @@ def test_integer_tensor_that_requires_grad_can_be_fetched(bob):
 #    reads it to decide whether to send .grad, so get() and bob._objects raise RuntimeError.
 #    Fix: treat that RuntimeError as "no grad to send" (try/except around the is_leaf check).
 
-@pytest.mark.xfail(strict=True, reason="bug: get()/_objects raise on a no_grad view of a modified base (sharing)")
 def test_no_grad_view_of_modified_base_can_be_fetched(bob):
     def build(w):
         y = w * 1
@@ -139,13 +132,11 @@ def test_no_grad_view_of_modified_base_can_be_fetched(bob):
 #    raises. Such tensors can be neither sent nor fetched. Fix: copy when flat.stride(0) != 1
 #    (clone(memory_format=torch.contiguous_format); plain clone() keeps the stride too).
 
-@pytest.mark.xfail(strict=True, reason="bug: one-element tensor with stride != 1 cannot be sent (sharing.encode_tensor)")
 def test_one_element_strided_tensor_can_be_sent(bob):
     t = torch.arange(2.0)[::2]
     assert_same(t.send(bob).get(), t.contiguous())  # RuntimeError: self.stride(-1) must be 1 ...
 
 
-@pytest.mark.xfail(strict=True, reason="bug: one-element tensor with stride != 1 cannot be fetched (sharing.encode_tensor)")
 def test_one_element_strided_result_can_be_fetched(bob):
     p = torch.arange(2.0).send(bob)[::2]
     assert_same(p.get(), torch.arange(2.0)[::2])
@@ -157,7 +148,6 @@ def test_one_element_strided_result_can_be_fetched(bob):
 #    ZeroTensor before taking its bytes (torch.zeros(shape, dtype=dtype) when
 #    tensor._is_zerotensor()).
 
-@pytest.mark.xfail(strict=True, reason="bug: a ZeroTensor gradient cannot be encoded (sharing.encode_tensor)")
 def test_zero_tensor_gradient_can_be_fetched(bob):
     local = torch.tensor([1.0], requires_grad=True)
     torch.sgn(local).sum().backward()
