@@ -47,7 +47,8 @@ TEST_TIMEOUT_S = 120 if settings.default.max_examples < 1000 else 2 * 3600
 def hard_timeout():
     """No property test may hang: a stuck call fails the test instead (pyzmq's SIGALRM idea)."""
     def expire(signum, frame):
-        raise TimeoutError(f"test exceeded its hard timeout of {TEST_TIMEOUT_S}s")
+        # A BaseException, as in the root conftest: hypothesis must not shrink a timeout.
+        pytest.fail(f"test exceeded its hard timeout of {TEST_TIMEOUT_S}s", pytrace=True)
     previous = signal.signal(signal.SIGALRM, expire)
     signal.alarm(TEST_TIMEOUT_S)
     yield
