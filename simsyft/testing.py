@@ -30,7 +30,6 @@ import contextlib
 import gc
 import math
 import os
-import re
 import secrets
 import sys
 import warnings
@@ -46,7 +45,7 @@ from . import sharing
 from .connection import Connection
 from .errors import LocationMismatchError, ObjectNotFoundError, RemoteValueError
 from .hook import TorchHook
-from .pointer import PointerTensor
+from .pointer import PointerTensor, pipeline
 from .worker import WorkerCore
 from .workers import VirtualWorker
 
@@ -1109,45 +1108,72 @@ def programs(draw: Callable, *, max_steps: int = 8, max_workers: int = 4, dtypes
     return Program(n_workers, tuple(steps))
 
 
-def run_program(program: Program, workers: Sequence[VirtualWorker]) -> int:
+def run_program(program: Program, workers: Sequence[VirtualWorker], *, pipelined: bool = False) -> int:
     """Run `program` on pointers to `workers` and on local tensors, checking after every step
     that both did the same thing (same exception, same outputs, aliasing, shapes, dtypes),
     then fetch every live register and compare it bitwise (values, NaN positions, dtype,
     shape, requires_grad, leaf gradients). Finally every store must be empty again: nothing
     was leaked. Returns the number of steps run.
+
+    `pipelined=True` runs the remote side inside `sy.pipeline()`: each result's metadata is
+    then the client's prediction and must still equal torch's. An op that fails on the worker
+    may report its failure later (Note [Errors in pipelined mode]); so at the first step that
+    raises locally while the pipelined op returned, the run stops, and the same exception must
+    come out when the pipeline synchronises.
     """
     assert len(workers) >= program.workers, f"the program needs {program.workers} workers, got {len(workers)}"
     local: list = []
     remote: list = []
-    for n, step in enumerate(program.steps):
-        what = f"step {n} {step!r}"
-        if isinstance(step, Send):
-            ptr = step.tensor.send(workers[step.worker])
-            ref = _reference(step.tensor)
-            _check_meta(ptr, ref, what)
-            local.append(ref)
-            remote.append(ptr)
-        elif isinstance(step, Apply):
-            l_ops = [local[k] for k in step.operands]
-            r_ops = [remote[k] for k in step.operands]
-            l_out = outcome(step.op, *l_ops, no_grad=step.no_grad)
-            r_out = outcome(step.op, *r_ops, no_grad=step.no_grad)
-            assert_same_outcome(r_out, l_out, what)
-            if l_out.ok:
-                for ptr, ref in _pair_results(r_out.value, l_out.value, r_ops, l_ops, what):
+    deferred: tuple | None = None  # (what, local Outcome) of a failure the pipeline has yet to report
+    at_sync: Outcome | None = None
+    try:
+        with pipeline() if pipelined else contextlib.nullcontext():
+            for n, step in enumerate(program.steps):
+                what = f"step {n} {step!r}"
+                if isinstance(step, Send):
+                    ptr = step.tensor.send(workers[step.worker])
+                    ref = _reference(step.tensor)
+                    _check_meta(ptr, ref, what)
                     local.append(ref)
                     remote.append(ptr)
-            del l_ops, r_ops, l_out, r_out
-        elif isinstance(step, Backward):
-            l_out = outcome(_backward, local[step.operand])
-            r_out = outcome(_backward, remote[step.operand])
-            assert_same_outcome(r_out, l_out, what)
-            if r_out.ok:
-                assert isinstance(r_out.value, PointerTensor) and r_out.value.get() is None, (
-                    f"{what}: backward() must return a pointer to nothing")
-        elif isinstance(step, Get):
-            assert_same(remote[step.operand].get(), local[step.operand], what)
-            local[step.operand] = remote[step.operand] = None
+                elif isinstance(step, Apply):
+                    l_ops = [local[k] for k in step.operands]
+                    r_ops = [remote[k] for k in step.operands]
+                    l_out = outcome(step.op, *l_ops, no_grad=step.no_grad)
+                    r_out = outcome(step.op, *r_ops, no_grad=step.no_grad)
+                    if pipelined and r_out.ok and not l_out.ok:
+                        deferred = (what, l_out)
+                        break
+                    assert_same_outcome(r_out, l_out, what)
+                    if l_out.ok:
+                        for ptr, ref in _pair_results(r_out.value, l_out.value, r_ops, l_ops, what):
+                            local.append(ref)
+                            remote.append(ptr)
+                    del l_ops, r_ops, l_out, r_out
+                elif isinstance(step, Backward):
+                    l_out = outcome(_backward, local[step.operand])
+                    r_out = outcome(_backward, remote[step.operand])
+                    assert_same_outcome(r_out, l_out, what)
+                    if r_out.ok:
+                        assert isinstance(r_out.value, PointerTensor) and r_out.value.get() is None, (
+                            f"{what}: backward() must return a pointer to nothing")
+                elif isinstance(step, Get):
+                    assert_same(remote[step.operand].get(), local[step.operand], what)
+                    local[step.operand] = remote[step.operand] = None
+    except Exception as exc:  # noqa: BLE001 - only the pipeline's synchronisation on exit raises here
+        if not pipelined or isinstance(exc, AssertionError):
+            raise
+        at_sync = Outcome(error=type(exc), message=str(exc))
+    if pipelined and (deferred is not None or at_sync is not None):
+        remote.clear()
+        for worker in workers:  # collect what other workers still have to report
+            outcome(worker.connection.sync)
+        assert deferred is not None, f"the pipeline raised {at_sync!r} when it synchronised, but torch raised nothing"
+        what, l_out = deferred
+        assert at_sync is not None, (
+            f"{what}: locally raised {l_out.error.__name__}: {l_out.message}, but the pipelined op never raised")
+        assert_same_outcome(at_sync, l_out, f"{what} (raised when the pipeline synchronised)")
+        return len(program.steps)
     for n, (ptr, ref) in enumerate(zip(remote, local)):
         if ptr is not None:
             assert_same(ptr.get(), ref, f"register r{n} at the end")

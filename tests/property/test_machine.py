@@ -8,7 +8,6 @@ that never frees, one that corrupts a bit): a property that cannot fail proves n
 from __future__ import annotations
 
 import pytest
-import torch
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import rule
 

@@ -52,6 +52,21 @@ def test_programs_processes(simsyft_sim, counts, program):
     counts["steps (processes)"] += run_program(program, simsyft_sim.world(program.workers))
 
 
+@settings(max_examples=examples(300, 2_000))
+@given(program=programs())
+def test_programs_pipelined_inprocess(simsyft_inprocess, counts, program):
+    """Inside sy.pipeline() results carry predicted metadata; it must still be torch's."""
+    counts["pipelined programs (in-process)"] += 1
+    run_program(program, simsyft_inprocess.world(program.workers), pipelined=True)
+
+
+@settings(max_examples=examples(100, 500))
+@given(program=programs(max_steps=6))
+def test_programs_pipelined_processes(simsyft_sim, counts, program):
+    counts["pipelined programs (processes)"] += 1
+    run_program(program, simsyft_sim.world(program.workers), pipelined=True)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=examples(50, 300))
 @given(data=st.data())
