@@ -179,17 +179,16 @@ def test_leaf_with_grad_of_old_shape_can_be_fetched(bob):
     assert_same(p.get(), local)  # ProtocolError: attempting to assign a gradient of size '[2]' ...
 
 
-# 10. A tensor received through a shared-memory segment (above sharing.INLINE_MAX) is built
-#     with set_(), which bumps its version counter: on the worker it starts at version 1, not
-#     0, so autograd's "modified by an inplace operation" error names other versions than
-#     torch does locally ("is at version 2; expected version 1" instead of "1; expected 0").
-#     Fix: keep the version across set_() (torch.autograd._unsafe_preserve_version_counter),
-#     here and in any other set_()-based decode (fix 1 above must do the same).
+# 10. Every received tensor starts at version 1, not 0: decode builds it with set_(), which
+#     bumps the version counter (found first for segments above sharing.INLINE_MAX; since the
+#     fix for 1. the inline path uses set_() too). So autograd's "modified by an inplace
+#     operation" error names other versions than torch does locally ("is at version 2;
+#     expected version 1" instead of "1; expected 0"). Fix: keep the version across set_()
+#     (with torch.autograd._unsafe_preserve_version_counter(tensor): tensor.set_(...)).
 
-@pytest.mark.xfail(strict=True, reason="bug: tensors received through a segment start at version 1 (sharing._open_segment)")
-def test_segment_tensor_starts_at_version_zero(bob):
-    n = 300_000  # 1.2 MB: through a segment
-
+@pytest.mark.parametrize("n", [4, 300_000], ids=["inline", "segment"])
+@pytest.mark.xfail(strict=True, reason="bug: received tensors start at version 1 (sharing.decode_tensor, set_)")
+def test_received_tensor_starts_at_version_zero(bob, n):
     def program(leaf, a):
         y = leaf * a
         a.add_(1)
