@@ -175,9 +175,25 @@ def decode_tensor(desc: Any, buffers: list) -> torch.Tensor:
     # that does); a fetched copy is a leaf, and integer leaves cannot require grad: drop the flag.
     if requires_grad and (dtype.is_floating_point or dtype.is_complex):
         tensor.requires_grad_(True)
+    _reset_version(tensor)  # set_() counted as a write; a received tensor is new, at version 0
     if grad_desc is not None:
-        tensor.grad = decode_tensor(grad_desc, buffers)
+        grad = decode_tensor(grad_desc, buffers)
+        if grad.shape != tensor.shape:
+            # torch keeps a .grad of the old shape after an in-place reshape under no_grad, but refuses
+            # to assign one: attach it while the shapes agree, then swap the data in, as torch did.
+            holder = torch.zeros(grad.shape, dtype=tensor.dtype).requires_grad_(tensor.requires_grad)
+            holder.grad = grad
+            holder.data = tensor
+            _reset_version(holder)
+            return holder
+        tensor.grad = grad
     return tensor
+
+
+def _reset_version(tensor: torch.Tensor) -> None:
+    reset = getattr(torch._C._autograd, "_unsafe_set_version_counter", None)
+    if reset is not None:
+        reset((tensor,), (0,))
 
 
 def _open_segment(path: Any, seg_bytes: Any, nbytes: int, dtype: torch.dtype, shape: tuple) -> torch.Tensor:

@@ -187,7 +187,6 @@ def test_leaf_with_grad_of_old_shape_can_be_fetched(bob):
 #     (with torch.autograd._unsafe_preserve_version_counter(tensor): tensor.set_(...)).
 
 @pytest.mark.parametrize("n", [4, 300_000], ids=["inline", "segment"])
-@pytest.mark.xfail(strict=True, reason="bug: received tensors start at version 1 (sharing.decode_tensor, set_)")
 def test_received_tensor_starts_at_version_zero(bob, n):
     def program(leaf, a):
         y = leaf * a
