@@ -164,7 +164,6 @@ def test_zero_tensor_gradient_can_be_fetched(bob):
 #    reached that state (assign the grad at its own shape, then set_() the data's storage and
 #    shape under no_grad), or drop a mismatched grad on the sending side and document it.
 
-@pytest.mark.xfail(strict=True, reason="bug: leaf whose .grad shape differs cannot be fetched (sharing.decode_tensor)")
 def test_leaf_with_grad_of_old_shape_can_be_fetched(bob):
     def build():
         t = torch.zeros(2, requires_grad=True)
