@@ -12,6 +12,7 @@ Speed is guarded by bench/ (row "small sync op" against a raw REQ/REP).
 from __future__ import annotations
 
 import builtins
+import os
 import signal
 import threading
 from typing import Any, Callable
@@ -19,7 +20,7 @@ from typing import Any, Callable
 from . import errors, protocol
 from .errors import RemoteError, WorkerCrashedError, WorkerShutdownError
 
-__all__ = ["Connection", "ZmqConnection", "rebuild_exception"]
+__all__ = ["Connection", "ZmqConnection", "pid_alive", "rebuild_exception"]
 
 # A blocking receive with a timeout beats poll()+recv() by ~25 us per round trip
 # (DESIGN.md); 100 ms bounds how late a crash is noticed.
@@ -283,3 +284,17 @@ def signal_name(code: int | None) -> str:
         except ValueError:
             return ""
     return ""
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has exited; only its parent's wait() is missing
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True

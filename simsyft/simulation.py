@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import protocol, sharing
-from .connection import ZmqConnection, signal_name
+from .connection import ZmqConnection, pid_alive, signal_name
 from .errors import SimsyftError, WorkerTimeoutError
 
 __all__ = ["Cluster", "WorkerProcess", "find_run_dir", "owned_by_cli", "running_simulations", "sweep_stale"]
@@ -37,20 +37,6 @@ RUN_DIR_ENV = "SIMSYFT_RUN_DIR"
 
 def tmp_root() -> str:
     return tempfile.gettempdir()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie has exited; only its parent's wait() is missing
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from . import executor, protocol, sharing
-from .connection import Connection
+from .connection import Connection, pid_alive
 from .errors import LocationMismatchError, ObjectNotFoundError, ProtocolError, SimsyftError
 
 __all__ = ["WorkerCore", "describe_meta", "main"]
@@ -216,7 +216,7 @@ class WorkerCore:
             raise SimsyftError(f"worker {self.name!r} cannot reach worker {name!r}: no such worker in this simulation")
         peer = ZmqConnection(
             name, f"ipc://{self.run_dir}/{name}.sock", self.namespace,
-            exit_status=lambda: None if _pid_alive(pid) else -1,
+            exit_status=lambda: None if pid_alive(pid) else -1,
             describe_exit=lambda: f"worker {name!r} (pid {pid}), reached through worker {self.name!r}, has exited",
         )
         self._peers[name] = peer
@@ -363,20 +363,6 @@ def _peer_pid(run_dir: str, name: str) -> int | None:
     except (OSError, ValueError):
         return None
     return int(pid) if pid is not None else None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -78,30 +78,26 @@ def backend(request):
     return request.param
 
 
-@pytest.fixture
-def bob(backend, hook, request):
-    """Worker 'bob' on each backend; its store is empty at the start of the test."""
+def _worker(name: str, backend: str, request):
+    """Worker `name` on `backend`, with an empty store for the test and emptied afterwards."""
     if backend == "process":
-        worker = request.getfixturevalue("process_bob")
+        worker = request.getfixturevalue(f"process_{name}")
     else:
-        worker = in_process_worker("bob")
+        worker = in_process_worker(name)
     worker.clear_objects()
     yield worker
     if backend == "process":
         worker.clear_objects()
     else:
         worker.shutdown()
+
+
+@pytest.fixture
+def bob(backend, hook, request):
+    """Worker 'bob' on each backend; its store is empty at the start of the test."""
+    yield from _worker("bob", backend, request)
 
 
 @pytest.fixture
 def alice(backend, hook, request):
-    if backend == "process":
-        worker = request.getfixturevalue("process_alice")
-    else:
-        worker = in_process_worker("alice")
-    worker.clear_objects()
-    yield worker
-    if backend == "process":
-        worker.clear_objects()
-    else:
-        worker.shutdown()
+    yield from _worker("alice", backend, request)
