@@ -15,5 +15,8 @@ setup(
         "test": ["pytest>=7", "hypothesis>=6"],
         "bench": ["matplotlib"],
     },
-    entry_points={"console_scripts": ["simsyft=simsyft.cli:main"]},
+    entry_points={
+        "console_scripts": ["simsyft=simsyft.cli:main"],
+        "pytest11": ["simsyft = simsyft.pytest_plugin"],  # the simsyft_sim fixtures for users' suites
+    },
 )

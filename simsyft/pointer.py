@@ -537,7 +537,35 @@ def _meta_run(func: Callable, args: tuple, kwargs: dict) -> tuple | None:
     if not isinstance(result, torch.Tensor) or result.device.type != "meta":
         return None
     alias = metas.index(id(result)) if id(result) in metas else None
-    return (alias, sharing.dtype_name(result.dtype), tuple(result.shape), result.requires_grad)
+    return (alias, sharing.dtype_name(_cpu_dtype(func, args, kwargs, result.dtype)), tuple(result.shape),
+            result.requires_grad)
+
+
+def _cpu_dtype(func: Callable, args: tuple, kwargs: dict, meta_dtype: torch.dtype) -> torch.dtype:
+    """The result dtype the CPU kernel gives (the worker's), probed on one-element tensors.
+
+    Meta kernels can promote differently from CPU ones (bool ** False is int64 on meta, bool on
+    the CPU). Dtype promotion does not depend on sizes, so tensors with every size 1 answer it;
+    if the probe cannot run (shape-specific ops), the meta kernel's dtype is kept.
+    """
+    def to_probe(value: Any) -> Any:
+        kind = type(value)
+        if kind is PointerTensor:
+            return torch.zeros([1] * len(value._shape), dtype=value._dtype)
+        if kind is tuple or kind is list:
+            return kind(to_probe(v) for v in value)
+        if kind is dict:
+            return {k: to_probe(v) for k, v in value.items()}
+        if isinstance(value, torch.Tensor):
+            return to_probe(value.__dict__["_simsyft_pointer"])
+        return value
+
+    try:
+        with torch.no_grad():
+            probe = func(*to_probe(args), **to_probe(kwargs))
+    except Exception:  # noqa: BLE001 - the probe is only a cross-check
+        return meta_dtype
+    return probe.dtype if isinstance(probe, torch.Tensor) else meta_dtype
 
 
 def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:

@@ -204,7 +204,6 @@ def test_received_tensor_starts_at_version_zero(bob, n):
 #     result's, answering a mismatch like a failure (the client corrects the pointer at the
 #     next synchronising call), or run such ops synchronously (a list of known disagreements).
 
-@pytest.mark.xfail(strict=True, reason="bug: pipelined metadata predicted on meta tensors differs from the CPU result (pointer._predict)")
 def test_pipelined_prediction_matches_the_cpu_result(bob):
     local = torch.tensor(False) ** False
     p = torch.tensor(False).send(bob)
