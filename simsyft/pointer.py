@@ -513,24 +513,15 @@ def _predict(func: Callable, args: tuple, kwargs: dict, walker: "_Collector") ->
 def _meta_run(func: Callable, args: tuple, kwargs: dict) -> tuple | None:
     metas: list[int] = []
 
-    def to_meta(value: Any) -> Any:
-        kind = type(value)
-        if kind is PointerTensor:
-            meta = torch.empty(value._shape, dtype=value._dtype, device="meta")
-            if value._requires_grad:
-                meta.requires_grad_(True)
-            metas.append(id(meta))
-            return meta
-        if kind is tuple or kind is list:
-            return kind(to_meta(v) for v in value)
-        if kind is dict:
-            return {k: to_meta(v) for k, v in value.items()}
-        if isinstance(value, torch.Tensor):
-            return to_meta(value.__dict__["_simsyft_pointer"])
-        return value
+    def to_meta(pointer: PointerTensor) -> torch.Tensor:
+        meta = torch.empty(pointer._shape, dtype=pointer._dtype, device="meta")
+        if pointer._requires_grad:
+            meta.requires_grad_(True)
+        metas.append(id(meta))
+        return meta
 
     try:
-        meta_args, meta_kwargs = to_meta(args), to_meta(kwargs)
+        meta_args, meta_kwargs = _stand_in(args, to_meta), _stand_in(kwargs, to_meta)
         result = func(*meta_args, **meta_kwargs)
     except Exception:  # noqa: BLE001 - unpredictable here; the synchronous path gives the real answer
         return None
@@ -541,6 +532,20 @@ def _meta_run(func: Callable, args: tuple, kwargs: dict) -> tuple | None:
             result.requires_grad)
 
 
+def _stand_in(value: Any, make: Callable[[PointerTensor], torch.Tensor]) -> Any:
+    """`value` with every pointer (and sent module parameter) replaced by `make(pointer)`."""
+    kind = type(value)
+    if kind is PointerTensor:
+        return make(value)
+    if kind is tuple or kind is list:
+        return kind(_stand_in(v, make) for v in value)
+    if kind is dict:
+        return {k: _stand_in(v, make) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        return make(value.__dict__["_simsyft_pointer"])
+    return value
+
+
 def _cpu_dtype(func: Callable, args: tuple, kwargs: dict, meta_dtype: torch.dtype) -> torch.dtype:
     """The result dtype the CPU kernel gives (the worker's), probed on one-element tensors.
 
@@ -548,21 +553,12 @@ def _cpu_dtype(func: Callable, args: tuple, kwargs: dict, meta_dtype: torch.dtyp
     the CPU). Dtype promotion does not depend on sizes, so tensors with every size 1 answer it;
     if the probe cannot run (shape-specific ops), the meta kernel's dtype is kept.
     """
-    def to_probe(value: Any) -> Any:
-        kind = type(value)
-        if kind is PointerTensor:
-            return torch.zeros([1] * len(value._shape), dtype=value._dtype)
-        if kind is tuple or kind is list:
-            return kind(to_probe(v) for v in value)
-        if kind is dict:
-            return {k: to_probe(v) for k, v in value.items()}
-        if isinstance(value, torch.Tensor):
-            return to_probe(value.__dict__["_simsyft_pointer"])
-        return value
+    def to_probe(pointer: PointerTensor) -> torch.Tensor:
+        return torch.zeros([1] * len(pointer._shape), dtype=pointer._dtype)
 
     try:
         with torch.no_grad():
-            probe = func(*to_probe(args), **to_probe(kwargs))
+            probe = func(*_stand_in(args, to_probe), **_stand_in(kwargs, to_probe))
     except Exception:  # noqa: BLE001 - the probe is only a cross-check
         return meta_dtype
     return probe.dtype if isinstance(probe, torch.Tensor) else meta_dtype

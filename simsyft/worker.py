@@ -114,12 +114,7 @@ class WorkerCore:
             value = msg.value
             if not isinstance(value, torch.Tensor):
                 raise ProtocolError(f"Store carries a {type(value).__name__}; only tensors can be stored")
-            if value.device != self.device:
-                value = _to_device(value, self.device)
-            self.store[msg.id] = value
-            if msg.tags or msg.description is not None:
-                self.tag(msg.id, msg.tags, msg.description)
-            return protocol.Ack(msg.seq, ("p", msg.id, *describe_meta(value)))
+            return protocol.Ack(msg.seq, self._put(msg.id, value, msg.tags, msg.description))
         if kind is protocol.Fetch:
             self._resolve(msg.id, used)
             if msg.remove:
@@ -164,12 +159,7 @@ class WorkerCore:
             return protocol.Value(msg.seq, (sharing.encode_tensor(value, [], self.namespace, -1), tags, description))
         if kind is protocol.Import:
             value = sharing.decode_tensor(msg.descriptor, [])
-            if value.device != self.device:
-                value = _to_device(value, self.device)
-            self.store[msg.id] = value
-            if msg.tags or msg.description is not None:
-                self.tag(msg.id, msg.tags, msg.description)
-            return protocol.Ack(msg.seq, ("p", msg.id, *describe_meta(value)))
+            return protocol.Ack(msg.seq, self._put(msg.id, value, msg.tags, msg.description))
         if kind is protocol.Search:
             return protocol.Value(msg.seq, self.search(msg.query))
         if kind is protocol.Shutdown:
@@ -181,6 +171,15 @@ class WorkerCore:
         if type(msg) is protocol.Free:
             for object_id in msg.ids:
                 self._drop(object_id)
+
+    def _put(self, object_id: int, value: torch.Tensor, tags: tuple, description: Any) -> tuple:
+        """Store a tensor that arrived (Store, Import) on this worker's device; its Ack descriptor."""
+        if value.device != self.device:
+            value = _to_device(value, self.device)
+        self.store[object_id] = value
+        if tags or description is not None:
+            self.tag(object_id, tags, description)
+        return ("p", object_id, *describe_meta(value))
 
     def _drop(self, object_id: int) -> None:
         """Remove an object; a pointer we hold frees what it points to (only the newest pointer frees)."""
