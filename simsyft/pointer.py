@@ -11,8 +11,9 @@ Speed is guarded by bench/ (row "small sync op").
 
 from __future__ import annotations
 
-import random
+import math
 import os
+import random
 from typing import Any, Callable
 
 import torch
@@ -546,15 +547,23 @@ def _stand_in(value: Any, make: Callable[[PointerTensor], torch.Tensor]) -> Any:
     return value
 
 
+_PROBE_MAX_ELEMENTS = 4096
+
+
 def _cpu_dtype(func: Callable, args: tuple, kwargs: dict, meta_dtype: torch.dtype) -> torch.dtype:
-    """The result dtype the CPU kernel gives (the worker's), probed on one-element tensors.
+    """The result dtype the CPU kernel gives (the worker's), probed on zero tensors.
 
     Meta kernels can promote differently from CPU ones (bool ** False is int64 on meta, bool on
-    the CPU). Dtype promotion does not depend on sizes, so tensors with every size 1 answer it;
-    if the probe cannot run (shape-specific ops), the meta kernel's dtype is kept.
+    the CPU), and CPU kernels can depend on sizes (an empty int8 einsum sums to int64). So small
+    operands are probed at their real shape; large ones with every size 1, which matches
+    everywhere the suite has looked. If the probe cannot run, the meta kernel's dtype is kept.
     """
+    pointers: list[PointerTensor] = []
+    _stand_in((args, kwargs), lambda p: pointers.append(p))
+    real = all(math.prod(p._shape) <= _PROBE_MAX_ELEMENTS for p in pointers)
+
     def to_probe(pointer: PointerTensor) -> torch.Tensor:
-        return torch.zeros([1] * len(pointer._shape), dtype=pointer._dtype)
+        return torch.zeros(pointer._shape if real else [1] * len(pointer._shape), dtype=pointer._dtype)
 
     try:
         with torch.no_grad():

@@ -211,3 +211,17 @@ def test_pipelined_prediction_matches_the_cpu_result(bob):
         q = p ** False
         assert q.dtype == local.dtype  # torch.int64 != torch.bool
     assert_same(q.get(), local)
+
+
+# 12. CPU kernels' result dtype can depend on sizes, so a one-element probe is not enough:
+#     einsum on empty int8 operands returns int64 (it sums), on non-empty ones int8
+#     (found by test_programs_pipelined_processes, seed 21). Small operands are now probed
+#     at their real shape.
+
+def test_pipelined_prediction_of_empty_einsum(bob):
+    local = torch.einsum("...ij,...jk->...ik", torch.zeros(0, 1, dtype=torch.int8), torch.zeros(0, 1, dtype=torch.int8))
+    p = torch.zeros(0, 1, dtype=torch.int8).send(bob)
+    with sy.pipeline():
+        q = torch.einsum("...ij,...jk->...ik", p, p)
+        assert q.dtype == local.dtype  # torch.int8 != torch.int64
+    assert_same(q.get(), local)
