@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -30,6 +31,11 @@ LIVE, FETCHED, VOID, OBSERVER = 0, 1, 2, 3
 # `random`, and a repeated id would silently overwrite a live remote object.
 _ids = random.Random(int.from_bytes(os.urandom(16), "little"))
 os.register_at_fork(after_in_child=lambda: _ids.seed(int.from_bytes(os.urandom(16), "little")))
+
+
+# Live pointers by the id they point to, so an op that changes *other* objects' metadata (an
+# in-place op through a view makes the base require grad) can refresh their pointers too.
+_BY_REMOTE_ID: "weakref.WeakValueDictionary[int, PointerTensor]" = weakref.WeakValueDictionary()
 
 
 def new_id() -> int:
@@ -74,6 +80,8 @@ class PointerTensor:
         self.description = None
         if meta is not None:
             self._set_meta(meta)
+            if state == LIVE:
+                _BY_REMOTE_ID[id_at_location] = self
         else:
             self._dtype = self._shape = self._device = None
             self._requires_grad = False
@@ -589,6 +597,8 @@ def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
     if pipeline._depth and walker.pointers:
         with torch.set_grad_enabled(grad_enabled):
             predicted = _predict(func, args, kwargs, walker)
+        if predicted is not None and predicted[0] == "a" and predicted[2][2] and not predicted[1]._requires_grad:
+            predicted = None  # it may make its base or views require grad: ask synchronously
         if predicted is not None:
             connection = location.connection
             _PIPELINES[-1].connections[id(connection)] = connection
@@ -606,13 +616,29 @@ def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
     return _materialize(reply.result, location, walker.pointers, op)
 
 
+def _refresh_aliases(pointer: PointerTensor) -> None:
+    """After an in-place op made `pointer` require grad, refresh the pointers to its base and views.
+
+    Autograd makes the whole view family require grad (x[0:1].add_(w) makes x require grad);
+    asked only then, so ordinary ops pay nothing.
+    """
+    found = pointer.location.connection.request(lambda seq: protocol.Aliases(seq, pointer.id_at_location)).value
+    for object_id, meta in found:
+        alias = _BY_REMOTE_ID.get(object_id)
+        if alias is not None and alias._state == LIVE and alias.location is pointer.location:
+            alias._set_meta(meta)
+
+
 def _materialize(desc: tuple, location: Any, pointers: dict[int, PointerTensor], op: str) -> Any:
     kind = desc[0]
     if kind == "p":
         return PointerTensor(location, desc[1], location.owner, desc[2:])
     if kind == "a":
         pointer = pointers[desc[1]]
+        gained_grad = desc[4] and not pointer._requires_grad
         pointer._set_meta(desc[2:])
+        if gained_grad:
+            _refresh_aliases(pointer)
         return pointer
     if kind == "v":
         return desc[1]

@@ -45,6 +45,7 @@ __all__ = [
     "RemoteGet",
     "RemoteRef",
     "Search",
+    "Aliases",
     "Shutdown",
     "Store",
     "StorePointer",
@@ -222,6 +223,17 @@ class RemoteGet(Message):
     id: int
 
 
+@_message(14)
+class Aliases(Message):
+    """Return ((id, meta), ...) for the other stored tensors sharing object `id`'s memory.
+
+    An in-place op through a view can make the base (and its other views) require grad;
+    the client asks this after seeing such an op, to refresh those pointers' metadata.
+    """
+    seq: int
+    id: int
+
+
 @_message(16)
 class Ack(Message):
     """Result of a Command or Store: one descriptor per result (see worker.describe)."""
@@ -248,7 +260,7 @@ class ErrorReply(Message):
 
 
 _KINDS: dict[int, type] = {
-    cls.code: cls for cls in (Command, Store, Fetch, Free, Objects, Info, Shutdown, Clear, Search, Export, Import, StorePointer, RemoteGet, Ack, Value, ErrorReply)
+    cls.code: cls for cls in (Command, Store, Fetch, Free, Objects, Info, Shutdown, Clear, Search, Export, Import, StorePointer, RemoteGet, Aliases, Ack, Value, ErrorReply)
 }
 _FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _KINDS.values()}
 _FIELD_TYPES: dict[type, tuple] = {
@@ -261,6 +273,7 @@ _FIELD_TYPES: dict[type, tuple] = {
     Shutdown: (int,),
     Clear: (int,),
     Search: (int, tuple),
+    Aliases: (int, int),
     Export: (int, int),
     Import: (int, int, tuple, tuple, object),
     StorePointer: (int, int, str, int, tuple),

@@ -160,6 +160,8 @@ class WorkerCore:
         if kind is protocol.Import:
             value = sharing.decode_tensor(msg.descriptor, [])
             return protocol.Ack(msg.seq, self._put(msg.id, value, msg.tags, msg.description))
+        if kind is protocol.Aliases:
+            return protocol.Value(msg.seq, self.aliases(msg.id, used))
         if kind is protocol.Search:
             return protocol.Value(msg.seq, self.search(msg.query))
         if kind is protocol.Shutdown:
@@ -277,6 +279,16 @@ class WorkerCore:
             if isinstance(obj, torch.Tensor) and wanted <= set(tags):
                 found.append((object_id, describe_meta(obj), tags, description))
         return tuple(found)
+
+    def aliases(self, object_id: int, used: dict[int, Any]) -> tuple:
+        """Other stored tensors sharing object_id's memory (its base, its views), with their metadata."""
+        target = self._resolve(object_id, used)
+        if not isinstance(target, torch.Tensor) or target.untyped_storage().data_ptr() == 0:
+            return ()
+        address = target.untyped_storage().data_ptr()
+        return tuple((oid, describe_meta(obj)) for oid, obj in self.store.items()
+                     if oid != object_id and isinstance(obj, torch.Tensor)
+                     and obj.device == target.device and obj.untyped_storage().data_ptr() == address)
 
     def load_data(self, items: list[dict]) -> None:
         """Load the config's data files into the store, tagged, before serving."""

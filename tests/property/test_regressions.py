@@ -79,12 +79,12 @@ def test_data_setter_refreshes_shape(bob):
     assert (p.shape, p.dtype) == (d.shape, d.dtype)  # (torch.Size([2]), torch.float32)
 
 
-# 4. An in-place op through a view makes its *base* require grad (autograd rebases it);
+# 4. (fixed: the client asks the worker for the operand's aliases when an in-place op makes it
+#    require grad) An in-place op through a view makes its *base* require grad (autograd rebases it);
 #    only the operand's pointer gets new metadata, so the base pointer's cached
 #    requires_grad is stale. Fix: read requires_grad from the worker, or have the worker
 #    report the metadata of every stored object sharing the operand's storage.
 
-@pytest.mark.xfail(strict=True, reason="bug: a base pointer's requires_grad is stale after in-place through a view")
 def test_inplace_through_view_refreshes_base_requires_grad(bob):
     x = torch.zeros(2)
     x[0:1].add_(torch.ones(1, requires_grad=True))
@@ -92,6 +92,21 @@ def test_inplace_through_view_refreshes_base_requires_grad(bob):
     view = px[0:1]
     view.add_(torch.ones(1, requires_grad=True).send(bob))
     assert px.requires_grad == x.requires_grad  # False != True
+    assert view.requires_grad and px.requires_grad
+
+
+def test_inplace_on_base_refreshes_views_requires_grad(bob):
+    def build(t, w):
+        view = t[1:]
+        t.mul_(w)
+        return view
+    local_view = build(torch.zeros(2), torch.ones(2, requires_grad=True))
+    view = build(torch.zeros(2).send(bob), torch.ones(2, requires_grad=True).send(bob))
+    assert view.requires_grad == local_view.requires_grad
+    with sy.pipeline():
+        view2 = build(torch.zeros(2).send(bob), torch.ones(2, requires_grad=True).send(bob))
+        assert view2.requires_grad == local_view.requires_grad
+    assert_same(view.get(), local_view)
 
 
 # 5. torch lets an integer tensor require grad (t[:] = a 0-d tensor that requires grad), but

@@ -16,7 +16,7 @@ import torch
 from simsyft import protocol, sharing
 from simsyft.errors import ObjectNotFoundError, ProtocolError
 from simsyft.protocol import (
-    Ack, Clear, Command, ErrorReply, Fetch, Free, Info, Objects, Ref, Search, Shutdown, Store, Value,
+    Ack, Aliases, Clear, Command, ErrorReply, Fetch, Free, Info, Objects, Ref, Search, Shutdown, Store, Value,
 )
 
 # A float32 tensor just over the inline limit travels through a shared-memory segment.
@@ -144,6 +144,7 @@ def all_kinds():
         Shutdown(10),
         Clear(11),
         Search(12, ("#xray",)),
+        Aliases(12, 42),
         Ack(13, ("p", 42, "float32", (2, 3), False, "cpu")),
         Ack(14, ("q", "torch.return_types.max", (("p", 1, "float32", (), False, "cpu"), ("n",)))),
         Value(15, t[1]),

@@ -11,7 +11,7 @@ import torch
 
 from simsyft import protocol, sharing
 from simsyft.protocol import (
-    Ack, Clear, Command, ErrorReply, Fetch, Free, Info, Objects, Ref, Search, Shutdown, Store, Value,
+    Ack, Aliases, Clear, Command, ErrorReply, Fetch, Free, Info, Objects, Ref, Search, Shutdown, Store, Value,
 )
 from simsyft.worker import WorkerCore
 
@@ -308,3 +308,14 @@ def test_ids_freed_by_a_command_lose_their_tags(core):
     send(core, Command(3, "torch.neg", (Ref(6),), {}, 7, free=(5,)))
     send(core, Store(4, 5, torch.zeros(1)))  # a new, untagged object under the same id
     assert send(core, Search(5, ("#secret",))) == Value(5, ())
+
+
+def test_aliases_lists_the_tensors_sharing_memory(core):
+    send(core, Store(1, 1, torch.zeros(4)))
+    send(core, Command(2, "torch.Tensor.__getitem__", (Ref(1), slice(0, 2)), {}, 2, True, ()))
+    send(core, Command(3, "torch.Tensor.view", (Ref(1), 2, 2), {}, 3, True, ()))
+    send(core, Store(4, 4, torch.zeros(4)))
+    send(core, Command(5, "torch.Tensor.add_", (Ref(2), Ref(4)), {}, 5, True, ()))
+    found = dict(send(core, Aliases(6, 2)).value)
+    assert sorted(found) == [1, 3] and found[1] == ("float32", (4,), False, "cpu")
+    assert send(core, Aliases(7, 4)).value == ()
