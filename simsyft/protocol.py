@@ -307,6 +307,8 @@ class _Encoder(pickle.Pickler):
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, torch.Tensor):
             return ("T", sharing.encode_tensor(obj, self.buffers, self.namespace))
+        if type(obj) is sharing.Handover:
+            return ("T", obj.describe(self.buffers, self.namespace))
         if type(obj) is Ref:
             return ("R", obj.id)
         if type(obj) is RemoteRef:

@@ -6,17 +6,15 @@ knows nothing of sockets or messages.
 
 A descriptor is ``(dtype_name, shape, requires_grad, data, grad)`` where
 ``data`` is ``("i", buffer_index)`` for bytes that travel as an extra message
-frame, or ``("s", path, nbytes)`` for a segment in /dev/shm, and ``grad`` is
+frame, or ``("s", path, capacity)`` for a segment in /dev/shm, and ``grad`` is
 a nested descriptor or None. Data always crosses contiguous, so strides and
 storage offsets never travel.
 
-Note [Who unlinks a segment]
-    The sender creates a segment, copies the tensor into it once, and drops
-    its own mapping. The receiver maps it and unlinks the name at once: from
-    then on the pages live exactly as long as the receiver's tensor, and no
-    name is left behind to leak. A segment whose message is never decoded
-    (the receiver crashed first) still carries the simulation's namespace in
-    its name, so `sweep(namespace)` at shutdown removes it.
+Large tensors live in pooled segments (pool.py, Note [Segment ownership]):
+    the sender copies into a pre-faulted segment it keeps mapped, the receiver
+    builds its tensor over its own cached mapping without a copy, and a worker
+    hands a segment back on `get()` instead of copying when nothing else on it
+    shares the memory.
 
 Speed is guarded by bench/ (rows "send"/"get" of 1 MB..256 MB).
 """
@@ -24,17 +22,19 @@ Speed is guarded by bench/ (rows "send"/"get" of 1 MB..256 MB).
 from __future__ import annotations
 
 import ctypes
-import itertools
 import os
-import re
 from typing import Any
 
 import torch
 
+from . import pool
 from .errors import ProtocolError
 
 __all__ = [
     "INLINE_MAX",
+    "Handover",
+    "handover",
+    "take_back",
     "SHM_DIR",
     "decode_tensor",
     "dtype_from_name",
@@ -51,9 +51,7 @@ __all__ = [
 # faults cost as much as the extra copies through ZeroMQ up to about 1 MiB.
 INLINE_MAX = 1024 * 1024
 
-SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else os.path.join(os.sep, "tmp")
-_SEGMENT_RE = re.compile(r"simsyft_[A-Za-z0-9_-]*_\d+_\d+")
-_counter = itertools.count()
+SHM_DIR = pool.SHM_DIR
 
 _DTYPES: dict[str, torch.dtype] = {
     str(value).removeprefix("torch."): value
@@ -104,13 +102,43 @@ def encode_tensor(tensor: torch.Tensor, buffers: list, namespace: str, inline_ma
         buffers.append(ctypes.string_at(raw.data_ptr(), nbytes))  # torch alone: numpy may be absent
         data: tuple = ("i", len(buffers) - 1)
     else:
-        path = os.path.join(SHM_DIR, f"{segment_prefix(namespace)}{os.getpid()}_{next(_counter)}")
-        storage = torch.UntypedStorage.from_file(path, shared=True, nbytes=nbytes)
-        torch.empty(0, dtype=torch.uint8).set_(storage, 0, (nbytes,)).copy_(raw)
-        del storage  # unmap our side; the pages stay in the file until the receiver unlinks it
-        data = ("s", path, nbytes)
+        seg = pool.acquire(namespace, nbytes)
+        pool.write(seg, raw)
+        data = ("s", seg.path, seg.capacity)
     grad_desc = encode_tensor(grad, buffers, namespace, inline_max) if grad is not None else None
     return (dtype_name(tensor.dtype), tuple(tensor.shape), bool(tensor.requires_grad), data, grad_desc)
+
+
+class Handover:
+    """A tensor whose segment changes hands instead of being copied (pool.handover).
+
+    Holds what the descriptor needs, never the tensor: the worker drops its tensor while the
+    reply is encoded. The grad, if any, is copied as usual.
+    """
+
+    __slots__ = ("meta", "data", "grad", "given")
+
+    def __init__(self, meta: tuple, data: tuple, grad: torch.Tensor | None, given: list) -> None:
+        self.meta, self.data, self.grad, self.given = meta, data, grad, given
+
+    def describe(self, buffers: list, namespace: str) -> tuple:
+        grad_desc = encode_tensor(self.grad, buffers, namespace) if self.grad is not None else None
+        return (*self.meta, self.data, grad_desc)
+
+
+def handover(tensor: torch.Tensor) -> Handover | None:
+    """`tensor` as a Handover if its segment can change hands, else None (copy it instead)."""
+    if tensor.device.type != "cpu":
+        return None
+    given = pool.handover(tensor)
+    if given is None:
+        return None
+    meta = (dtype_name(tensor.dtype), tuple(tensor.shape), bool(tensor.requires_grad))
+    return Handover(meta, ("s", given[0], given[1]), _grad_to_send(tensor), given)
+
+
+def take_back(handed: Handover) -> None:
+    pool.take_back(handed.given)
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
@@ -196,26 +224,12 @@ def _reset_version(tensor: torch.Tensor) -> None:
         reset((tensor,), (0,))
 
 
-def _open_segment(path: Any, seg_bytes: Any, nbytes: int, dtype: torch.dtype, shape: tuple) -> torch.Tensor:
-    # Only our own segment names are ever opened: a peer must not be able to
-    # make us map (and then unlink) an arbitrary file.
-    if (
-        not isinstance(path, str)
-        or os.path.dirname(path) != SHM_DIR
-        or not _SEGMENT_RE.fullmatch(os.path.basename(path))
-    ):
-        raise ProtocolError(f"refusing shared-memory path {path!r:.200}: not a simsyft segment")
-    if seg_bytes != nbytes:
-        raise ProtocolError(f"segment {path} holds {seg_bytes!r} bytes, the tensor needs {nbytes}")
-    try:
-        size = os.stat(path).st_size
-    except FileNotFoundError:
-        raise ProtocolError(f"shared-memory segment {path} does not exist (already consumed or swept)") from None
-    if size != nbytes:
-        raise ProtocolError(f"segment {path} has {size} bytes, the tensor needs {nbytes}")
-    storage = torch.UntypedStorage.from_file(path, shared=True, nbytes=nbytes)
-    os.unlink(path)  # Note [Who unlinks a segment]
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape, _contiguous_stride(shape))
+def _open_segment(path: Any, capacity: Any, nbytes: int, dtype: torch.dtype, shape: tuple) -> torch.Tensor:
+    if nbytes == 0:
+        raise ProtocolError(f"segment {path!r:.200} named for an empty tensor")
+    flat = pool.tensor_over(pool.open_segment(path, capacity, nbytes), nbytes)
+    # set_ on the segment's storage: the tensor is not a view (no _base), as one the user made is not.
+    return torch.empty(0, dtype=dtype).set_(flat.untyped_storage(), 0, shape, _contiguous_stride(shape))
 
 
 def _contiguous_stride(shape: tuple) -> tuple:
@@ -267,13 +281,16 @@ def _decode_cuda(data: tuple, dtype: torch.dtype, shape: tuple) -> torch.Tensor:
 
 
 def sweep(namespace: str) -> int:
-    """Remove every segment left by the simulation `namespace`; returns how many."""
+    """Remove every segment of the simulation `namespace`; returns how many names were removed.
+
+    Also drops this process's mappings of them (tensors over them keep their memory).
+    """
+    removed = pool.close(namespace)
     prefix = segment_prefix(namespace)
-    removed = 0
     try:
         names = os.listdir(SHM_DIR)
     except OSError:
-        return 0
+        return removed
     for name in names:
         if name.startswith(prefix):
             try:

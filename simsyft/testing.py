@@ -41,6 +41,7 @@ import torch
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, multiple, precondition, rule
 
+from . import pool as shm_pool
 from . import sharing
 from .connection import Connection
 from .errors import LocationMismatchError, ObjectNotFoundError, RemoteValueError
@@ -957,10 +958,12 @@ class WorkerPool:
             handle.clear_objects()
 
     def segments(self) -> list[str]:
-        """Shared-memory segments currently named by this pool's workers: should be none
-        between examples, since a receiver unlinks a segment as soon as it maps it."""
+        """Shared-memory segments lost in flight: marked in use, yet no tensor of this process
+        uses them. Should be none once the workers' stores are empty. Segments are pooled and
+        reused (simsyft/pool.py), so their names alone say nothing; a worker process's own
+        segments are its business, checked by the leak checks at shutdown."""
         spaces = {h.connection.namespace for h in self.workers}
-        return [name for space in spaces for name in sharing.list_segments(space)]
+        return [name for space in spaces for name in shm_pool.lost(space)]
 
     def close(self) -> None:
         if self._close is not None:

@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 import traceback
+import weakref
 from typing import Any
 
 import torch
@@ -117,11 +118,21 @@ class WorkerCore:
             return protocol.Ack(msg.seq, self._put(msg.id, value, msg.tags, msg.description))
         if kind is protocol.Fetch:
             self._resolve(msg.id, used)
-            if msg.remove:
-                value = self.store.pop(msg.id)
-                self.tags.pop(msg.id, None)
-            else:
-                value = self.store[msg.id]
+            if not msg.remove:
+                return protocol.Value(msg.seq, self.store[msg.id])
+            used.clear()
+            value = self.store.pop(msg.id)
+            self.tags.pop(msg.id, None)
+            handed = sharing.handover(value) if isinstance(value, torch.Tensor) else None
+            if handed is not None:
+                # Note [Segment ownership]: the client takes the segment itself, unless something
+                # here still holds the tensor (autograd saved it for a backward pass).
+                alive = weakref.ref(value)
+                del value
+                if alive() is None:
+                    return protocol.Value(msg.seq, handed)
+                value = alive()
+                sharing.take_back(handed)
             return protocol.Value(msg.seq, value)
         if kind is protocol.Objects:
             if msg.values:

@@ -17,7 +17,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from simsyft import protocol, sharing
+from simsyft import pool, protocol, sharing
 from simsyft.errors import ProtocolError
 from simsyft.testing import DTYPES, tensors
 from simsyft.worker import WorkerCore
@@ -28,6 +28,13 @@ THOROUGH = settings.default.max_examples >= 1000  # the `thorough` profile (test
 def examples(ci: int, thorough: int) -> int:
     return thorough if THOROUGH else ci
 NAMESPACE = f"{os.getpid()}-proptest"  # the root conftest checks that this pid leaves no segment
+
+
+@pytest.fixture(scope="module", autouse=True)
+def close_pool():
+    """Segments are pooled while the module runs (pool.py); none may outlive it."""
+    yield
+    sharing.sweep(NAMESPACE)
 
 
 # -- strategies for wire values and messages --------------------------------------------
@@ -148,8 +155,11 @@ def test_large_tensors_round_trip_through_segments(t):
     msg = protocol.Value(7, (1, t))
     frames = protocol.encode(msg, NAMESPACE)
     assert protocol.frames_size(frames) < 4096, "a large tensor went through the frames"
-    assert same(protocol.decode(frames, strict=True), msg)
-    assert not sharing.list_segments(NAMESPACE), "the receiver must unlink the segment it mapped"
+    decoded = protocol.decode(frames, strict=True)
+    assert same(decoded, msg)
+    del decoded
+    assert pool.stats(NAMESPACE)["in_use"] == 0, "a released tensor must release its segment"
+    assert len(sharing.list_segments(NAMESPACE)) <= 2, "released segments must be reused"
 
 
 # -- refusals -------------------------------------------------------------------------

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import uuid
 
 import pytest
 import torch
 
-from simsyft import sharing
+from simsyft import pool, sharing
 from simsyft.errors import ProtocolError
 
 DTYPES = [
@@ -27,6 +29,7 @@ def ns():
     """A namespace of this test's own; the test must leave no segment of it behind."""
     namespace = new_namespace()
     yield namespace
+    pool.close(namespace)  # this process's pooled segments (none may be left lent out)
     leftover = sharing.list_segments(namespace)
     sharing.sweep(namespace)
     assert leftover == [], f"test left shared-memory segments behind: {leftover}"
@@ -97,7 +100,7 @@ def test_inline_boundary_is_inline_max_bytes(ns):
     buffers: list = []
     assert sharing.encode_tensor(at_limit, buffers, ns)[3] == ("i", 0)
     desc = sharing.encode_tensor(over, buffers, ns)
-    assert desc[3][0] == "s" and desc[3][2] == sharing.INLINE_MAX + 1
+    assert desc[3][0] == "s" and desc[3][2] >= sharing.INLINE_MAX + 1
     sharing.decode_tensor(desc, buffers)
 
 
@@ -232,9 +235,15 @@ def test_two_decodes_of_one_inline_descriptor_are_independent(ns):
     assert torch.equal(b, torch.ones(4))
 
 
-# -- segment lifetime: Note [Who unlinks a segment] ---------------------------
+# -- segment lifetime: Note [Segment ownership] (pool.py) ----------------------
 
-def test_segment_exists_until_decode_then_is_unlinked(ns):
+def release(*tensors):
+    """Drop the caller's tensors; their segments go FREE once their memory is collected."""
+    del tensors
+    gc.collect()
+
+
+def test_a_segment_is_pooled_and_reused_after_release(ns):
     t = random_tensor((numel_for("shm", torch.float32),), torch.float32)
     buffers: list = []
     desc = sharing.encode_tensor(t, buffers, ns)
@@ -243,40 +252,104 @@ def test_segment_exists_until_decode_then_is_unlinked(ns):
     assert os.path.dirname(path) == sharing.SHM_DIR
     assert os.path.basename(path).startswith(sharing.segment_prefix(ns))
     assert sharing.list_segments(ns) == [os.path.basename(path)]
-    assert os.path.getsize(path) == t.numel() * 4
+    assert os.path.getsize(path) == pool.HEADER + desc[3][2] and desc[3][2] >= t.numel() * 4
     out = sharing.decode_tensor(desc, buffers)
-    assert not os.path.exists(path)
-    assert sharing.list_segments(ns) == []
-    assert_bit_exact(t, out)  # the pages live on in the tensor after the name is gone
-    out.fill_(2)  # the mapping is private to us and writable
-    assert bool(out.eq(2).all())
+    assert_bit_exact(t, out)
+    seg = pool._MAPPED[path]
+    assert out.data_ptr() == ctypes.addressof(seg.state) + pool.HEADER  # built over the mapping: no copy
+    assert seg.state.value == pool.BUSY and seg.uses == 1
+    again = sharing.encode_tensor(t, [], ns)
+    assert again[3][1] != path  # held by `out`: never handed out twice
+    sharing.decode_tensor(again, [])  # released at once
+    out2 = out
+    del out
+    gc.collect()
+    assert seg.state.value == pool.BUSY  # out2 still holds it
+    del out2
+    gc.collect()
+    assert seg.state.value == pool.FREE and seg.uses == 0
+    third = sharing.encode_tensor(t * 2, [], ns)
+    assert third[3][1] in (path, again[3][1])  # a free one of the right size is reused
+    assert_bit_exact(t * 2, sharing.decode_tensor(third, []))
 
 
-def test_a_consumed_segment_cannot_be_decoded_again(ns):
-    buffers: list = []
-    desc = sharing.encode_tensor(torch.zeros(numel_for("shm", torch.float32)), buffers, ns)
-    sharing.decode_tensor(desc, buffers)
-    with pytest.raises(ProtocolError, match="does not exist"):
-        sharing.decode_tensor(desc, buffers)
+def test_a_segment_in_flight_is_not_reused(ns):
+    big = torch.zeros(numel_for("shm", torch.uint8), dtype=torch.uint8)
+    descs = [sharing.encode_tensor(big, [], ns) for _ in range(3)]
+    assert len({d[3][1] for d in descs}) == 3 and len(sharing.list_segments(ns)) == 3
+    for d in descs:
+        sharing.decode_tensor(d, [])
 
 
-def test_tensor_and_grad_in_separate_segments_are_both_unlinked(ns):
+def test_tensor_and_grad_travel_in_separate_segments(ns):
     n = numel_for("shm", torch.float32)
     x = torch.randn(n, requires_grad=True)
     x.grad = torch.randn(n)
     desc = sharing.encode_tensor(x, [], ns)
-    assert len(sharing.list_segments(ns)) == 2
+    assert desc[3][1] != desc[4][3][1] and len(sharing.list_segments(ns)) == 2
     out = sharing.decode_tensor(desc, [])
+    assert torch.equal(out.grad, x.grad) and torch.equal(out.detach(), x.detach())
+
+
+def test_handover_gives_the_segment_itself(ns):
+    t = torch.arange(numel_for("shm", torch.float32), dtype=torch.float32)
+    held = sharing.decode_tensor(sharing.encode_tensor(t, [], ns), [])
+    address = held.data_ptr()
+    handed = sharing.handover(held)
+    assert handed is not None
+    del held
+    gc.collect()
+    desc = handed.describe([], ns)
+    seg = pool._MAPPED[desc[3][1]]
+    assert seg.state.value == pool.BUSY  # our tensor went, but the segment was given away
+    back = sharing.decode_tensor(desc, [])
+    assert back.data_ptr() == address and torch.equal(back, t)
+    del back
+    gc.collect()
+    assert seg.state.value == pool.FREE
+
+
+def test_handover_refuses_shared_memory(ns):
+    held = sharing.decode_tensor(sharing.encode_tensor(torch.zeros(numel_for("shm", torch.float32)), [], ns), [])
+    view = held[1:]
+    assert sharing.handover(held) is None  # a view shares the memory
+    assert sharing.handover(view) is None  # not the whole segment
+    del view
+    assert sharing.handover(torch.zeros(4)) is None  # not in a segment at all
+    handed = sharing.handover(held)
+    assert handed is not None
+    sharing.take_back(handed)  # the worker's tensor lived on: the segment stays ours
+    assert sharing.handover(held) is not None
+
+
+def test_idle_segments_beyond_the_budget_are_unlinked(ns, monkeypatch):
+    monkeypatch.setattr(pool, "IDLE_MAX", 0)
+    desc = sharing.encode_tensor(torch.zeros(numel_for("shm", torch.float32)), [], ns)
+    out = sharing.decode_tensor(desc, [])
+    assert len(sharing.list_segments(ns)) == 1
+    release(out)
+    del out
+    gc.collect()
     assert sharing.list_segments(ns) == []
-    assert torch.equal(out.grad, x.grad)
 
 
-def test_segment_names_are_unique(ns):
-    descs = [sharing.encode_tensor(torch.zeros(numel_for("shm", torch.uint8), dtype=torch.uint8), [], ns) for _ in range(3)]
-    paths = {d[3][1] for d in descs}
-    assert len(paths) == 3 and len(sharing.list_segments(ns)) == 3
-    for d in descs:
-        sharing.decode_tensor(d, [])
+def test_close_unlinks_our_segments_and_keeps_live_tensors(ns):
+    t = torch.arange(numel_for("shm", torch.float32), dtype=torch.float32)
+    out = sharing.decode_tensor(sharing.encode_tensor(t, [], ns), [])
+    pool.close(ns)
+    assert sharing.list_segments(ns) == [] and pool.stats(ns)["mapped"] == 0
+    assert torch.equal(out, t)  # the mapping lives as long as the tensor
+    del out
+    gc.collect()
+
+
+def test_a_removed_segment_cannot_be_decoded(ns):
+    buffers: list = []
+    desc = sharing.encode_tensor(torch.zeros(numel_for("shm", torch.float32)), buffers, ns)
+    pool.close(ns)
+    with pytest.raises(ProtocolError, match="does not exist"):
+        sharing.decode_tensor(desc, buffers)
+
 
 
 def test_sweep_removes_only_its_namespace():
@@ -318,7 +391,7 @@ def test_list_segments(ns):
         assert everything == sorted(everything)
         for d in descs:
             sharing.decode_tensor(d, [])
-        assert sharing.list_segments(ns) == []
+        assert sharing.list_segments(ns) == mine  # pooled until the simulation ends
     finally:
         sharing.sweep(other)
 

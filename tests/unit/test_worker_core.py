@@ -9,7 +9,7 @@ import uuid
 import pytest
 import torch
 
-from simsyft import protocol, sharing
+from simsyft import pool, protocol, sharing
 from simsyft.protocol import (
     Ack, Aliases, Clear, Command, ErrorReply, Fetch, Free, Info, Objects, Ref, Search, Shutdown, Store, Value,
 )
@@ -22,6 +22,7 @@ def core():
     worker = WorkerCore("bob", namespace)
     yield worker
     worker.store.clear()
+    pool.close(namespace)  # this process's pooled segments (none may be left lent out)
     leftover = sharing.list_segments(namespace)
     sharing.sweep(namespace)
     assert leftover == [], f"test left shared-memory segments behind: {leftover}"
@@ -77,7 +78,34 @@ def test_fetch_of_a_large_tensor_goes_through_shared_memory(core):
     assert len(sharing.list_segments(core.namespace)) == 1
     value = protocol.decode(reply)
     assert torch.equal(value.value, big)
-    assert sharing.list_segments(core.namespace) == []
+    assert len(sharing.list_segments(core.namespace)) == 1  # pooled
+
+
+def test_fetch_hands_the_segment_back_instead_of_copying(core):
+    big = torch.arange(sharing.INLINE_MAX // 4 + 10, dtype=torch.float32)
+    send(core, Store(1, 5, big))
+    address = core.store[5].data_ptr()
+    value = send(core, Fetch(2, 5)).value
+    assert value.data_ptr() == address and torch.equal(value, big)  # same memory, no copy
+    assert 5 not in core.store
+
+
+def test_fetch_copies_what_something_else_on_the_worker_still_uses(core):
+    big = torch.arange(sharing.INLINE_MAX // 4 + 10, dtype=torch.float32)
+    send(core, Store(1, 5, big))
+    send(core, Store(2, 6, big))
+    send(core, Command(3, "torch.Tensor.__getitem__", (Ref(5), slice(1, None)), {}, 7, True, ()))
+    send(core, Store(4, 8, torch.ones(big.shape, requires_grad=True)))
+    send(core, Command(5, "torch.mul", (Ref(6), Ref(8)), {}, 9, True, ()))  # saves object 6 for backward
+    addresses = {i: core.store[i].data_ptr() for i in (5, 6)}
+    for seq, object_id in ((6, 5), (7, 6)):
+        value = send(core, Fetch(seq, object_id)).value
+        assert value.data_ptr() != addresses[object_id] and torch.equal(value, big)
+    core.store[7].add_(1)  # the view and the saved tensor are unaffected by the client's copies
+    value.zero_()
+    send(core, Command(8, "torch.Tensor.sum", (Ref(9),), {}, 10, True, ()))
+    send(core, Command(9, "torch.Tensor.backward", (Ref(10),), {}, 11, True, ()))
+    assert torch.equal(core.store[8].grad, big)
 
 
 def test_stored_tensor_keeps_requires_grad_and_grad(core):
