@@ -44,12 +44,12 @@ __all__ = [
     "sweep",
 ]
 
-# Below this many bytes a tensor travels as a message frame. Measured on the
-# 2-core dev machine (send+get round trip through a worker process, medians):
-# 64 KiB inline 483 us vs segment 694 us; 256 KiB 755 vs 932; 1 MiB 1877 vs
-# 1874; 4 MiB 4351 vs 4286; 16 MiB 17.5 ms vs 16.2 ms. A fresh segment's page
-# faults cost as much as the extra copies through ZeroMQ up to about 1 MiB.
-INLINE_MAX = 1024 * 1024
+# Up to this many bytes a tensor travels as a message frame. With pooled segments (pool.py) a
+# segment costs no page faults, only a copy and a lookup. Measured on the 2-core dev machine,
+# send+get of one tensor through a worker process, medians of 300 (3 runs): inline 8 KiB
+# 430-470 us, 32 KiB 450-480, 64 KiB 970-1020; through a segment 32 KiB 470-480, 64 KiB
+# 335-370, 128 KiB 350-460 (before the pool, fresh segments only paid off from 1 MiB).
+INLINE_MAX = 32 * 1024
 
 SHM_DIR = pool.SHM_DIR
 
