@@ -199,10 +199,13 @@ def decode_tensor(desc: Any, buffers: list) -> torch.Tensor:
         tensor = _decode_cuda(data, dtype, shape)
     else:
         raise ProtocolError(f"unknown tensor data location {data!r:.200}")
-    # An integer tensor can end up requiring grad through autograd (an in-place copy of a float
-    # that does); a fetched copy is a leaf, and integer leaves cannot require grad: drop the flag.
-    if requires_grad and (dtype.is_floating_point or dtype.is_complex):
-        tensor.requires_grad_(True)
+    if requires_grad:
+        if dtype.is_floating_point or dtype.is_complex:
+            tensor.requires_grad_(True)
+        else:
+            # An integer tensor can require grad only as autograd made it, through an in-place copy
+            # from a float that does (t[:] = w): remake it so, with an empty copy, values untouched.
+            tensor.view(-1)[:0] = torch.zeros((), requires_grad=True)
     _reset_version(tensor)  # set_() counted as a write; a received tensor is new, at version 0
     if grad_desc is not None:
         grad = decode_tensor(grad_desc, buffers)

@@ -142,11 +142,7 @@ def assert_same(remote: Any, local: Any, what: str = "result", *, grad: bool = T
             f"remote {remote.detach().reshape(-1)[first].item()!r} vs local {local.detach().reshape(-1)[first].item()!r}\n"
             f"remote: {remote!r}\nlocal:  {local!r}"
         )
-    # Known difference (sharing.decode_tensor): autograd can make an integer tensor require grad
-    # (an in-place copy from a float that does), but a transferred copy is a leaf, and integer
-    # leaves cannot require grad, so the copy arrives without the flag.
-    expected = local.requires_grad and (local.dtype.is_floating_point or local.dtype.is_complex)
-    assert remote.requires_grad == expected, (
+    assert remote.requires_grad == local.requires_grad, (
         f"{what}: requires_grad {remote.requires_grad} != local {local.requires_grad}")
     if grad and (local.is_leaf or local.retains_grad):
         with warnings.catch_warnings():

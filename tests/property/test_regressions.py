@@ -109,13 +109,12 @@ def test_inplace_on_base_refreshes_views_requires_grad(bob):
     assert_same(view.get(), local_view)
 
 
-# 5. torch lets an integer tensor require grad (t[:] = a 0-d tensor that requires grad), but
+# 5. (fixed: decoded the way torch made it, with an empty in-place copy) torch lets an integer tensor require grad (t[:] = a 0-d tensor that requires grad), but
 #    sharing.decode_tensor refuses "requires_grad set on a tensor of dtype int64", so the
 #    object can be neither fetched nor listed. Fix: decode such a tensor the way torch made
 #    it (e.g. t.view(-1)[:0] = torch.zeros((), requires_grad=True)), or send the flag only
 #    for floating/complex dtypes and document the difference.
 
-@pytest.mark.xfail(strict=True, reason="known difference: a fetched integer tensor is a leaf and cannot require grad (sharing.decode_tensor drops the flag)")
 def test_integer_tensor_that_requires_grad_can_be_fetched(bob):
     local = torch.tensor([1, 2])
     local[:] = torch.tensor(1.0, requires_grad=True)
