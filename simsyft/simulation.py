@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import protocol, sharing
+from . import pool, protocol, sharing
 from .connection import ZmqConnection, pid_alive, signal_name
 from .errors import SimsyftError, WorkerTimeoutError
 
@@ -233,6 +233,10 @@ class Cluster:
         if self.owner:
             sharing.sweep(self.namespace)
             shutil.rmtree(self.run_dir, ignore_errors=True)
+        else:
+            # Our pooled segments carry the simulation's name, so its sweep would get them, but
+            # only when it ends: a script that attached and left must not leave them until then.
+            pool.close(self.namespace)
 
     # -- facts ----------------------------------------------------------------
     def pids(self) -> dict[str, int]:
