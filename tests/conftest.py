@@ -13,18 +13,21 @@ import simsyft as sy
 from simsyft import sharing
 from simsyft.testing import in_process_worker
 
-TEST_TIMEOUT_S = 120
+@pytest.fixture
+def test_timeout_s() -> int:
+    """Seconds a test may run; tests/property/conftest.py overrides it."""
+    return 120
 
 
 @pytest.fixture(autouse=True)
-def hard_timeout():
+def hard_timeout(test_timeout_s):
     """No test may hang (pyzmq's SIGALRM idea): a stuck call fails the test instead."""
     def expire(signum, frame):
         # pytest.fail raises a BaseException: hypothesis does not take it for a failing example
         # to shrink (which would run on and on), and no `except Exception` in the code swallows it.
-        pytest.fail(f"test exceeded its hard timeout of {TEST_TIMEOUT_S}s", pytrace=True)
+        pytest.fail(f"test exceeded its hard timeout of {test_timeout_s}s", pytrace=True)
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(TEST_TIMEOUT_S)
+    signal.alarm(test_timeout_s)
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)

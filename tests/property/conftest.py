@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import os
-import signal
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -47,24 +46,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or (_chosen if _chose
 
 _COUNTS: collections.Counter = collections.Counter()
 
-# The root conftest gives every test a hard 120 s alarm; this directory overrides that fixture
-# (same name): under `thorough` one property test runs for many minutes on purpose.
-# Under `ci` a test takes seconds; 300 s leaves hypothesis time to shrink a failure and report
-# it, rather than the timeout hiding it (as happened once at 120 s).
-TEST_TIMEOUT_S = 300 if settings.default.max_examples < 1000 else 2 * 3600
 
-
-@pytest.fixture(autouse=True)
-def hard_timeout():
-    """No property test may hang: a stuck call fails the test instead (pyzmq's SIGALRM idea)."""
-    def expire(signum, frame):
-        # A BaseException, as in the root conftest: hypothesis must not shrink a timeout.
-        pytest.fail(f"test exceeded its hard timeout of {TEST_TIMEOUT_S}s", pytrace=True)
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(TEST_TIMEOUT_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+@pytest.fixture
+def test_timeout_s() -> int:
+    """The root conftest's hard alarm, longer here. Under `ci` a test takes seconds; 300 s leaves
+    hypothesis time to shrink a failure and report it, rather than the timeout hiding it (as
+    happened once at 120 s). Under `thorough` one property test runs for many minutes on purpose."""
+    return 300 if settings.default.max_examples < 1000 else 2 * 3600
 
 
 @pytest.fixture(scope="session")
