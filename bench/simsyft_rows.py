@@ -339,6 +339,25 @@ def run_probe(module: str, *args: str, timeout: float = 300) -> dict:
 
 # --------------------------------------------------------------------------- many workers
 
+def _run_burst(client, n: int, barrier: threading.Barrier, stop: threading.Event, seconds: float,
+               join_timeout: float) -> float:
+    """Run `client(i)` on n threads released together by `barrier`; stop them after `seconds`.
+
+    Returns the wall time between the release and the stop (the clients count their calls).
+    """
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = now()
+    stop.wait(seconds)
+    stop.set()
+    elapsed = now() - t0
+    for t in threads:
+        t.join(timeout=join_timeout)
+    return elapsed
+
+
 def _zmq_threads_rate(n: int, seconds: float) -> float:
     """Aggregate REQ/REP calls/s: n client threads, each with its own server process."""
     import contextlib
@@ -371,16 +390,7 @@ def _zmq_threads_rate(n: int, seconds: float) -> float:
             finally:
                 sock.close()
 
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        barrier.wait()
-        t0 = now()
-        stop.wait(seconds)
-        stop.set()
-        elapsed = now() - t0
-        for t in threads:
-            t.join(timeout=30)
+        elapsed = _run_burst(client, n, barrier, stop, seconds, join_timeout=30)
         ctx.term()
         return sum(counts) / elapsed
 
@@ -407,16 +417,7 @@ def _simsyft_threads_rate(lab: Lab, n: int, seconds: float) -> float:
             errors.append(exc)
             stop.set()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    t0 = now()
-    stop.wait(seconds)
-    stop.set()
-    elapsed = now() - t0
-    for t in threads:
-        t.join(timeout=60)
+    elapsed = _run_burst(client, n, barrier, stop, seconds, join_timeout=60)
     if errors:
         raise errors[0]
     return sum(counts) / elapsed

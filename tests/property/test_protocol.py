@@ -369,11 +369,8 @@ def _reply(core: WorkerCore, frames):
     return None if reply is None else protocol.decode(reply)
 
 
-@settings(max_examples=examples(200, 2_000))
-@given(msg=messages, data=st.data())
-def test_worker_core_answers_bad_frames_and_keeps_serving(msg, data):
-    core = WorkerCore("bob", NAMESPACE)
-    core.store[5] = torch.arange(3.0)
+def damage(msg, data):
+    """`msg`'s frames, mutated; and what the worker's decoder makes of them (None: refused)."""
     frames = protocol.encode(msg, NAMESPACE)
     sharing.sweep(NAMESPACE)
     damaged = mutate(frames, data)
@@ -383,6 +380,15 @@ def test_worker_core_answers_bad_frames_and_keeps_serving(msg, data):
         decoded = None
     finally:
         sharing.sweep(NAMESPACE)
+    return damaged, decoded
+
+
+@settings(max_examples=examples(200, 2_000))
+@given(msg=messages, data=st.data())
+def test_worker_core_answers_bad_frames_and_keeps_serving(msg, data):
+    core = WorkerCore("bob", NAMESPACE)
+    core.store[5] = torch.arange(3.0)
+    damaged, decoded = damage(msg, data)
     assume(not isinstance(decoded, (protocol.Shutdown, protocol.Clear, protocol.Free)) or decoded is None)
     reply = _reply(core, damaged)
     sharing.sweep(NAMESPACE)
@@ -404,15 +410,7 @@ def test_worker_process_answers_bad_frames_and_keeps_serving(simsyft_sim, msg, d
     import zmq
 
     (bob,) = simsyft_sim.world(1)
-    frames = protocol.encode(msg, NAMESPACE)
-    sharing.sweep(NAMESPACE)
-    damaged = mutate(frames, data)
-    try:
-        decoded = protocol.decode(damaged, strict=True)
-    except ProtocolError:
-        decoded = None
-    finally:
-        sharing.sweep(NAMESPACE)
+    damaged, decoded = damage(msg, data)
     assume(decoded is None or not isinstance(decoded, (protocol.Shutdown, protocol.Free)))
     endpoint = f"ipc://{simsyft_sim.simulation.run_dir}/{bob.id}.sock"
     sock = zmq.Context.instance().socket(zmq.DEALER)
