@@ -508,7 +508,7 @@ def _predict(func: Callable, args: tuple, kwargs: dict, walker: "_Collector") ->
     if key in _PREDICTIONS:
         cached = _PREDICTIONS[key]
     else:
-        cached = _meta_run(func, args, kwargs)
+        cached = _meta_run(func, args, kwargs, pointers)
         if len(_PREDICTIONS) >= _PREDICTIONS_MAX:
             _PREDICTIONS.clear()
         _PREDICTIONS[key] = cached
@@ -519,7 +519,7 @@ def _predict(func: Callable, args: tuple, kwargs: dict, walker: "_Collector") ->
     return ("a", pointers[alias_index], meta) if alias_index is not None else ("p", None, meta)
 
 
-def _meta_run(func: Callable, args: tuple, kwargs: dict) -> tuple | None:
+def _meta_run(func: Callable, args: tuple, kwargs: dict, pointers: list) -> tuple | None:
     metas: list[int] = []
 
     def to_meta(pointer: PointerTensor) -> torch.Tensor:
@@ -537,7 +537,7 @@ def _meta_run(func: Callable, args: tuple, kwargs: dict) -> tuple | None:
     if not isinstance(result, torch.Tensor) or result.device.type != "meta":
         return None
     alias = metas.index(id(result)) if id(result) in metas else None
-    return (alias, sharing.dtype_name(_cpu_dtype(func, args, kwargs, result.dtype)), tuple(result.shape),
+    return (alias, sharing.dtype_name(_cpu_dtype(func, args, kwargs, pointers, result.dtype)), tuple(result.shape),
             result.requires_grad)
 
 
@@ -558,7 +558,7 @@ def _stand_in(value: Any, make: Callable[[PointerTensor], torch.Tensor]) -> Any:
 _PROBE_MAX_ELEMENTS = 4096
 
 
-def _cpu_dtype(func: Callable, args: tuple, kwargs: dict, meta_dtype: torch.dtype) -> torch.dtype:
+def _cpu_dtype(func: Callable, args: tuple, kwargs: dict, pointers: list, meta_dtype: torch.dtype) -> torch.dtype:
     """The result dtype the CPU kernel gives (the worker's), probed on zero tensors.
 
     Meta kernels can promote differently from CPU ones (bool ** False is int64 on meta, bool on
@@ -566,8 +566,6 @@ def _cpu_dtype(func: Callable, args: tuple, kwargs: dict, meta_dtype: torch.dtyp
     operands are probed at their real shape; large ones with every size 1, which matches
     everywhere the suite has looked. If the probe cannot run, the meta kernel's dtype is kept.
     """
-    pointers: list[PointerTensor] = []
-    _stand_in((args, kwargs), lambda p: pointers.append(p))
     real = all(math.prod(p._shape) <= _PROBE_MAX_ELEMENTS for p in pointers)
 
     def to_probe(pointer: PointerTensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ import torch
 
 from .errors import ProtocolError
 
-__all__ = ["HEADER", "Segment", "acquire", "close", "handover", "lost", "open_segment", "stats", "take_back", "tensor_over"]
+__all__ = ["HEADER", "Segment", "acquire", "close", "handover", "lost", "open_segment", "segment_prefix", "stats", "take_back", "tensor_over"]
 
 HEADER = 64  # bytes before the data: one state word, and 64-byte aligned data
 FREE, BUSY = 0, 1
@@ -79,7 +79,8 @@ _MAPPED: dict[str, Segment] = {}
 _EXPORTS: dict[int, list] = {}
 
 
-def _prefix(namespace: str) -> str:
+def segment_prefix(namespace: str) -> str:
+    """File-name prefix shared by every segment of one simulation."""
     return f"simsyft_{namespace}_"
 
 
@@ -91,7 +92,7 @@ def size_class(nbytes: int) -> int:
 
 def acquire(namespace: str, nbytes: int) -> Segment:
     """A segment of ours, BUSY, with room for `nbytes`: a FREE one if any fits, else a new one."""
-    prefix = os.path.join(SHM_DIR, _prefix(namespace))
+    prefix = os.path.join(SHM_DIR, segment_prefix(namespace))
     with _lock:
         best = None
         for seg in _MAPPED.values():
@@ -256,7 +257,7 @@ def close(namespace: str) -> int:
 
     Returns how many names this unlinked.
     """
-    prefix = os.path.join(SHM_DIR, _prefix(namespace))
+    prefix = os.path.join(SHM_DIR, segment_prefix(namespace))
     removed = 0
     with _lock:
         for seg in [s for s in _MAPPED.values() if s.path.startswith(prefix)]:
@@ -270,7 +271,7 @@ def lost(namespace: str) -> list[str]:
     Between a test's steps, with every worker's store emptied, that is a leak: a segment sent
     or handed on that no one received, or a release that never ran.
     """
-    prefix = os.path.join(SHM_DIR, _prefix(namespace))
+    prefix = os.path.join(SHM_DIR, segment_prefix(namespace))
     with _lock:
         return sorted(os.path.basename(s.path) for s in _MAPPED.values()
                       if s.path.startswith(prefix) and s.uses == 0 and s.state.value == BUSY)
@@ -278,7 +279,7 @@ def lost(namespace: str) -> list[str]:
 
 def stats(namespace: str | None = None) -> dict[str, int]:
     """Segments mapped by this process (of one simulation, or all): counts and bytes, for tests and bench."""
-    prefix = os.path.join(SHM_DIR, _prefix(namespace)) if namespace else ""
+    prefix = os.path.join(SHM_DIR, segment_prefix(namespace)) if namespace else ""
     with _lock:
         segs = [s for s in _MAPPED.values() if s.path.startswith(prefix)]
         return {

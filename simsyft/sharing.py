@@ -52,6 +52,7 @@ __all__ = [
 INLINE_MAX = 32 * 1024
 
 SHM_DIR = pool.SHM_DIR
+segment_prefix = pool.segment_prefix
 
 _DTYPES: dict[str, torch.dtype] = {
     str(value).removeprefix("torch."): value
@@ -71,13 +72,8 @@ def dtype_from_name(name: str) -> torch.dtype:
         raise ProtocolError(f"unknown dtype {name!r} in a tensor descriptor") from None
 
 
-def segment_prefix(namespace: str) -> str:
-    """File-name prefix shared by every segment of one simulation."""
-    return f"simsyft_{namespace}_"
-
-
 def encode_tensor(tensor: torch.Tensor, buffers: list, namespace: str, inline_max: int | None = None) -> tuple:
-    """Describe `tensor`; its bytes go to `buffers` (inline) or to a new segment.
+    """Describe `tensor`; its bytes go to `buffers` (inline) or to a pooled segment.
 
     `inline_max=-1` forces a segment (a worker-to-worker move: the descriptor
     travels through the client, the bytes must not).

@@ -294,9 +294,9 @@ class WorkerCore:
     def aliases(self, object_id: int, used: dict[int, Any]) -> tuple:
         """Other stored tensors sharing object_id's memory (its base, its views), with their metadata."""
         target = self._resolve(object_id, used)
-        if not isinstance(target, torch.Tensor) or target.untyped_storage().data_ptr() == 0:
+        address = target.untyped_storage().data_ptr() if isinstance(target, torch.Tensor) else 0
+        if not address:
             return ()
-        address = target.untyped_storage().data_ptr()
         return tuple((oid, describe_meta(obj)) for oid, obj in self.store.items()
                      if oid != object_id and isinstance(obj, torch.Tensor)
                      and obj.device == target.device and obj.untyped_storage().data_ptr() == address)
