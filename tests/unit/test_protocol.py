@@ -211,16 +211,20 @@ def test_tensor_with_grad_in_shared_memory(ns):
 
 
 def test_inline_tensor_travels_as_a_frame(ns):
+    # A tuple of tensors is pickled (compact.py only lays out a lone tensor): its bytes ride as frames.
     t = torch.arange(10, dtype=torch.int16)
-    frames = protocol.encode(Value(1, t), ns)
+    frames = protocol.encode(Value(1, (t,)), ns)
     assert len(frames) == 2 and bytes(frames[1]) == t.numpy().tobytes()
     assert sharing.list_segments(ns) == []
 
 
 def test_decode_accepts_memoryviews_and_bytearrays(ns):
-    frames = protocol.encode(Value(1, torch.arange(5.0)), ns)
+    frames = protocol.encode(Value(1, (torch.arange(5.0),)), ns)
     decoded = protocol.decode([memoryview(frames[0]), bytearray(frames[1])])
-    assert torch.equal(decoded.value, torch.arange(5.0))
+    assert torch.equal(decoded.value[0], torch.arange(5.0))
+    frames = protocol.encode(Value(1, torch.arange(5.0)), ns)  # the compact layout
+    assert torch.equal(protocol.decode([memoryview(frames[0])]).value, torch.arange(5.0))
+    assert torch.equal(protocol.decode([bytearray(frames[0])]).value, torch.arange(5.0))
 
 
 def test_memory_formats_and_layouts_decode_to_the_torch_singletons(ns):
@@ -327,9 +331,11 @@ def test_refuses_empty_header():
 
 
 @pytest.mark.parametrize("cut", [1, 2, 10, -2, -1])
-def test_refuses_truncated_header(cut):
-    header = protocol.encode(Command(1, "torch.add", (Ref(1), 2), {}, 3))[0]
-    refuse([header[:cut]], "undecodable message header")
+@pytest.mark.parametrize("kwargs, fragment", [({}, "Command frame"), ({"alpha": 2}, "undecodable message header")],
+                         ids=["compact", "pickle"])
+def test_refuses_truncated_header(cut, kwargs, fragment):
+    header = protocol.encode(Command(1, "torch.add", (Ref(1), 2), kwargs, 3))[0]
+    refuse([header[:cut]], fragment)
 
 
 @pytest.mark.parametrize("garbage", [b"garbage", b"\x00" * 16, b"\xff\xfe\xfd", b"GET / HTTP/1.1\r\n\r\n", b"\x80\x05\x95"])
@@ -340,7 +346,7 @@ def test_refuses_garbage(garbage):
 
 def test_refuses_garbage_claiming_an_enormous_string():
     # BINUNICODE8 with a length beyond sys.maxsize: the C unpickler raises OverflowError.
-    refuse([b"\x8d" + b"\xff" * 8], "undecodable message header", "OverflowError")
+    refuse([b"\x80\x05\x8d" + b"\xff" * 8], "undecodable message header", "OverflowError")
 
 
 def test_refuses_a_bad_device_string():
@@ -393,10 +399,12 @@ def test_refuses_pickles_that_call_things(make, where, tmp_path):
     assert not marker.exists(), "the pickled call ran"
 
 
-@pytest.mark.parametrize("protocol_version", [0, 2, 5])
-def test_refuses_globals_in_any_pickle_protocol(protocol_version):
+@pytest.mark.parametrize("protocol_version, fragment", [
+    (0, "neither a pickle nor a simsyft layout"),  # only protocol >= 2 pickles start with PROTO (0x80)
+    (2, "not an allowed type"), (5, "not an allowed type")])
+def test_refuses_globals_in_any_pickle_protocol(protocol_version, fragment):
     header = pickle.dumps((Value.code, 1, os.getcwd), protocol=protocol_version)
-    refuse([header], "not an allowed type")
+    refuse([header], fragment)
 
 
 def test_refuses_a_tensor_pickled_the_usual_way():
@@ -454,7 +462,7 @@ def test_header_at_the_limit_is_accepted(monkeypatch):
 
 
 def test_refuses_a_descriptor_naming_a_missing_frame():
-    frames = protocol.encode(Value(1, torch.ones(3)))
+    frames = protocol.encode(Value(1, (torch.ones(3),)))  # a tuple is pickled, its tensor a frame
     refuse(frames[:1], "missing frame 0")
     refuse([tensor_header(("float32", (3,), False, ("i", 5), None)), b"\0" * 12], "missing frame 5")
     refuse([tensor_header(("float32", (3,), False, ("i", -1), None)), b"\0" * 12], "missing frame -1")
@@ -463,8 +471,8 @@ def test_refuses_a_descriptor_naming_a_missing_frame():
 
 @pytest.mark.parametrize("nbytes", [0, 11, 13, 1000])
 def test_refuses_a_frame_with_the_wrong_byte_count(nbytes):
-    header = protocol.encode(Value(1, torch.ones(3)))[0]
-    refuse([header, b"\0" * nbytes], f"tensor frame has {nbytes} bytes", "need 12")
+    header = protocol.encode(Value(1, (torch.ones(3),)))[0]
+    refuse([header, b"\0" * nbytes], f"tensor data has {nbytes} bytes", "need 12")
 
 
 @pytest.mark.parametrize("name", ["float33", "", "Tensor", "torch.float32", "FLOAT32", "__class__"])

@@ -1,0 +1,236 @@
+"""The messages a client and a worker exchange: small frozen dataclasses and their code table.
+
+Owns `Message` and every message kind, `Ref`/`RemoteRef` (references that travel inside
+messages), and the code <-> class and field tables that both wire formats use. Imports
+nothing from simsyft: protocol.py (pickle frames) and compact.py (fixed binary layouts for
+the hot messages) both build on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+class Ref:
+    """A reference to an object in the receiving worker's store."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, id: int) -> None:
+        self.id = id
+
+    def __repr__(self) -> str:
+        return f"Ref({self.id})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Ref) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(("Ref", self.id))
+
+
+class RemoteRef:
+    """A pointer held *by a worker* (a pointer chain: alice holds a pointer to bob's tensor).
+
+    Crosses the wire as data; the user layer turns it into a PointerTensor.
+    """
+
+    __slots__ = ("id", "location", "id_at_location", "meta")
+
+    def __init__(self, id: int, location: str, id_at_location: int, meta: tuple) -> None:
+        self.id = id
+        self.location = location
+        self.id_at_location = id_at_location
+        self.meta = meta
+
+    def __repr__(self) -> str:
+        return f"RemoteRef({self.id} -> {self.location}:{self.id_at_location})"
+
+
+class Message:
+    """Base of every message kind; `code` is its number on the wire."""
+
+    __slots__ = ()
+    code: int = 0
+    wants_reply: bool = True
+
+
+def _message(code: int, wants_reply: bool = True):
+    def wrap(cls):
+        cls = dataclass(frozen=True, slots=True)(cls)
+        cls.code = code
+        cls.wants_reply = wants_reply
+        return cls
+    return wrap
+
+
+@_message(1)
+class Command(Message):
+    """Run allowlisted op `op` on the worker; store the result under `result_id`.
+
+    `free` carries ids of dropped pointers, so garbage collection rides along
+    with the next command instead of costing a message of its own. With
+    `reply=False` (pipelined mode) the worker answers only if the op fails.
+    """
+    seq: int
+    op: str
+    args: tuple
+    kwargs: dict
+    result_id: int
+    grad_enabled: bool = True
+    free: tuple = ()
+    reply: bool = True
+
+
+@_message(2)
+class Store(Message):
+    """Put `value` (a tensor) into the worker's store under `id`, with optional tags."""
+    seq: int
+    id: int
+    value: Any
+    tags: tuple = ()
+    description: Any = None
+
+
+@_message(3)
+class Fetch(Message):
+    """Return the object `id`; with `remove`, also drop it from the store (`.get()`)."""
+    seq: int
+    id: int
+    remove: bool = True
+
+
+@_message(4, wants_reply=False)
+class Free(Message):
+    """Drop these ids from the store; ids already gone are ignored. No reply."""
+    ids: tuple
+
+
+@_message(5)
+class Objects(Message):
+    """Return the store: with `values`, as ((id, tensor), ...); else its size."""
+    seq: int
+    values: bool = True
+
+
+@_message(6)
+class Info(Message):
+    """Return a dict describing the worker (pid, name, objects, counters)."""
+    seq: int
+
+
+@_message(7)
+class Shutdown(Message):
+    """Reply, then leave the loop and exit."""
+    seq: int
+
+
+@_message(8)
+class Clear(Message):
+    """Drop every object in the store; replies with how many were dropped."""
+    seq: int
+
+
+@_message(9)
+class Search(Message):
+    """Return ((id, meta, tags, description), ...) for objects carrying every tag in `query`."""
+    seq: int
+    query: tuple
+
+
+@_message(10)
+class Export(Message):
+    """Remove object `id` and put it in a shared-memory segment; reply with its descriptor only.
+
+    With Import, moves data between two workers without the bytes touching the client.
+    """
+    seq: int
+    id: int
+
+
+@_message(11)
+class Import(Message):
+    """Store under `id` the tensor a descriptor from Export names (segments only, never frames)."""
+    seq: int
+    id: int
+    descriptor: tuple
+    tags: tuple = ()
+    description: Any = None
+
+
+@_message(12)
+class StorePointer(Message):
+    """Store under `id` a pointer to object `id_at_location` on worker `location` (a chain)."""
+    seq: int
+    id: int
+    location: str
+    id_at_location: int
+    meta: tuple
+
+
+@_message(13)
+class RemoteGet(Message):
+    """Replace the pointer stored under `id` by the tensor it points to, fetched worker to worker."""
+    seq: int
+    id: int
+
+
+@_message(14)
+class Aliases(Message):
+    """Return ((id, meta), ...) for the other stored tensors sharing object `id`'s memory.
+
+    An in-place op through a view can make the base (and its other views) require grad;
+    the client asks this after seeing such an op, to refresh those pointers' metadata.
+    """
+    seq: int
+    id: int
+
+
+@_message(16)
+class Ack(Message):
+    """Result of a Command or Store: one descriptor per result (see worker.describe)."""
+    seq: int
+    result: tuple
+
+
+@_message(17)
+class Value(Message):
+    """A value returned by Fetch, Objects, Info or Shutdown."""
+    seq: int
+    value: Any
+
+
+@_message(18)
+class ErrorReply(Message):
+    """The request raised; enough to rebuild the exception on the client."""
+    seq: int
+    type_module: str
+    type_name: str
+    message: str
+    traceback: str
+    worker: str
+
+
+_KINDS: dict[int, type] = {
+    cls.code: cls for cls in (Command, Store, Fetch, Free, Objects, Info, Shutdown, Clear, Search, Export, Import, StorePointer, RemoteGet, Aliases, Ack, Value, ErrorReply)
+}
+_FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _KINDS.values()}
+_FIELD_TYPES: dict[type, tuple] = {
+    Command: (int, str, tuple, dict, int, bool, tuple, bool),
+    Store: (int, int, object, tuple, object),
+    Fetch: (int, int, bool),
+    Free: (tuple,),
+    Objects: (int, bool),
+    Info: (int,),
+    Shutdown: (int,),
+    Clear: (int,),
+    Search: (int, tuple),
+    Aliases: (int, int),
+    Export: (int, int),
+    Import: (int, int, tuple, tuple, object),
+    StorePointer: (int, int, str, int, tuple),
+    RemoteGet: (int, int),
+    Ack: (int, tuple),
+    Value: (int, object),
+    ErrorReply: (int, str, str, str, str, str),
+}
