@@ -145,8 +145,12 @@ def _tensor_parts(tensor: Any) -> tuple | None:
     dtype_index = _DTYPE_INDEX.get(tensor.dtype)
     if dtype_index is None or not tensor.is_cpu or tensor.layout is not torch.strided:
         return None
-    # Only a leaf without a grad: a non-leaf or a grad takes pickle's full descriptor.
-    if not tensor.is_leaf or tensor.grad is not None:
+    # Only a leaf without a grad: a non-leaf or a grad takes pickle's full descriptor. (Autograd
+    # refuses even is_leaf on some views made under no_grad: those are pickled too.)
+    try:
+        if not tensor.is_leaf or tensor.grad is not None:
+            return None
+    except RuntimeError:
         return None
     if tensor.is_conj() or tensor.is_neg() or tensor._is_zerotensor() or not tensor.is_contiguous():
         return None

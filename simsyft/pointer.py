@@ -35,7 +35,8 @@ os.register_at_fork(after_in_child=lambda: _ids.seed(int.from_bytes(os.urandom(1
 
 # Live pointers by the id they point to, so an op that changes *other* objects' metadata (an
 # in-place op through a view makes the base require grad) can refresh their pointers too.
-_BY_REMOTE_ID: "weakref.WeakValueDictionary[int, PointerTensor]" = weakref.WeakValueDictionary()
+# A plain dict of weakrefs, emptied by __del__: a WeakValueDictionary cost ~2 us per new pointer.
+_BY_REMOTE_ID: dict[int, "weakref.ref[PointerTensor]"] = {}
 
 
 def new_id() -> int:
@@ -81,7 +82,7 @@ class PointerTensor:
         if meta is not None:
             self._set_meta(meta)
             if state == LIVE:
-                _BY_REMOTE_ID[id_at_location] = self
+                _BY_REMOTE_ID[id_at_location] = weakref.ref(self)
         else:
             self._dtype = self._shape = self._device = None
             self._requires_grad = False
@@ -309,6 +310,11 @@ class PointerTensor:
 
     # -- lifetime -------------------------------------------------------------
     def __del__(self) -> None:
+        entry = _BY_REMOTE_ID.get(self.id_at_location)
+        if entry is not None:
+            target = entry()  # identity only: == on a pointer is a remote op
+            if target is self or target is None:
+                del _BY_REMOTE_ID[self.id_at_location]
         if self._state != LIVE:
             return
         try:
@@ -488,7 +494,7 @@ def _signature(value: Any, pointers: list, out: list) -> None:
         out.append((kind, value))
 
 
-def _predict(func: Callable, args: tuple, kwargs: dict, walker: "_Collector") -> tuple | None:
+def _predict(func: Callable, args: tuple, kwargs: dict) -> tuple | None:
     """The result's metadata, predicted by running the op on "meta" tensors (no data).
 
     Returns ("p", None, meta) for a new tensor, ("a", pointer, meta) when the op
@@ -579,22 +585,55 @@ def _cpu_dtype(func: Callable, args: tuple, kwargs: dict, pointers: list, meta_d
     return probe.dtype if isinstance(probe, torch.Tensor) else meta_dtype
 
 
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
+def _flat_args(args: tuple) -> tuple | None:
+    """(wire args, location, pointers) when args are pointers and scalars only; else None.
+
+    The common case (x + y, x * 2) without _Collector's recursive walk.
+    """
+    wire = []
+    location = None
+    pointers: dict[int, PointerTensor] = {}
+    for value in args:
+        kind = type(value)
+        if kind is PointerTensor:
+            value._check_live()
+            if location is None:
+                location = value.location
+            elif value.location is not location:
+                return None  # the collector raises the error
+            pointers[value.id_at_location] = value
+            wire.append(protocol.Ref(value.id_at_location))
+        elif kind in _SCALARS:
+            wire.append(value)
+        else:
+            return None
+    return tuple(wire), location, pointers
+
+
 def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
     op = _op_name(func)
-    walker = _Collector(op)
-    wire_args = walker.walk(args)
-    wire_kwargs = walker.walk(kwargs)
-    location = walker.location
-    if walker.local is not None:
-        raise LocationMismatchError(
-            f"{op} got a pointer to {location.id!r} and a local tensor on 'me'; "
-            f"send the tensor to {location.id!r} first, or .get() the pointer"
-        )
+    flat = None if kwargs else _flat_args(args)
+    if flat is not None:
+        wire_args, location, pointers = flat
+        wire_kwargs = kwargs
+    else:
+        walker = _Collector(op)
+        wire_args = walker.walk(args)
+        wire_kwargs = walker.walk(kwargs)
+        location, pointers = walker.location, walker.pointers
+        if walker.local is not None:
+            raise LocationMismatchError(
+                f"{op} got a pointer to {location.id!r} and a local tensor on 'me'; "
+                f"send the tensor to {location.id!r} first, or .get() the pointer"
+            )
     result_id = new_id()
     grad_enabled = torch.is_grad_enabled()
-    if pipeline._depth and walker.pointers:
+    if pipeline._depth and pointers:
         with torch.set_grad_enabled(grad_enabled):
-            predicted = _predict(func, args, kwargs, walker)
+            predicted = _predict(func, args, kwargs)
         if predicted is not None and predicted[0] == "a" and predicted[2][2] and not predicted[1]._requires_grad:
             predicted = None  # it may make its base or views require grad: ask synchronously
         if predicted is not None:
@@ -611,7 +650,7 @@ def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
         lambda seq, free: protocol.Command(seq, op, wire_args, wire_kwargs, result_id, grad_enabled, free),
         carries_free=True,
     )
-    return _materialize(reply.result, location, walker.pointers, op)
+    return _materialize(reply.result, location, pointers, op)
 
 
 def _refresh_aliases(pointer: PointerTensor) -> None:
@@ -622,8 +661,10 @@ def _refresh_aliases(pointer: PointerTensor) -> None:
     """
     found = pointer.location.connection.request(lambda seq: protocol.Aliases(seq, pointer.id_at_location)).value
     for object_id, meta in found:
-        alias = _BY_REMOTE_ID.get(object_id)
-        if alias is not None and alias._state == LIVE and alias.location is pointer.location:
+        entry = _BY_REMOTE_ID.get(object_id)
+        alias = entry() if entry is not None else None
+        if alias is not None and alias._state == LIVE and alias.location is pointer.location \
+                and alias.id_at_location == object_id:
             alias._set_meta(meta)
 
 

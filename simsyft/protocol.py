@@ -236,6 +236,8 @@ def decode(frames: list, resolve: Callable[[int], Any] | None = None, strict: bo
         raise ProtocolError(f"header of {len(header)} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
     header = bytes(header)
     if header and header[:1] != _PROTO:
+        if len(frames) != 1:
+            raise ProtocolError(f"a {header[:1]!r} message is one frame; this one came with {len(frames) - 1} more")
         try:
             return compact.decode(header, resolve)
         except SimsyftError:
@@ -267,7 +269,7 @@ def decode(frames: list, resolve: Callable[[int], Any] | None = None, strict: bo
 
 def frames_size(frames: list) -> int:
     """Bytes a message puts through the socket (header plus inline buffers)."""
-    return sum(len(f) for f in frames)
+    return sum(map(len, frames))
 
 
 class _Peeker(_Decoder):

@@ -34,9 +34,14 @@ __all__ = ["WorkerCore", "describe_meta", "main"]
 _VALUE_TYPES = (bool, int, float, complex, str, bytes, torch.Size, torch.dtype, torch.device)
 
 
+_DTYPE_NAMES = {dtype: sharing.dtype_name(dtype) for dtype in sharing._DTYPES.values()}
+
+
 def describe_meta(tensor: torch.Tensor) -> tuple:
     """What a client caches about a remote tensor, so shape/dtype need no round trip."""
-    return (sharing.dtype_name(tensor.dtype), tuple(tensor.shape), tensor.requires_grad, str(tensor.device))
+    # Table lookups, not str(): this runs once per op.
+    return (_DTYPE_NAMES[tensor.dtype], tuple(tensor.shape), tensor.requires_grad,
+            "cpu" if tensor.is_cpu else str(tensor.device))
 
 
 class WorkerCore:
@@ -106,10 +111,14 @@ class WorkerCore:
         if kind is protocol.Command:
             for object_id in msg.free:  # none of these can be among the args: their pointers are gone
                 self._drop(object_id)
-            if any(type(obj) is protocol.RemoteRef for obj in used.values()):
-                return protocol.Ack(msg.seq, self._forward(msg, used))
-            with torch.set_grad_enabled(msg.grad_enabled):
+            for obj in used.values():
+                if type(obj) is protocol.RemoteRef:
+                    return protocol.Ack(msg.seq, self._forward(msg, used))
+            if msg.grad_enabled == torch.is_grad_enabled():  # the usual case: no context manager to pay for
                 result = executor.run(msg.op, msg.args, msg.kwargs)
+            else:
+                with torch.set_grad_enabled(msg.grad_enabled):
+                    result = executor.run(msg.op, msg.args, msg.kwargs)
             return protocol.Ack(msg.seq, self.describe(result, msg.result_id, used, msg.op))
         if kind is protocol.Store:
             value = msg.value
@@ -434,19 +443,25 @@ def main(argv: list[str] | None = None) -> int:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 250)
     sock.bind(spec["endpoint"])
+    more = int(zmq.SNDMORE)  # a plain int: or-ing zmq's enum flags costs ~1 us a send
     try:
         while core.running:
             try:
-                frames = sock.recv_multipart(copy=False)
+                # Copies: frames are small (tensor data above INLINE_MAX travels in segments),
+                # and bytes are cheaper to make than zmq Frames.
+                frames = sock.recv_multipart()
             except zmq.Again:
                 if parent and os.getppid() != parent:
                     _cleanup_after_parent(spec)
                     return 0
                 continue
-            identity, request = frames[0], [f.buffer for f in frames[1:]]
-            reply = core.handle(request)
+            reply = core.handle(frames[1:])
             if reply is not None:
-                sock.send_multipart([identity, *reply], copy=len(reply) == 1)
+                sock.send(frames[0], more)
+                if len(reply) == 1:
+                    sock.send(reply[0])
+                else:
+                    sock.send_multipart(reply, copy=False)
             if memory_limit and me.memory_info().rss > memory_limit:
                 rss = me.memory_info().rss
                 print(f"simsyft worker {core.name!r}: memory limit exceeded: RSS {rss} bytes > "

@@ -187,7 +187,7 @@ def test_truncated_header_is_refused(msg, data):
 @settings(max_examples=examples(100, 1_000))
 @given(t=tensors(shape=st.lists(st.integers(1, 3), min_size=1, max_size=2).map(tuple)), data=st.data())
 def test_missing_or_wrong_size_buffers_are_refused(t, data):
-    frames = protocol.encode(protocol.Value(1, t), NAMESPACE)
+    frames = protocol.encode(protocol.Value(1, (t,)), NAMESPACE)  # pickled (a tuple): its data rides as a frame
     assert len(frames) >= 2
     buffer = frames[1]
     bad = data.draw(st.sampled_from(["drop", "short", "long"]), label="damage")
