@@ -164,24 +164,26 @@ def _tensor_parts(tensor: Any) -> tuple | None:
     return dtype_index, shape, tensor.requires_grad, raw
 
 
+def _encode_tensor_message(tag: int, seq: int, object_id: int, tensor: Any) -> list | None:
+    parts = _tensor_parts(tensor)
+    if parts is None:
+        return None
+    dtype_index, shape, requires_grad, raw = parts
+    try:
+        return [_TENSOR_HEAD.pack(tag, dtype_index, len(shape), requires_grad, seq, object_id)
+                + _SIZES[len(shape)].pack(*shape) + raw]
+    except struct.error:  # a seq or id out of int64 range (never ours): let pickle carry it
+        return None
+
+
 def _encode_store(msg: Store) -> list | None:
     if msg.tags or msg.description is not None:
         return None
-    parts = _tensor_parts(msg.value)
-    if parts is None:
-        return None
-    dtype_index, shape, requires_grad, raw = parts
-    return [_TENSOR_HEAD.pack(_STORE, dtype_index, len(shape), requires_grad, msg.seq, msg.id)
-            + _SIZES[len(shape)].pack(*shape) + raw]
+    return _encode_tensor_message(_STORE, msg.seq, msg.id, msg.value)
 
 
 def _encode_value(msg: Value) -> list | None:
-    parts = _tensor_parts(msg.value)
-    if parts is None:
-        return None
-    dtype_index, shape, requires_grad, raw = parts
-    return [_TENSOR_HEAD.pack(_VALUE, dtype_index, len(shape), requires_grad, msg.seq, 0)
-            + _SIZES[len(shape)].pack(*shape) + raw]
+    return _encode_tensor_message(_VALUE, msg.seq, 0, msg.value)
 
 
 def _encode_fetch(msg: Fetch) -> list | None:
@@ -250,6 +252,8 @@ def _decode_ack(header: bytes, resolve: Callable[[int], Any] | None) -> Ack:
     if kind > 2 or dtype_index >= len(_DTYPES) or requires_grad > 1 or len(header) != position + sizes.size + name_len:
         raise ProtocolError("malformed Ack frame")
     shape = sizes.unpack_from(header, position)
+    if shape and min(shape) < 0:
+        raise ProtocolError(f"Ack describes a tensor of negative size {shape}")
     try:
         device = header[position + sizes.size:].decode("ascii")
     except UnicodeDecodeError:

@@ -494,7 +494,7 @@ def _signature(value: Any, pointers: list, out: list) -> None:
         out.append((kind, value))
 
 
-def _predict(func: Callable, args: tuple, kwargs: dict) -> tuple | None:
+def _predict(func: Callable, args: tuple, kwargs: dict, flat: bool) -> tuple | None:
     """The result's metadata, predicted by running the op on "meta" tensors (no data).
 
     Returns ("p", None, meta) for a new tensor, ("a", pointer, meta) when the op
@@ -503,10 +503,20 @@ def _predict(func: Callable, args: tuple, kwargs: dict) -> tuple | None:
     argument signature, so a loop pays for the meta computation once.
     """
     pointers: list[PointerTensor] = []
-    key_parts: list = [func, torch.is_grad_enabled()]
+    grad_enabled = torch.is_grad_enabled()
+    key_parts: list = [func, grad_enabled]
     try:
-        _signature(args, pointers, key_parts)
-        _signature(kwargs, pointers, key_parts)
+        if flat:  # pointers and scalars only (_flat_args): no recursive walk
+            key_parts.append(len(args))
+            for value in args:
+                if type(value) is PointerTensor:
+                    key_parts.append((value._shape, value._dtype, value._requires_grad))
+                    pointers.append(value)
+                else:
+                    key_parts.append((type(value), value))
+        else:
+            _signature(args, pointers, key_parts)
+            _signature(kwargs, pointers, key_parts)
         key = tuple(key_parts)
         hash(key)
     except TypeError:
@@ -514,7 +524,8 @@ def _predict(func: Callable, args: tuple, kwargs: dict) -> tuple | None:
     if key in _PREDICTIONS:
         cached = _PREDICTIONS[key]
     else:
-        cached = _meta_run(func, args, kwargs, pointers)
+        with torch.set_grad_enabled(grad_enabled):  # whatever the op does to the mode stays in here
+            cached = _meta_run(func, args, kwargs, pointers)
         if len(_PREDICTIONS) >= _PREDICTIONS_MAX:
             _PREDICTIONS.clear()
         _PREDICTIONS[key] = cached
@@ -632,8 +643,7 @@ def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
     result_id = new_id()
     grad_enabled = torch.is_grad_enabled()
     if pipeline._depth and pointers:
-        with torch.set_grad_enabled(grad_enabled):
-            predicted = _predict(func, args, kwargs)
+        predicted = _predict(func, args, kwargs, flat is not None)
         if predicted is not None and predicted[0] == "a" and predicted[2][2] and not predicted[1]._requires_grad:
             predicted = None  # it may make its base or views require grad: ask synchronously
         if predicted is not None:
