@@ -59,7 +59,6 @@ _ACK_KIND_NAMES = ("p", "a")
 _REF, _INT, _FLOAT, _TRUE, _FALSE, _NONE = b"RifTFN"
 _ARG_FORMATS = {_REF: "q", _INT: "q", _FLOAT: "d", _TRUE: "8x", _FALSE: "8x", _NONE: "8x"}
 _CONSTANTS = {_TRUE: True, _FALSE: False, _NONE: None}
-_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 def is_compact(header: Any) -> bool:
@@ -76,19 +75,17 @@ def encode(msg: Message) -> list | None:
 
 
 def _encode_command(msg: Command) -> list | None:
-    if msg.kwargs or len(msg.args) > 255 or len(msg.free) > 0xFFFF:
+    args, free = msg.args, msg.free
+    if msg.kwargs or len(args) > 255 or len(free) > 0xFFFF:
         return None
     codes = bytearray()
     values = []
-    low, high = _INT64
-    for arg in msg.args:
+    for arg in args:
         kind = type(arg)
         if kind is Ref:
             codes.append(_REF)
             values.append(arg.id)
         elif kind is int:
-            if not low <= arg <= high:
-                return None
             codes.append(_INT)
             values.append(arg)
         elif kind is float:
@@ -102,21 +99,37 @@ def _encode_command(msg: Command) -> list | None:
             codes.append(_NONE)
         else:
             return None
-    try:
-        op = msg.op.encode("ascii")
-    except UnicodeEncodeError:
-        return None
-    if len(op) > 255:
-        return None
+    key = (msg.op, bytes(codes), len(free))
+    shape = _COMMAND_SHAPES.get(key)
+    if shape is None:
+        shape = _command_shape(*key)
+        if shape is None:
+            return None
+    layout, op = shape
     flags = (1 if msg.grad_enabled else 0) | (2 if msg.reply else 0)
     try:
-        parts = [_COMMAND_HEAD.pack(_COMMAND, flags, len(op), len(codes), len(msg.free), msg.seq, msg.result_id),
-                 op, codes, _arg_layout(bytes(codes)).pack(*values)]
-        if msg.free:
-            parts.append(struct.pack(f"<{len(msg.free)}q", *msg.free))
-    except struct.error:  # an id out of int64 range (never ours): let pickle carry it
+        return [layout.pack(_COMMAND, flags, len(op), len(codes), len(free), msg.seq, msg.result_id, op, key[1],
+                            *values, *free)]
+    except struct.error:  # an int or id out of int64 range: let pickle carry it
         return None
-    return [b"".join(parts)]
+
+
+# (op, codes, len(free)) -> (one struct for the whole frame, op name as bytes): a loop reuses both.
+_COMMAND_SHAPES: dict[tuple, tuple] = {}
+
+
+def _command_shape(op: str, codes: bytes, nfree: int) -> tuple | None:
+    try:
+        name = op.encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    if len(name) > 255:
+        return None
+    layout = struct.Struct(f"{_COMMAND_HEAD.format}{len(name)}s{len(codes)}s{_arg_formats(codes)}{nfree}q")
+    if len(_COMMAND_SHAPES) >= 4096:
+        _COMMAND_SHAPES.clear()
+    _COMMAND_SHAPES[(op, codes, nfree)] = (layout, name)
+    return layout, name
 
 
 def _encode_ack(msg: Ack) -> list | None:
@@ -213,32 +226,54 @@ def _decode_command(header: bytes, resolve: Callable[[int], Any] | None) -> Comm
     _, flags, op_len, nargs, nfree, seq, result_id = _unpack(_COMMAND_HEAD, header, 0, "Command")
     if flags & ~3:
         raise ProtocolError(f"Command has unknown flags {flags:#x}")
-    position = _COMMAND_HEAD.size
-    codes = header[position + op_len:position + op_len + nargs]
+    position = _COMMAND_HEAD.size + op_len + nargs
+    key = (header[_COMMAND_HEAD.size:position], op_len, nfree)
+    plan = _COMMAND_PLANS.get(key)
+    if plan is None:
+        plan = _command_plan(*key)
+    op, codes, layout, all_refs = plan
+    if len(header) != position + layout.size:
+        raise ProtocolError(f"Command frame has {len(header)} bytes, its counts need {position + layout.size}")
+    values = layout.unpack_from(header, position)
+    if nfree:
+        free, values = values[-nfree:], values[:-nfree]
+    else:
+        free = ()
+    if all_refs:
+        args = tuple(map(resolve, values)) if resolve is not None else tuple(map(Ref, values))
+    else:
+        out = []
+        index = 0
+        for code in codes:
+            if code == _REF:
+                out.append(resolve(values[index]) if resolve is not None else Ref(values[index]))
+                index += 1
+            elif code == _INT or code == _FLOAT:
+                out.append(values[index])
+                index += 1
+            else:
+                out.append(_CONSTANTS[code])
+        args = tuple(out)
+    return Command(seq, op, args, {}, result_id, bool(flags & 1), free, bool(flags & 2))
+
+
+# (op name + arg codes as on the wire, len(op), len(free)) -> how to read the rest; bounded, as a
+# peer could invent names and codes.
+_COMMAND_PLANS: dict[tuple, tuple] = {}
+
+
+def _command_plan(names: bytes, op_len: int, nfree: int) -> tuple:
+    codes = names[op_len:]
     try:
-        op = header[position:position + op_len].decode("ascii")
-        layout = _arg_layout(codes)
+        op = names[:op_len].decode("ascii")
+        layout = struct.Struct(f"<{_arg_formats(codes)}{nfree}q")
     except (UnicodeDecodeError, KeyError):
         raise ProtocolError("Command has a non-ASCII op name or an unknown argument code") from None
-    position += op_len + nargs
-    end = position + layout.size + 8 * nfree
-    if len(codes) != nargs or len(header) != end:
-        raise ProtocolError(f"Command frame has {len(header)} bytes, its counts need {end}")
-    values = layout.unpack_from(header, position)
-    args = []
-    index = 0
-    for code in codes:
-        if code == _REF:
-            object_id = values[index]
-            args.append(resolve(object_id) if resolve is not None else Ref(object_id))
-            index += 1
-        elif code == _INT or code == _FLOAT:
-            args.append(values[index])
-            index += 1
-        else:
-            args.append(_CONSTANTS[code])
-    free = struct.unpack_from(f"<{nfree}q", header, position + layout.size) if nfree else ()
-    return Command(seq, op, tuple(args), {}, result_id, bool(flags & 1), free, bool(flags & 2))
+    plan = (op, codes, layout, all(code == _REF for code in codes))
+    if len(_COMMAND_PLANS) >= 4096:
+        _COMMAND_PLANS.clear()
+    _COMMAND_PLANS[(names, op_len, nfree)] = plan
+    return plan
 
 
 def _decode_ack(header: bytes, resolve: Callable[[int], Any] | None) -> Ack:
@@ -322,15 +357,6 @@ def _unpack(layout: struct.Struct, header: bytes, offset: int, name: str) -> tup
 
 
 
-_LAYOUTS: dict[bytes, struct.Struct] = {}
-
-
-def _arg_layout(codes: bytes) -> struct.Struct:
-    """The struct for a Command's args, cached by their code string (KeyError for an unknown code)."""
-    layout = _LAYOUTS.get(codes)
-    if layout is None:
-        layout = struct.Struct("<" + "".join(_ARG_FORMATS[code] for code in codes))
-        if len(_LAYOUTS) >= 1024:  # a peer inventing code strings must not grow this without bound
-            _LAYOUTS.clear()
-        _LAYOUTS[codes] = layout
-    return layout
+def _arg_formats(codes: bytes) -> str:
+    """struct format of a Command's args (KeyError for an unknown code)."""
+    return "".join(_ARG_FORMATS[code] for code in codes)
