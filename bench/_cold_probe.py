@@ -1,6 +1,7 @@
 """One cold-transfer sample, in a process of its own (run by simsyft_rows.row_transfer_cold).
 
-    python -m bench._cold_probe NBYTES
+    python -m bench._cold_probe NBYTES            # simsyft
+    python -m bench._cold_probe NBYTES --floor    # share_memory_(), the paired floor
 
 Starts a fresh client (this process) and one fresh worker, then times the
 very first `send` of a touched NBYTES float32 tensor and the very first `get`
@@ -14,8 +15,24 @@ import sys
 import time
 
 
+def floor(nbytes: int) -> dict:
+    """`share_memory_()` of a fresh touched tensor, in a fresh process like the probe's: the
+    paired floor, so a moment when the kernel is slow to hand out pages costs both alike."""
+    import torch
+
+    torch.set_num_threads(1)
+    src = torch.empty(nbytes // 4, dtype=torch.float32)
+    src.fill_(1.0)
+    t0 = time.perf_counter()
+    src.share_memory_()
+    return {"nbytes": nbytes, "share_memory_s": time.perf_counter() - t0}
+
+
 def main(argv: list[str]) -> int:
     nbytes = int(argv[0])
+    if argv[1:] == ["--floor"]:
+        print(json.dumps(floor(nbytes)))
+        return 0
     import torch
 
     import simsyft as sy
