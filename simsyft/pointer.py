@@ -395,6 +395,9 @@ del _dunder, _method
 
 # -- the remote call ----------------------------------------------------------
 
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
 class _Collector:
     """Walks op arguments: pointers -> Ref, checking that everything is in one place."""
 
@@ -405,6 +408,16 @@ class _Collector:
         self.location = None
         self.pointers: dict[int, PointerTensor] = {}
         self.local: torch.Tensor | None = None
+
+    def walk_flat(self, args: tuple) -> tuple | None:
+        """`walk(args)` when they are pointers and scalars only (x + y, x * 2), else None.
+
+        The common case, without building a generator per level.
+        """
+        for value in args:
+            if type(value) is not PointerTensor and type(value) not in _SCALARS:
+                return None
+        return tuple([self.walk(value) if type(value) is PointerTensor else value for value in args])
 
     def walk(self, value: Any) -> Any:
         kind = type(value)
@@ -506,14 +519,10 @@ def _predict(func: Callable, args: tuple, kwargs: dict, flat: bool) -> tuple | N
     grad_enabled = torch.is_grad_enabled()
     key_parts: list = [func, grad_enabled]
     try:
-        if flat:  # pointers and scalars only (_flat_args): no recursive walk
+        if flat:  # pointers and scalars only (_Collector.walk_flat): one level, no container entries
             key_parts.append(len(args))
             for value in args:
-                if type(value) is PointerTensor:
-                    key_parts.append((value._shape, value._dtype, value._requires_grad))
-                    pointers.append(value)
-                else:
-                    key_parts.append((type(value), value))
+                _signature(value, pointers, key_parts)
         else:
             _signature(args, pointers, key_parts)
             _signature(kwargs, pointers, key_parts)
@@ -596,54 +605,24 @@ def _cpu_dtype(func: Callable, args: tuple, kwargs: dict, pointers: list, meta_d
     return probe.dtype if isinstance(probe, torch.Tensor) else meta_dtype
 
 
-_SCALARS = frozenset({int, float, bool, type(None)})
-
-
-def _flat_args(args: tuple) -> tuple | None:
-    """(wire args, location, pointers) when args are pointers and scalars only; else None.
-
-    The common case (x + y, x * 2) without _Collector's recursive walk.
-    """
-    wire = []
-    location = None
-    pointers: dict[int, PointerTensor] = {}
-    for value in args:
-        kind = type(value)
-        if kind is PointerTensor:
-            value._check_live()
-            if location is None:
-                location = value.location
-            elif value.location is not location:
-                return None  # the collector raises the error
-            pointers[value.id_at_location] = value
-            wire.append(protocol.Ref(value.id_at_location))
-        elif kind in _SCALARS:
-            wire.append(value)
-        else:
-            return None
-    return tuple(wire), location, pointers
-
-
 def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
     op = _op_name(func)
-    flat = None if kwargs else _flat_args(args)
-    if flat is not None:
-        wire_args, location, pointers = flat
-        wire_kwargs = kwargs
-    else:
-        walker = _Collector(op)
+    walker = _Collector(op)
+    wire_args = None if kwargs else walker.walk_flat(args)
+    flat = wire_args is not None
+    if not flat:
         wire_args = walker.walk(args)
-        wire_kwargs = walker.walk(kwargs)
-        location, pointers = walker.location, walker.pointers
-        if walker.local is not None:
-            raise LocationMismatchError(
-                f"{op} got a pointer to {location.id!r} and a local tensor on 'me'; "
-                f"send the tensor to {location.id!r} first, or .get() the pointer"
-            )
+    wire_kwargs = walker.walk(kwargs)
+    location, pointers = walker.location, walker.pointers
+    if walker.local is not None:
+        raise LocationMismatchError(
+            f"{op} got a pointer to {location.id!r} and a local tensor on 'me'; "
+            f"send the tensor to {location.id!r} first, or .get() the pointer"
+        )
     result_id = new_id()
     grad_enabled = torch.is_grad_enabled()
     if pipeline._depth and pointers:
-        predicted = _predict(func, args, kwargs, flat is not None)
+        predicted = _predict(func, args, kwargs, flat)
         if predicted is not None and predicted[0] == "a" and predicted[2][2] and not predicted[1]._requires_grad:
             predicted = None  # it may make its base or views require grad: ask synchronously
         if predicted is not None:

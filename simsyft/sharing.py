@@ -63,8 +63,12 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 
+# dtype -> its canonical name ("float32", never the alias "float"); a lookup, as this runs once per op.
+_NAMES: dict[torch.dtype, str] = {dtype: str(dtype)[6:] for dtype in _DTYPES.values()}
+
+
 def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype)[6:]
+    return _NAMES[dtype]
 
 
 def dtype_from_name(name: str) -> torch.dtype:

@@ -34,13 +34,9 @@ __all__ = ["WorkerCore", "describe_meta", "main"]
 _VALUE_TYPES = (bool, int, float, complex, str, bytes, torch.Size, torch.dtype, torch.device)
 
 
-_DTYPE_NAMES = {dtype: sharing.dtype_name(dtype) for dtype in sharing._DTYPES.values()}
-
-
 def describe_meta(tensor: torch.Tensor) -> tuple:
     """What a client caches about a remote tensor, so shape/dtype need no round trip."""
-    # Table lookups, not str(): this runs once per op.
-    return (_DTYPE_NAMES[tensor.dtype], tuple(tensor.shape), tensor.requires_grad,
+    return (sharing.dtype_name(tensor.dtype), tuple(tensor.shape), tensor.requires_grad,
             "cpu" if tensor.is_cpu else str(tensor.device))
 
 

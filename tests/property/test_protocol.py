@@ -345,16 +345,8 @@ def mutate(frames: list, data) -> list:
 def test_mutated_frames_decode_or_are_refused(msg, data):
     """Bit flips, inserted and deleted bytes, missing and extra frames: the worker's decoder
     (strict) answers with a Message or a ProtocolError, never anything else."""
-    frames = protocol.encode(msg, NAMESPACE)
-    sharing.sweep(NAMESPACE)
-    damaged = mutate(frames, data)
-    try:
-        out = protocol.decode(damaged, strict=True)
-    except ProtocolError:
-        return
-    finally:
-        sharing.sweep(NAMESPACE)
-    assert isinstance(out, protocol.Message)
+    _, decoded = damage(msg, data)
+    assert decoded is None or isinstance(decoded, protocol.Message)
 
 
 # -- the worker keeps serving ---------------------------------------------------------------
