@@ -414,10 +414,16 @@ class _Collector:
 
         The common case, without building a generator per level.
         """
+        wire = []
         for value in args:
-            if type(value) is not PointerTensor and type(value) not in _SCALARS:
-                return None
-        return tuple([self.walk(value) if type(value) is PointerTensor else value for value in args])
+            kind = type(value)
+            if kind is PointerTensor:
+                wire.append(self.walk(value))
+            elif kind in _SCALARS:
+                wire.append(value)
+            else:
+                return None  # walk() starts over; what it saw so far it sees again, the same way
+        return tuple(wire)
 
     def walk(self, value: Any) -> Any:
         kind = type(value)
@@ -519,10 +525,15 @@ def _predict(func: Callable, args: tuple, kwargs: dict, flat: bool) -> tuple | N
     grad_enabled = torch.is_grad_enabled()
     key_parts: list = [func, grad_enabled]
     try:
-        if flat:  # pointers and scalars only (_Collector.walk_flat): one level, no container entries
+        if flat:  # pointers and scalars only (_Collector.walk_flat): _signature's two cases, inline,
+            # because this runs once per pipelined op (calling _signature per arg cost ~1 us an op)
             key_parts.append(len(args))
             for value in args:
-                _signature(value, pointers, key_parts)
+                if type(value) is PointerTensor:
+                    key_parts.append((value._shape, value._dtype, value._requires_grad))
+                    pointers.append(value)
+                else:
+                    key_parts.append((type(value), value))
         else:
             _signature(args, pointers, key_parts)
             _signature(kwargs, pointers, key_parts)
@@ -612,7 +623,7 @@ def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
     flat = wire_args is not None
     if not flat:
         wire_args = walker.walk(args)
-    wire_kwargs = walker.walk(kwargs)
+    wire_kwargs = walker.walk(kwargs) if kwargs else kwargs
     location, pointers = walker.location, walker.pointers
     if walker.local is not None:
         raise LocationMismatchError(
