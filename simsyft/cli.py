@@ -167,7 +167,10 @@ def _up_detached(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     import tempfile
 
-    log = tempfile.NamedTemporaryFile(prefix=f"simsyft-up-{name}-", suffix=".log", delete=False)
+    from .rundir import run_root
+
+    # In the private run root: a log in the shared temp dir could be read or pre-created by others.
+    log = tempfile.NamedTemporaryFile(dir=run_root(), prefix=f"up-{name}-", suffix=".log", delete=False)
     daemon = subprocess.Popen(
         [sys.executable, "-m", "simsyft", "up", args.config, "--interval", "3600", "--log", log.name],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -242,7 +245,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from .simulation import owned_by_cli, pid_alive, running_simulations, sweep_stale
+    from .rundir import owner_alive
+    from .simulation import owned_by_cli, running_simulations, sweep_stale
 
     targets = [(d, m) for d, m in running_simulations() if args.name is None or m.get("name") == args.name]
     if args.name and not targets:
@@ -255,16 +259,14 @@ def _down(args: argparse.Namespace) -> int:
         targets = [t for t in targets if owned_by_cli(t[1])]
     for run_dir, meta in targets:
         owner = int(meta["owner_pid"])
-        try:
-            os.kill(owner, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + 15
-        while pid_alive(owner) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if pid_alive(owner):
-            os.kill(owner, signal.SIGKILL)
-            time.sleep(0.1)
+        # Only the very process that started the simulation (same start time, so not a reused
+        # pid), and only while it is alive, is signalled.
+        if _signal_owner(meta, signal.SIGTERM):
+            deadline = time.monotonic() + 15
+            while owner_alive(meta) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _signal_owner(meta, signal.SIGKILL):
+                time.sleep(0.1)
         print(f"stopped simulation {meta.get('name')!r} (owner pid {owner})")
     # Workers exit on their own once their owner is gone; anything left is swept.
     deadline = time.monotonic() + 5
@@ -275,6 +277,19 @@ def _down(args: argparse.Namespace) -> int:
     for path in removed:
         print(f"removed leftover {path}")
     return 0
+
+
+def _signal_owner(meta: dict, signum: int) -> bool:
+    """Signal a simulation's owner if it is still the process that started it; whether it was."""
+    from .rundir import owner_alive
+
+    if not owner_alive(meta):
+        return False
+    try:
+        os.kill(int(meta["owner_pid"]), signum)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _check(args: argparse.Namespace) -> int:

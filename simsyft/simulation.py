@@ -1,9 +1,10 @@
 """Worker processes of one simulation: spawn, pin, supervise, tear down.
 
-Owns `Cluster`: the private run directory (mode 0700: ipc endpoints, worker
-logs, `simulation.json`, `pids.json`), the namespace that names every
-shared-memory segment of the simulation, the worker processes, and the sweep
-of leftovers from simulations whose owner died. A cluster is either *owned*
+Owns `Cluster`: the private run directory (inside the per-user run root of
+rundir.py, Note [Nothing outside the run root is trusted]: ipc endpoints,
+worker logs, `simulation.json`, `pids.json`), the namespace that names every
+shared-memory segment of the simulation, the token its workers carry, the
+worker processes, and the sweep of leftovers from simulations whose owner died. A cluster is either *owned*
 (this process started it and stops it) or *attached* (another process owns
 it: `simsyft.connect`, `simsyft run`). Knows pids and endpoints, never
 handles or pointers (workers.py builds those on top).
@@ -18,25 +19,20 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import pool, protocol, sharing
+from . import pool, protocol, rundir, sharing
 from .connection import ZmqConnection, pid_alive, signal_name
 from .errors import SimsyftError, WorkerTimeoutError
+from .rundir import TOKEN_ENV, is_worker_of, owner_alive, read_meta, read_pids
 
 __all__ = ["Cluster", "WorkerProcess", "find_run_dir", "owned_by_cli", "running_simulations", "sweep_stale"]
 
-_RUN_DIR_RE = re.compile(r"simsyft-(\d+)-([0-9a-f]+)")
-_SHM_RE = re.compile(r"simsyft_(\d+)-([0-9a-f]+)_")
+_SHM_RE = re.compile(r"simsyft_((\d+)-[0-9a-f]+)_")
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_DIR_ENV = "SIMSYFT_RUN_DIR"
-
-
-def tmp_root() -> str:
-    return tempfile.gettempdir()
 
 
 @dataclass
@@ -92,19 +88,24 @@ class Cluster:
             sweep_stale()
             self.owner = True
             self.name = name
-            self.namespace = f"{os.getpid()}-{secrets.token_hex(4)}"
-            self.run_dir = os.path.join(tmp_root(), f"simsyft-{self.namespace}")
+            self.namespace = rundir.new_namespace()
+            self.run_dir = os.path.join(rundir.run_root(), self.namespace)
             os.mkdir(self.run_dir, 0o700)
             os.chmod(self.run_dir, 0o700)  # umask can only narrow mkdir's mode; be explicit anyway
             self.owner_pid = os.getpid()
+            self.owner_started = rundir.process_started(self.owner_pid)
+            self.token = secrets.token_hex(16)
             self._write_meta(ready=False)
         else:  # attach to a simulation another process owns
+            run_dir = rundir.verify_run_dir(run_dir)
             meta = read_meta(run_dir)
             self.owner = False
             self.name = meta["name"]
             self.namespace = meta["namespace"]
             self.run_dir = run_dir
             self.owner_pid = meta["owner_pid"]
+            self.owner_started = meta.get("owner_started")
+            self.token = meta["token"]
             for worker_name, pid in read_pids(run_dir).items():
                 self._adopt(worker_name, pid)
 
@@ -126,6 +127,7 @@ class Cluster:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
         env.pop(RUN_DIR_ENV, None)
+        env[TOKEN_ENV] = self.token  # Note [Nothing outside the run root is trusted]
         with open(log_path, "ab") as log:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "simsyft.worker", json.dumps(full)],
@@ -194,15 +196,18 @@ class Cluster:
         deadline = time.monotonic() + timeout
         while pid_alive(worker.pid) and time.monotonic() < deadline:
             time.sleep(0.02)
-        if pid_alive(worker.pid) and _is_worker(worker.pid):
+        if pid_alive(worker.pid) and is_worker_of(worker.pid, self.token):
             os.kill(worker.pid, 9)
 
     def kill(self, name: str) -> None:
         """SIGKILL a worker (fault injection); its connection then reports the crash."""
         worker = self.workers[name]
-        os.kill(worker.pid, 9)
         if worker.popen is not None:
+            worker.popen.kill()  # a no-op once reaped: never a recycled pid
             worker.popen.wait()
+            return
+        if is_worker_of(worker.pid, self.token):
+            os.kill(worker.pid, 9)
         else:
             deadline = time.monotonic() + 5
             while pid_alive(worker.pid) and time.monotonic() < deadline:
@@ -247,11 +252,12 @@ class Cluster:
             return
         known = read_pids(self.run_dir) if not self.owner else {}
         known.update(self.pids())
-        _write_json(os.path.join(self.run_dir, "pids.json"), known)
+        rundir.write_json(os.path.join(self.run_dir, "pids.json"), known)
 
     def _write_meta(self, ready: bool) -> None:
-        _write_json(os.path.join(self.run_dir, "simulation.json"), {
-            "name": self.name, "owner_pid": self.owner_pid, "namespace": self.namespace, "ready": ready,
+        rundir.write_json(os.path.join(self.run_dir, "simulation.json"), {
+            "name": self.name, "owner_pid": self.owner_pid, "owner_started": self.owner_started,
+            "namespace": self.namespace, "token": self.token, "ready": ready,
         })
 
     def __repr__(self) -> str:
@@ -259,45 +265,16 @@ class Cluster:
         return f"<Cluster {self.name!r} {role} workers={sorted(self.workers)} run_dir={self.run_dir}>"
 
 
-def _write_json(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)  # readers (simsyft status) never see half a file
-
-
-def read_meta(run_dir: str) -> dict:
-    try:
-        with open(os.path.join(run_dir, "simulation.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError) as exc:
-        raise SimsyftError(f"{run_dir} is not a running simsyft simulation ({exc})") from None
-
-
-def read_pids(run_dir: str) -> dict[str, int]:
-    try:
-        with open(os.path.join(run_dir, "pids.json")) as f:
-            return {k: int(v) for k, v in json.load(f).items()}
-    except (OSError, ValueError):
-        return {}
-
-
 def running_simulations() -> list[tuple[str, dict]]:
-    """(run_dir, simulation.json) of every simulation whose owner is alive."""
+    """(run_dir, simulation.json) of every simulation of this user whose owner is alive."""
     found = []
-    root = tmp_root()
-    try:
-        entries = sorted(os.listdir(root))
-    except OSError:
-        return []
-    for entry in entries:
-        m = _RUN_DIR_RE.fullmatch(entry)
-        if m and pid_alive(int(m.group(1))):
-            path = os.path.join(root, entry)
-            try:
-                found.append((path, read_meta(path)))
-            except SimsyftError:
-                continue
+    for path in rundir.run_dirs():
+        try:
+            meta = read_meta(path)
+        except SimsyftError:
+            continue
+        if owner_alive(meta):
+            found.append((path, meta))
     return found
 
 
@@ -332,41 +309,52 @@ def find_run_dir(name: str | None = None) -> str:
     return matches[0][0]
 
 
-def _is_worker(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"simsyft.worker" in f.read()
-    except OSError:
-        return False
-
-
 def sweep_stale() -> list[str]:
-    """Remove run dirs, worker processes and segments of simulations whose owner is dead."""
+    """Remove run dirs, worker processes and segments of this user's simulations whose owner is dead.
+
+    Only what lies in the run root is read, only processes proven to be that simulation's workers
+    are killed, and only segments this uid owns are unlinked (Note [Nothing outside the run root
+    is trusted]).
+    """
     removed: list[str] = []
-    root = tmp_root()
-    try:
-        entries = os.listdir(root)
-    except OSError:
-        entries = []
-    for entry in entries:
-        m = _RUN_DIR_RE.fullmatch(entry)
-        if not m or pid_alive(int(m.group(1))):
+    alive: dict[str, bool] = {}  # namespace -> whether its owner lives
+    for path in rundir.run_dirs():
+        namespace = os.path.basename(path)
+        try:
+            meta = read_meta(path)
+        except SimsyftError:
+            meta = None  # being created right now, or broken: judge by the pid in its name
+        if meta is not None:
+            alive[namespace] = owner_alive(meta)
+        else:
+            alive[namespace] = pid_alive(int(namespace.split("-", 1)[0]))
+        if alive[namespace]:
             continue
-        path = os.path.join(root, entry)
+        token = meta.get("token", "") if meta is not None else ""
         for pid in read_pids(path).values():
-            if pid_alive(pid) and _is_worker(pid):  # never kill a recycled pid that is not our worker
+            if is_worker_of(pid, token):  # never a recycled pid, nor another simulation's worker
                 try:
                     os.kill(pid, 9)
                 except ProcessLookupError:
                     pass
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
+    uid = os.getuid()
     for name in sharing.list_segments():
         m = _SHM_RE.match(name)
-        if m and not pid_alive(int(m.group(1))):
-            try:
-                os.unlink(os.path.join(sharing.SHM_DIR, name))
-                removed.append(name)
-            except FileNotFoundError:
-                pass
+        if not m:
+            continue
+        owner_lives = alive.get(m.group(1))
+        if owner_lives is None:
+            owner_lives = pid_alive(int(m.group(2)))
+        if owner_lives:
+            continue
+        path = os.path.join(sharing.SHM_DIR, name)
+        try:
+            if os.lstat(path).st_uid != uid:
+                continue  # another user's: not ours to judge (root could unlink it)
+            os.unlink(path)
+            removed.append(name)
+        except FileNotFoundError:
+            pass
     return removed

@@ -28,6 +28,7 @@ import psutil
 import pytest
 
 from simsyft import sharing
+from simsyft.rundir import run_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.toml")
@@ -461,7 +462,7 @@ def test_demo_runs_the_part1_tutorial(tmp_path):
     pointers = re.findall(r"^Out\[\d+\]: \(Wrapper\)>\[PointerTensor \| me:\d+ -> bob:\d+\]$", out, re.M)
     assert len(pointers) >= 5
     # The demo's own simulation (run dir and segments named after its pid) is gone.
-    assert glob.glob(os.path.join(tempfile.gettempdir(), f"simsyft-{proc.pid}-*")) == []
+    assert glob.glob(os.path.join(run_root(), f"{proc.pid}-*")) == []
     assert glob.glob(os.path.join(sharing.SHM_DIR, f"simsyft_{proc.pid}-*")) == []
 
 

@@ -165,12 +165,13 @@ def test_kill_9_of_the_client_leaves_nothing():
 
 
 def test_stale_leftovers_are_swept():
+    from simsyft.rundir import run_root
     from simsyft.simulation import sweep_stale
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     namespace = f"{dead.pid}-deadbeef"
-    run_dir = os.path.join(__import__("tempfile").gettempdir(), f"simsyft-{namespace}")
+    run_dir = os.path.join(run_root(), namespace)
     os.mkdir(run_dir, 0o700)
     segment = os.path.join(sharing.SHM_DIR, f"{sharing.segment_prefix(namespace)}1_0")
     open(segment, "wb").close()

@@ -1,0 +1,185 @@
+"""Where simulations live on disk, and who may be signalled: the per-user run root.
+
+Owns the run root (``$TMPDIR/simsyft-<uid>``, or ``$SIMSYFT_ROOT``), the run
+directories inside it (one per simulation, named by its namespace), their
+``simulation.json`` and ``pids.json``, and the identity checks made before any
+process is signalled. Imports the standard library, psutil and simsyft.errors
+only; it starts nothing.
+
+Note [Nothing outside the run root is trusted]
+    The temp dir is shared by every local user, so anything in it may have been
+    planted: a fake simulation (a `simulation.json` and a socket that receive
+    the victim's tensors), a `pids.json` naming the victim's own processes, a
+    directory swapped for a symlink. So simsyft reads and writes only inside
+    one root that it creates mode 0700 and verifies before every use: a real
+    directory (not a symlink), owned by this uid, writable by nobody else.
+    Anything else is refused with an error saying what is wrong; nothing
+    outside the root is ever read. Inside it, only this uid can have written.
+
+    A pid read from a file can still be stale (the process exited and the pid
+    was reused), so a worker is signalled only after checking that it runs as
+    this uid with its simulation's token in its environment (`is_worker_of`),
+    and an owner only if its start time matches the one recorded
+    (`owner_alive`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import stat
+import tempfile
+from typing import Any
+
+from .errors import SimsyftError
+
+__all__ = [
+    "ROOT_ENV",
+    "TOKEN_ENV",
+    "is_worker_of",
+    "owner_alive",
+    "process_started",
+    "read_meta",
+    "read_pids",
+    "run_dirs",
+    "run_root",
+    "verify_run_dir",
+    "write_json",
+]
+
+ROOT_ENV = "SIMSYFT_ROOT"
+# Every worker process carries its simulation's token here; /proc/<pid>/environ is readable
+# only by the same uid (and root), unlike the command line.
+TOKEN_ENV = "SIMSYFT_SIM_TOKEN"
+_NAMESPACE_RE = re.compile(r"(\d+)-([0-9a-f]+)")
+
+
+def run_root() -> str:
+    """The verified per-user directory holding every simulation of this uid (created if missing)."""
+    root = os.environ.get(ROOT_ENV) or os.path.join(tempfile.gettempdir(), f"simsyft-{os.getuid()}")
+    try:
+        os.mkdir(root, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise SimsyftError(f"cannot create simsyft's run root {root}: {exc.strerror or exc}; "
+                           f"set {ROOT_ENV} to a private directory") from None
+    _verify_private(root, "run root", f"remove it, or set {ROOT_ENV} to a private directory of yours")
+    return root
+
+
+def _verify_private(path: str, what: str, remedy: str) -> None:
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise SimsyftError(f"simsyft {what} {path}: {exc.strerror or exc}") from None
+    problem = None
+    if stat.S_ISLNK(st.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISDIR(st.st_mode):
+        problem = "is not a directory"
+    elif st.st_uid != os.getuid():
+        problem = f"is owned by uid {st.st_uid}, not by you (uid {os.getuid()})"
+    elif st.st_mode & 0o022:
+        problem = f"is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})"
+    if problem is not None:
+        raise SimsyftError(f"refusing to use {path} as simsyft's {what}: it {problem}; {remedy}")
+
+
+def verify_run_dir(path: str) -> str:
+    """`path` if it is a run directory directly inside the verified run root; SimsyftError otherwise."""
+    root = run_root()
+    real = os.path.abspath(path)
+    if os.path.dirname(real) != os.path.abspath(root) or not _NAMESPACE_RE.fullmatch(os.path.basename(real)):
+        raise SimsyftError(f"{path} is not a simsyft run directory (they live in {root})")
+    _verify_private(real, "run directory", "it was not made by simsyft")
+    return real
+
+
+def run_dirs() -> list[str]:
+    """Every run directory in the run root (live or stale), sorted."""
+    root = run_root()
+    found = []
+    for entry in sorted(os.listdir(root)):
+        path = os.path.join(root, entry)
+        if _NAMESPACE_RE.fullmatch(entry) and os.path.isdir(path) and not os.path.islink(path):
+            found.append(path)
+    return found
+
+
+def new_namespace() -> str:
+    """A fresh simulation namespace: `<owner pid>-<random hex>` (segment names start with it)."""
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def write_json(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)  # readers (simsyft status) never see half a file
+
+
+def read_meta(run_dir: str) -> dict:
+    """A run directory's simulation.json (name, namespace, owner pid and start time, token, ready)."""
+    try:
+        with open(os.path.join(run_dir, "simulation.json")) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise SimsyftError(f"{run_dir} is not a running simsyft simulation ({exc})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("owner_pid"), int) or not isinstance(meta.get("token"), str):
+        raise SimsyftError(f"{run_dir} is not a running simsyft simulation (its simulation.json is incomplete)")
+    return meta
+
+
+def read_pids(run_dir: str) -> dict[str, int]:
+    try:
+        with open(os.path.join(run_dir, "pids.json")) as f:
+            return {str(k): int(v) for k, v in json.load(f).items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def process_started(pid: int) -> float | None:
+    """The start time of process `pid` (psutil's create_time), or None if there is no such process."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
+        return None
+
+
+def owner_alive(meta: dict[str, Any]) -> bool:
+    """Whether the process that owns a simulation is still the one that started it (not a reused pid)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(int(meta["owner_pid"]))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        started = meta.get("owner_started")
+        return started is None or abs(proc.create_time() - float(started)) < 0.01
+    except (psutil.Error, OSError, KeyError, TypeError, ValueError):
+        return False
+
+
+def is_worker_of(pid: int, token: str) -> bool:
+    """Whether `pid` is a live worker of the simulation holding `token`, running as this uid.
+
+    Checked before every signal to a pid read from a file (Note [Nothing outside the run root
+    is trusted]); a pid that fails it is left alone.
+    """
+    import psutil
+
+    if not token:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.uids().real != os.getuid() or proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return secrets.compare_digest(proc.environ().get(TOKEN_ENV, ""), token)
+    except (psutil.Error, OSError):
+        return False
