@@ -23,6 +23,9 @@ FORBIDDEN = {
     "pointer": {"worker", "workers", "hook", "simulation", "cli", "testing"},
     "workers": {"worker", "hook", "cli", "testing"},
     "hook": {"worker", "cli", "testing"},
+    # the run root and identity checks: below everything that starts processes
+    "rundir": {"pointer", "workers", "hook", "worker", "connection", "simulation", "protocol", "sharing",
+               "pool", "executor", "config", "launcher", "cli", "testing"},
 }
 
 
