@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import pool, protocol, sharing
+from .config import REQUEST_TIMEOUT_S
 from .connection import ZmqConnection, pid_alive, signal_name
 from .errors import SimsyftError, WorkerTimeoutError
 
@@ -85,13 +86,15 @@ class Cluster:
     >>> cluster.shutdown()
     """
 
-    def __init__(self, name: str = "default", *, run_dir: str | None = None) -> None:
+    def __init__(self, name: str = "default", *, run_dir: str | None = None,
+                 request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
         self.workers: dict[str, WorkerProcess] = {}
         self.closed = False
         if run_dir is None:  # a new simulation owned by this process
             sweep_stale()
             self.owner = True
             self.name = name
+            self.request_timeout_s = request_timeout_s  # every connection to a worker, ours and theirs
             self.namespace = f"{os.getpid()}-{secrets.token_hex(4)}"
             self.run_dir = os.path.join(tmp_root(), f"simsyft-{self.namespace}")
             os.mkdir(self.run_dir, 0o700)
@@ -105,6 +108,7 @@ class Cluster:
             self.namespace = meta["namespace"]
             self.run_dir = run_dir
             self.owner_pid = meta["owner_pid"]
+            self.request_timeout_s = float(meta.get("request_timeout_s", REQUEST_TIMEOUT_S))
             for worker_name, pid in read_pids(run_dir).items():
                 self._adopt(worker_name, pid)
 
@@ -120,7 +124,7 @@ class Cluster:
         full = {
             "device": "cpu", "threads": 1, "cpus": None, "seed": None, **spec,
             "endpoint": self._endpoint(name), "namespace": self.namespace, "run_dir": self.run_dir,
-            "parent_pid": os.getpid(), "owns_run_dir": self.owner,
+            "parent_pid": os.getpid(), "owns_run_dir": self.owner, "request_timeout_s": self.request_timeout_s,
         }
         log_path = os.path.join(self.run_dir, f"{name}.log")
         env = dict(os.environ)
@@ -149,7 +153,8 @@ class Cluster:
 
     def _connect(self, worker: WorkerProcess) -> ZmqConnection:
         return ZmqConnection(worker.name, self._endpoint(worker.name), self.namespace,
-                             exit_status=worker.exit_code, describe_exit=worker.describe_exit)
+                             exit_status=worker.exit_code, describe_exit=worker.describe_exit,
+                             timeout_s=self.request_timeout_s, pid=worker.pid)
 
     def wait_ready(self, names: list[str] | None = None, timeout: float = 120.0) -> None:
         """Block until each worker answers; a worker that dies on the way raises WorkerCrashedError."""
@@ -157,9 +162,12 @@ class Cluster:
         for name in names or list(self.workers):
             worker = self.workers[name]
             # request() returns once the worker bound its socket and answered, or raises on a crash.
-            worker.connection.request(lambda seq: protocol.Info(seq))
-            if time.monotonic() > deadline:
-                raise WorkerTimeoutError(f"worker {name!r} took more than {timeout:.0f}s to start")
+            # Start-up (importing torch) has its own timeout, not request_timeout_s.
+            try:
+                worker.connection.request(lambda seq: protocol.Info(seq),
+                                          timeout_s=max(deadline - time.monotonic(), 0.001))
+            except WorkerTimeoutError:
+                raise WorkerTimeoutError(f"worker {name!r} took more than {timeout:.0f}s to start") from None
         if self.owner:
             self._write_meta(ready=True)
 
@@ -252,6 +260,7 @@ class Cluster:
     def _write_meta(self, ready: bool) -> None:
         _write_json(os.path.join(self.run_dir, "simulation.json"), {
             "name": self.name, "owner_pid": self.owner_pid, "namespace": self.namespace, "ready": ready,
+            "request_timeout_s": self.request_timeout_s,
         })
 
     def __repr__(self) -> str:
