@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import sys
@@ -26,11 +25,11 @@ from typing import Any
 
 import torch
 
-from . import executor, protocol, sharing
-from .config import REQUEST_TIMEOUT_S, format_size
+from . import executor, limits, protocol, sharing
+from .config import REQUEST_TIMEOUT_S
 from .connection import Connection, pid_alive
 from .connection import _context as zmq_context
-from .errors import LocationMismatchError, MemoryLimitError, ObjectNotFoundError, ProtocolError, SimsyftError
+from .errors import LocationMismatchError, ObjectNotFoundError, ProtocolError, SimsyftError
 
 __all__ = ["WorkerCore", "describe_meta", "main"]
 
@@ -51,7 +50,7 @@ class WorkerCore:
         self.name = name
         self.run_dir = run_dir  # where the other workers' endpoints are (pointer chains)
         self.request_timeout_s = request_timeout_s  # for those chains: the simulation's, as the client's
-        self.memory_limit: int | None = None  # set by main() once the limit is enforced (Note [Memory limit])
+        self.memory_limit: int | None = None  # set by main() once limits.enforce() applied it
         self._peers: dict[str, Any] = {}
         self.namespace = namespace
         self.device = torch.device(device)
@@ -91,35 +90,13 @@ class WorkerCore:
 
     def _error(self, seq: int, exc: BaseException) -> list:
         self.messages_out += 1
-        if self.memory_limit is not None and _out_of_memory(exc):
-            exc = self._memory_limit_error(exc) or exc
+        if self.memory_limit is not None:  # Note [Memory limit] (limits.py)
+            exc = limits.refused(self.name, self.memory_limit, exc) or exc
         reply = protocol.ErrorReply(
             seq, type(exc).__module__, type(exc).__qualname__, str(exc),
             "".join(traceback.format_exception(exc)), self.name,
         )
         return protocol.encode(reply)
-
-    def _memory_limit_error(self, exc: BaseException) -> MemoryLimitError | None:
-        """Note [Memory limit]: an allocation the limit refused, told as such, with what to do;
-        None if the limit left room for it (the machine itself is out of memory)."""
-        import resource
-
-        asked = _ALLOCATION.search(str(exc))
-        status = _memory_status()
-        if asked and status is not None:
-            room = resource.getrlimit(resource.RLIMIT_DATA)[0] - status["VmData"]
-            if int(asked.group(1)) <= room:
-                return None
-        size = f"{format_size(int(asked.group(1)))} more" if asked else "more memory"
-        holds = "" if status is None else f" (it holds {format_size(status['VmRSS'] - status['RssShmem'])})"
-        error = MemoryLimitError(
-            f"worker {self.name!r} cannot allocate {size}: that would pass its memory_limit of "
-            f"{format_size(self.memory_limit)}{holds}. The op failed and stored nothing; the worker keeps "
-            f"running, with its objects. Free some (del their pointers, or .get() them), or raise "
-            f"[workers.{self.name}] memory_limit in the config"
-        )
-        error.__cause__ = exc  # the remote traceback shows where torch gave up
-        return error
 
     def _resolve(self, object_id: int, used: dict[int, Any]) -> Any:
         try:
@@ -431,76 +408,6 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return moved
 
 
-# torch's CPU allocator: "DefaultCPUAllocator: can't allocate memory: you tried to allocate 3221225472 bytes."
-_ALLOCATION = re.compile(r"you tried to allocate (\d+) bytes")
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError) or (
-        isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc))
-
-
-def _memory_status() -> dict[str, int] | None:
-    """VmRSS, RssShmem and VmData of this process in bytes (/proc/self/status); None off Linux."""
-    wanted = {b"VmRSS", b"RssShmem", b"VmData"}
-    found: dict[str, int] = {}
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                key, _, value = line.partition(b":")
-                if key in wanted:
-                    found[key.decode()] = int(value.split()[0]) * 1024  # the kernel writes kB
-    except (OSError, ValueError):
-        return None
-    return found if len(found) == len(wanted) else None
-
-
-def _private_resident() -> int | None:
-    """Resident memory the worker's memory_limit counts: all of it but shared-memory segments."""
-    status = _memory_status()
-    return None if status is None else status["VmRSS"] - status["RssShmem"]
-
-
-def _enforce_memory_limit(core: WorkerCore, limit: int, threads: int) -> str | None:
-    """Note [Memory limit]: make allocations past ``limit`` fail instead of succeeding.
-
-    Since Linux 4.7, RLIMIT_DATA bounds a process's private writable mappings: the heap and
-    anonymous mmaps (where torch's CPU allocator and Python get memory), thread stacks, but not
-    MAP_SHARED mappings, so the /dev/shm segments that tensors sent to the worker live in are
-    not refused. It counts address space, not resident pages, so it is set to what the worker
-    maps now (VmData) plus what its limit leaves (``limit`` minus resident private memory now).
-    Past it, torch's allocator raises "can't allocate memory" (Python: MemoryError), which
-    WorkerCore._error reports as MemoryLimitError: the op fails, nothing is stored, the worker
-    lives on. Threads started later would count too, and libgomp aborts the process when it
-    cannot start one: so torch's OpenMP team is started first, here, and pointer chains use
-    the ZeroMQ context (and IO thread) the worker already has. Not applied on CUDA workers,
-    where CUDA's host-side mappings were not verified under it; they, and any OS without it,
-    keep main()'s check after each message (exit 3), which stays as a backstop everywhere.
-    Returns why the worker cannot run under ``limit``, or None.
-    """
-    import resource
-
-    if threads > 1:  # a parallel region starts the whole team (ATen parallel_for: grain 32768 elements)
-        torch.ones(1 << 20).add_(1)
-        torch.ones(256, 256) @ torch.ones(256, 256)
-    status = _memory_status()
-    if status is None:
-        return None  # no /proc: the after-message check alone
-    used = status["VmRSS"] - status["RssShmem"]
-    if used >= limit:
-        return (f"memory_limit {format_size(limit)} is less than the {format_size(used)} this worker holds "
-                f"right after start-up (Python, torch and its data); raise [workers.{core.name}] memory_limit")
-    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    wanted = status["VmData"] + (limit - used)
-    if soft != resource.RLIM_INFINITY:
-        wanted = min(wanted, soft)
-    if hard != resource.RLIM_INFINITY:
-        wanted = min(wanted, hard)
-    resource.setrlimit(resource.RLIMIT_DATA, (wanted, hard))
-    core.memory_limit = limit
-    return None
-
-
 def _cleanup_after_parent(spec: dict) -> None:
     # The owner died without shutting us down (kill -9): remove what it would have.
     # A worker started by an attached process must leave the owner's simulation alone.
@@ -544,10 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     more = int(zmq.SNDMORE)  # a plain int: or-ing zmq's enum flags costs ~1 us a send
     try:
         if memory_limit and device.type == "cpu" and sys.platform == "linux":
-            problem = _enforce_memory_limit(core, memory_limit, int(spec.get("threads") or 1))
+            problem = limits.enforce(core.name, memory_limit, int(spec.get("threads") or 1))
             if problem is not None:
                 print(f"simsyft worker {core.name!r}: {problem}; stopping", file=sys.stderr, flush=True)
                 return 3
+            core.memory_limit = memory_limit
         while core.running:
             try:
                 # Copies: frames are small (tensor data above INLINE_MAX travels in segments),
@@ -569,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
             # segments the worker touched (tensors sent to it), which the limit does not: only
             # when RSS alone is over is /proc read to leave them out.
             if memory_limit and me.memory_info().rss > memory_limit:
-                used = _private_resident() or me.memory_info().rss
+                used = limits.private_resident() or me.memory_info().rss
                 if used > memory_limit:
                     print(f"simsyft worker {core.name!r}: memory limit exceeded: {used} bytes resident "
                           f"(not counting shared-memory segments) > memory_limit {memory_limit} bytes; stopping",
