@@ -11,6 +11,7 @@ tensor([2, 4, 6])
 from .errors import (
     ConfigError,
     LocationMismatchError,
+    MemoryLimitError,
     ObjectNotFoundError,
     OpNotAllowedError,
     ProtocolError,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "LocationMismatchError",
+    "MemoryLimitError",
     "ObjectNotFoundError",
     "OpNotAllowedError",
     "PointerTensor",

@@ -35,6 +35,7 @@ __all__ = [
     "SimulationConfig",
     "WorkerConfig",
     "check_worker_name",
+    "format_size",
     "load_config",
     "parse_config",
     "parse_size",
@@ -43,8 +44,30 @@ __all__ = [
 ALL_GPUS = "cuda:*"
 """Device value that turns one worker table into one worker per visible GPU."""
 
+REQUEST_TIMEOUT_S = 300.0
+"""Default ``[simulation] request_timeout_s``: how long a call waits for a worker's answer.
+
+Long enough for any single op a simulation plausibly runs on CPU (minutes), for multi-GiB
+transfers (seconds) and for a sync point that waits for a long queue of pipelined ops; short
+enough that a stopped or hung worker is reported in minutes instead of never. torch.rpc's
+default is 60 s; simsyft's calls include the whole op, so it waits longer. 0 waits forever.
+"""
+_REQUEST_TIMEOUT_MIN_S = 0.1  # a blocked call looks at the clock every 100 ms (connection.py)
+_REQUEST_TIMEOUT_MAX_S = 86400.0  # a day: anything longer is "forever", which is 0
+
+MEMORY_LIMIT_MIN = 256 * 2**20
+"""The smallest ``memory_limit``: a CPU worker's memory right after start-up is about 225 MiB
+(Python 3.11, torch 2.13 CPU, pyzmq: VmRSS 224 MiB, VmData 237 MiB, measured), so a limit
+below this leaves it nothing to work with, or stops it before it answers."""
+_STARTUP_MEMORY = "about 225 MiB"
+
+THREADS_MAX = 1024
+"""The most ``threads`` a worker may have: torch starts that many threads in the worker (each
+with its own stack), far beyond any machine's CPUs; more is a typo (8 on a 2-CPU machine is
+allowed: oversubscribed, but it works)."""
+
 _TOP_LEVEL_KEYS = ("simulation", "workers")
-_SIMULATION_KEYS = ("name", "seed")
+_SIMULATION_KEYS = ("name", "request_timeout_s", "seed")
 _WORKER_KEYS = ("cpus", "data", "device", "gpu_memory_fraction", "memory_limit", "threads")
 _DATA_ITEM_KEYS = ("description", "path", "tags")
 _RESERVED_NAMES = frozenset({"me"})  # the local client, sy.local_worker
@@ -143,6 +166,7 @@ class SimulationConfig:
     seed: int | None
     workers: tuple[WorkerConfig, ...]
     source: str = "<config>"
+    request_timeout_s: float = REQUEST_TIMEOUT_S  # 0: wait forever
 
     def worker(self, name: str) -> WorkerConfig:
         """The worker called ``name``; KeyError naming the known workers otherwise."""
@@ -186,6 +210,18 @@ def parse_size(value: int | str) -> int:
     number = match.group(1)
     # Exact arithmetic for integers so "8TiB" is not rounded through a float.
     return int(number) * unit if number.isdigit() else int(float(number) * unit)
+
+
+def format_size(size: int) -> str:
+    """``size`` bytes the way a config writes them, in the largest binary unit that fits.
+
+    >>> format_size(256 * 2**20), format_size(3 * 2**29), format_size(1000)
+    ('256MiB', '1.5GiB', '1000B')
+    """
+    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor:
+            return f"{size / factor:.1f}".removesuffix(".0") + unit
+    return f"{size}B"
 
 
 def load_config(path: str | os.PathLike[str]) -> SimulationConfig:
@@ -244,7 +280,7 @@ class _Parser:
                 kind = "table" if isinstance(value, Mapping) else "key"
                 where = f"[{_key(key)}]" if kind == "table" else _key(key)
                 self.fail(where, f"unknown {kind} (expected one of: {', '.join(_TOP_LEVEL_KEYS)})")
-        name, seed = self._simulation(data.get("simulation"))
+        name, seed, timeout = self._simulation(data.get("simulation"))
         workers = self._workers(data.get("workers"))
         if seed is not None:
             if seed + len(workers) - 1 > _SEED_MAX:
@@ -252,11 +288,11 @@ class _Parser:
                           f"(worker i gets seed + i, and there are {len(workers)} workers)")  # fmt: skip
             workers = [_replace_seed(w, seed + i) for i, w in enumerate(workers)]
         self._check_gpu_fractions(workers)
-        return SimulationConfig(name, seed, tuple(workers), self.source)
+        return SimulationConfig(name, seed, tuple(workers), self.source, timeout)
 
     # -- [simulation] --------------------------------------------------------
 
-    def _simulation(self, table: Any) -> tuple[str, int | None]:
+    def _simulation(self, table: Any) -> tuple[str, int | None, float]:
         if table is None:
             self.fail("[simulation]", 'missing (every config needs [simulation] with name = "...")')
         if not isinstance(table, Mapping):
@@ -272,7 +308,10 @@ class _Parser:
             seed = self._int("[simulation] seed", seed)
             if seed < 0:
                 self.fail("[simulation] seed", f"must be 0 or more, got {seed}")
-        return name, seed
+        timeout = REQUEST_TIMEOUT_S
+        if "request_timeout_s" in table:
+            timeout = self._timeout("[simulation] request_timeout_s", table["request_timeout_s"])
+        return name, seed, timeout
 
     # -- [workers.<name>] ------------------------------------------------------
 
@@ -305,12 +344,17 @@ class _Parser:
         threads = self._int(f"{where} threads", spec.get("threads", 1))
         if threads < 1:
             self.fail(f"{where} threads", f"must be at least 1, got {threads}")
+        if threads > THREADS_MAX:
+            self.fail(f"{where} threads", f"must be at most {THREADS_MAX}, got {threads} (torch starts that many "
+                      "threads in the worker; more than the machine's CPUs only compete for them)")  # fmt: skip
         cpus = None if "cpus" not in spec else self._cpus(f"{where} cpus", spec["cpus"])
         memory_limit = None
         if "memory_limit" in spec:
             memory_limit = self._size(f"{where} memory_limit", spec["memory_limit"])
-            if memory_limit == 0:
-                self.fail(f"{where} memory_limit", "must be more than 0 bytes")
+            if memory_limit < MEMORY_LIMIT_MIN:
+                self.fail(f"{where} memory_limit", f"must be at least {format_size(MEMORY_LIMIT_MIN)}, "
+                          f"got {spec['memory_limit']!r} (a worker needs {_STARTUP_MEMORY} to start: "
+                          "Python and torch)")  # fmt: skip
         fraction = None
         if "gpu_memory_fraction" in spec:
             fraction = self._fraction(f"{where} gpu_memory_fraction", spec["gpu_memory_fraction"], device)
@@ -445,6 +489,14 @@ class _Parser:
         if isinstance(value, bool) or not isinstance(value, int):  # bool is an int subclass
             self.fail(where, f"expected an integer, got {_describe(value)}")
         return value
+
+    def _timeout(self, where: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(where, f"expected a number of seconds, got {_describe(value)}")
+        if value != 0 and not _REQUEST_TIMEOUT_MIN_S <= value <= _REQUEST_TIMEOUT_MAX_S:  # NaN fails both
+            self.fail(where, f"must be 0 (wait forever) or from {_REQUEST_TIMEOUT_MIN_S:g} to "
+                      f"{_REQUEST_TIMEOUT_MAX_S:g} seconds (a day), got {value}")  # fmt: skip
+        return float(value)
 
     def _size(self, where: str, value: Any) -> int:
         try:

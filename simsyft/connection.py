@@ -4,7 +4,8 @@ Owns `Connection` (sequence numbers, batched frees, error rebuilding, traffic
 counters) and `ZmqConnection` (a DEALER socket over ipc). This is the seam
 between the user layer and transports: simsyft.testing provides an in-process
 connection with the same interface, so pointer code runs without processes.
-Imports protocol and errors; never the worker loop nor the user layer.
+Imports protocol, config (the default timeout) and errors; never the worker
+loop nor the user layer.
 
 Speed is guarded by bench/ (row "small sync op" against a raw REQ/REP).
 """
@@ -19,12 +20,13 @@ import time
 from typing import Any, Callable
 
 from . import errors, protocol
-from .errors import RemoteError, WorkerCrashedError, WorkerShutdownError
+from .config import REQUEST_TIMEOUT_S
+from .errors import RemoteError, WorkerCrashedError, WorkerShutdownError, WorkerTimeoutError
 
 __all__ = ["Connection", "ZmqConnection", "pid_alive", "rebuild_exception"]
 
 # A blocking receive with a timeout beats poll()+recv() by ~25 us per round trip
-# (DESIGN.md); 100 ms bounds how late a crash is noticed.
+# (DESIGN.md); 100 ms bounds how late a crash, or the end of request_timeout_s, is noticed.
 _RECV_TIMEOUT_MS = 100
 # Before a request, whether the worker process still exists is asked at most this often
 # (a waitpid, or /proc for an attached client: 2-10 us, more than the rest of a small op's
@@ -37,12 +39,17 @@ class Connection:
     """Client side of one worker, independent of transport.
 
     Subclasses implement `_send(frames)` and `_recv() -> frames`; `_recv` must
-    raise WorkerCrashedError when the worker is gone rather than block forever.
+    raise WorkerCrashedError when the worker is gone rather than block forever, and
+    WorkerTimeoutError once the current request has waited `_wait_s` seconds (0: never).
     """
 
-    def __init__(self, name: str, namespace: str = "") -> None:
+    def __init__(self, name: str, namespace: str = "", timeout_s: float = 0.0) -> None:
         self.name = name
         self.namespace = namespace
+        self.timeout_s = timeout_s  # [simulation] request_timeout_s; 0 waits forever
+        self.pid: int | None = None  # the worker's, when known: named in timeout errors
+        self._wait_s = timeout_s  # the current request's timeout
+        self._abandoned: set[int] = set()  # seqs of requests that timed out: their late replies are dropped
         self.closed_reason: str | None = None
         self._seq = 0
         self._pending_free: list[int] = []
@@ -69,31 +76,46 @@ class Connection:
         self._seq += 1
         return self._seq
 
-    def request(self, make: Callable[..., protocol.Message], carries_free: bool = False) -> protocol.Message:
+    def request(self, make: Callable[..., protocol.Message], carries_free: bool = False,
+                timeout_s: float | None = None) -> protocol.Message:
         """Send `make(seq)` and return its reply; remote exceptions are raised here.
 
         With `carries_free`, `make(seq, free_ids)` puts the pending frees into the
-        message itself (Command does), saving a message per dropped pointer.
+        message itself (Command does), saving a message per dropped pointer. Past
+        `timeout_s` (default: the connection's `timeout_s`; 0 waits forever) it raises
+        WorkerTimeoutError, and the connection stays usable (Note [Late replies]).
         """
         with self._lock:
             self._check_open()
-            if carries_free:
-                ids, self._pending_free = tuple(self._pending_free), []
-                msg = make(self.next_seq(), ids)
-            else:
-                self._flush_free()
-                msg = make(self.next_seq())
-            self._transmit(protocol.encode(msg, self.namespace))
-            while True:
-                frames = self._recv()
-                self.bytes_received += protocol.frames_size(frames)
-                self.messages_received += 1
-                reply = protocol.decode(frames)
-                if reply.seq == msg.seq or (reply.seq == -1 and isinstance(reply, protocol.ErrorReply)):
-                    break
-                if isinstance(reply, protocol.ErrorReply):
-                    self._deferred.append(reply)  # a pipelined command failed earlier
-                # Anything else answers an older request (one abandoned by KeyboardInterrupt): drop it.
+            self._wait_s = self.timeout_s if timeout_s is None else timeout_s
+            msg = None
+            try:
+                if carries_free:
+                    ids, self._pending_free = tuple(self._pending_free), []
+                    msg = make(self.next_seq(), ids)
+                else:
+                    self._flush_free()
+                    msg = make(self.next_seq())
+                self._transmit(protocol.encode(msg, self.namespace))
+                while True:
+                    frames = self._recv()
+                    self.bytes_received += protocol.frames_size(frames)
+                    self.messages_received += 1
+                    reply = protocol.decode(frames)
+                    if reply.seq == msg.seq or (reply.seq == -1 and isinstance(reply, protocol.ErrorReply)):
+                        break
+                    if reply.seq in self._abandoned:
+                        self._abandoned.discard(reply.seq)  # Note [Late replies]
+                    elif isinstance(reply, protocol.ErrorReply):
+                        self._deferred.append(reply)  # a pipelined command failed earlier
+                    # Anything else answers an older request (one abandoned by KeyboardInterrupt): drop it.
+            except WorkerTimeoutError:
+                # Note [Late replies]: the worker may still answer (it was stopped, or busy). The seq
+                # tells that answer apart, so it is dropped, even an error, which must not surface
+                # later as if a pipelined op had failed. Pipelined failures before it stay deferred.
+                if msg is not None:
+                    self._abandoned.add(msg.seq)
+                raise self._timed_out(msg, "answer") from None
             self.posted = 0
             deferred, self._deferred = self._deferred, []
         if deferred:
@@ -108,8 +130,13 @@ class Connection:
         """Send `make(seq, free_ids)` without waiting (pipelined mode); only failures are answered."""
         with self._lock:
             self._check_open()
+            self._wait_s = self.timeout_s  # only waits if the worker's queue is full (ZeroMQ's high-water mark)
             ids, self._pending_free = tuple(self._pending_free), []
-            self._transmit(protocol.encode(make(self.next_seq(), ids), self.namespace))
+            msg = make(self.next_seq(), ids)
+            try:
+                self._transmit(protocol.encode(msg, self.namespace))
+            except WorkerTimeoutError:
+                raise self._timed_out(msg, "accept") from None
             self.posted += 1
 
     def sync(self) -> None:
@@ -151,6 +178,15 @@ class Connection:
         }
 
     # -- internals --------------------------------------------------------
+    def _timed_out(self, msg: protocol.Message | None, verb: str) -> WorkerTimeoutError:
+        pid = "" if self.pid is None else f" (pid {self.pid})"
+        return WorkerTimeoutError(
+            f"worker {self.name!r}{pid} did not {verb} {_describe_request(msg, self.posted)} within "
+            f"{self._wait_s:g} s; it may be stopped, hung, or busy with a long op: check it with "
+            "`simsyft status`, or raise [simulation] request_timeout_s (0 waits forever). "
+            "This connection stays usable if the worker resumes"
+        )
+
     def _check_open(self) -> None:
         if self.closed_reason is not None:
             raise WorkerShutdownError(f"worker {self.name!r} is {self.closed_reason}; start it again to use it")
@@ -164,6 +200,26 @@ class Connection:
         if self._pending_free:
             ids, self._pending_free = self._pending_free, []
             self._transmit(protocol.encode(protocol.Free(tuple(ids))))
+
+
+_REQUEST_NAMES = {
+    protocol.Fetch: "get()", protocol.Store: "send()", protocol.Info: "info()", protocol.Clear: "clear_objects()",
+    protocol.Search: "search()", protocol.Export: "move()", protocol.Import: "move()", protocol.Objects: "_objects",
+    protocol.RemoteGet: "remote_get()", protocol.Aliases: "an alias query",
+}
+
+
+def _describe_request(msg: protocol.Message | None, posted: int) -> str:
+    """What a request asked, for a timeout message: 'torch.add', 'get()', ..."""
+    if msg is None:
+        return "the frees of dropped pointers"
+    if type(msg) is protocol.Command:
+        what = msg.op
+    elif type(msg) is protocol.Objects and not msg.values and posted:
+        return f"a sync point after {posted} pipelined op{'s' if posted != 1 else ''}"
+    else:
+        what = _REQUEST_NAMES.get(type(msg), type(msg).__name__)
+    return what + (f" (after {posted} pipelined op{'s' if posted != 1 else ''})" if posted else "")
 
 
 def _allowed_exception_types() -> dict[tuple[str, str], type]:
@@ -215,13 +271,16 @@ class ZmqConnection(Connection):
     """A DEALER socket connected to the worker's ROUTER over ipc://."""
 
     def __init__(self, name: str, endpoint: str, namespace: str, exit_status: Callable[[], Any],
-                 describe_exit: Callable[[], str]) -> None:
+                 describe_exit: Callable[[], str], timeout_s: float = REQUEST_TIMEOUT_S,
+                 pid: int | None = None) -> None:
         import zmq
 
-        super().__init__(name, namespace)
+        super().__init__(name, namespace, timeout_s)
         self._zmq = zmq
         self._exit_status = exit_status  # returns the exit code once the process is gone, else None
         self._describe_exit = describe_exit
+        self.pid = pid
+        self._started = 0.0  # when the current request began (set in _check_open)
         self._sock = _context().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.RCVTIMEO, _RECV_TIMEOUT_MS)
@@ -242,6 +301,7 @@ class ZmqConnection(Connection):
             raise WorkerCrashedError(self._describe_exit())
         super()._check_open()
         now = time.monotonic()
+        self._started = now  # the request's clock for request_timeout_s (read only once it waits)
         if now >= self._next_liveness_check:
             self._next_liveness_check = now + _LIVENESS_INTERVAL_S
             crashed = self._dead()
@@ -258,18 +318,24 @@ class ZmqConnection(Connection):
                     self._sock.send_multipart(frames, copy=False)
                 return
             except self._zmq.Again:
-                crashed = self._dead()
-                if crashed is not None:
-                    raise crashed from None
+                self._still_there()
 
     def _recv(self) -> list:
         while True:
             try:
                 return self._sock.recv_multipart(copy=True)
             except self._zmq.Again:
-                crashed = self._dead()
-                if crashed is not None:
-                    raise crashed from None
+                self._still_there()
+
+    def _still_there(self) -> None:
+        """After 100 ms without progress: a dead worker is a crash (checked first, so a crash is
+        never reported as a timeout), and one that is alive but silent past the timeout, a timeout."""
+        crashed = self._dead()
+        if crashed is not None:
+            raise crashed from None
+        if self._wait_s and time.monotonic() - self._started >= self._wait_s:
+            # request() and post() replace this text with one that names what was asked.
+            raise WorkerTimeoutError(f"worker {self.name!r} did not answer within {self._wait_s:g} s")
 
     def _close(self) -> None:
         self._sock.close(0)

@@ -10,10 +10,11 @@ also inherits it, so ``except ValueError`` keeps working for bad config and
     ├── OpNotAllowedError(PermissionError) op outside the executor allowlist
     ├── ObjectNotFoundError(LookupError)  id not in a worker's store, or pointer already fetched
     ├── LocationMismatchError(ValueError) one op given pointers to different places
+    ├── MemoryLimitError(MemoryError, RuntimeError) an op would pass the worker's memory_limit
     ├── RemoteValueError(ValueError)      a value exists only remotely (item(), bool(), ...)
     ├── WorkerCrashedError(RuntimeError)  the worker process died
     ├── WorkerShutdownError(RuntimeError) the worker was shut down on purpose
-    ├── WorkerTimeoutError(TimeoutError)  no answer within an explicit timeout
+    ├── WorkerTimeoutError(TimeoutError)  no answer within request_timeout_s (or a start-up timeout)
     └── RemoteError(RuntimeError)         a remote exception of a type we do not rebuild
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "LocationMismatchError",
+    "MemoryLimitError",
     "ObjectNotFoundError",
     "OpNotAllowedError",
     "ProtocolError",
@@ -58,6 +60,14 @@ class LocationMismatchError(SimsyftError, ValueError):
     """One op received pointers to different workers, or a pointer and a local tensor."""
 
 
+class MemoryLimitError(SimsyftError, MemoryError, RuntimeError):
+    """An allocation on a worker would pass its memory_limit; the op failed, the worker lives on.
+
+    A MemoryError by meaning, and a RuntimeError because that is what torch raises when its CPU
+    allocator fails, so ``except RuntimeError`` around a big op keeps working.
+    """
+
+
 class RemoteValueError(SimsyftError, ValueError):
     """A Python value (item(), bool(), tolist()) was asked of data that lives on a worker."""
 
@@ -71,7 +81,10 @@ class WorkerShutdownError(SimsyftError, RuntimeError):
 
 
 class WorkerTimeoutError(SimsyftError, TimeoutError):
-    """A worker did not answer within an explicit timeout (start-up, shutdown)."""
+    """A worker did not answer within ``[simulation] request_timeout_s`` (or did not start in time).
+
+    The connection stays usable: if the worker resumes, the late answer is dropped.
+    """
 
 
 class RemoteError(SimsyftError, RuntimeError):

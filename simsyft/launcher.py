@@ -14,11 +14,15 @@ from typing import Any
 
 from . import protocol, workers
 from .config import SimulationConfig, load_config
-from .errors import SimsyftError
+from .errors import SimsyftError, WorkerTimeoutError
 from .simulation import Cluster, find_run_dir
 from .workers import VirtualWorker
 
 __all__ = ["Simulation", "connect", "launch"]
+
+# status() asks each running worker for its numbers, but a worker busy with a long op answers
+# only when it is done: past this, the row says so instead of holding up the whole table.
+_STATUS_TIMEOUT_S = 2.0
 
 
 class Simulation:
@@ -75,9 +79,15 @@ class Simulation:
                     proc = psutil.Process(process.pid)
                     row["cpus"] = proc.cpu_affinity()
                     row["rss"] = proc.memory_info().rss
-                    info = process.connection.request(lambda seq: protocol.Info(seq)).value
+                    if proc.status() == psutil.STATUS_STOPPED:  # SIGSTOP, or Ctrl-Z: it cannot answer
+                        row["state"] = "stopped (send SIGCONT to resume)"
+                        report[name] = row
+                        continue
+                    info = process.connection.request(lambda seq: protocol.Info(seq), timeout_s=_STATUS_TIMEOUT_S).value
                     row.update({k: info[k] for k in ("device", "objects", "bytes", "messages_in",
                                                      "messages_out", "uptime", "threads")})
+                except WorkerTimeoutError:
+                    row["state"] = f"busy or hung (no answer in {_STATUS_TIMEOUT_S:g} s)"
                 except (psutil.Error, SimsyftError) as exc:
                     row["state"] = f"unreachable ({type(exc).__name__})"
             report[name] = row
@@ -122,7 +132,7 @@ def launch(config: str | os.PathLike | SimulationConfig, wait: bool = True) -> S
     reaches its bob.
     """
     cfg = config if isinstance(config, SimulationConfig) else load_config(config)
-    cluster = Cluster(cfg.name)
+    cluster = Cluster(cfg.name, request_timeout_s=cfg.request_timeout_s)
     try:
         for spec in cfg.workers:
             cluster.start_worker(spec.to_dict())  # all start in parallel: each imports torch on its own

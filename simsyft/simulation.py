@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import pool, protocol, rundir, sharing
+from .config import REQUEST_TIMEOUT_S
 from .connection import ZmqConnection, pid_alive, signal_name
 from .errors import SimsyftError, WorkerTimeoutError
 from .rundir import TOKEN_ENV, is_worker_of, owner_alive, read_meta, read_pids
@@ -81,13 +82,15 @@ class Cluster:
     >>> cluster.shutdown()
     """
 
-    def __init__(self, name: str = "default", *, run_dir: str | None = None) -> None:
+    def __init__(self, name: str = "default", *, run_dir: str | None = None,
+                 request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
         self.workers: dict[str, WorkerProcess] = {}
         self.closed = False
         if run_dir is None:  # a new simulation owned by this process
             sweep_stale()
             self.owner = True
             self.name = name
+            self.request_timeout_s = request_timeout_s  # every connection to a worker, ours and theirs
             self.namespace = rundir.new_namespace()
             self.run_dir = os.path.join(rundir.run_root(), self.namespace)
             os.mkdir(self.run_dir, 0o700)
@@ -106,6 +109,7 @@ class Cluster:
             self.owner_pid = meta["owner_pid"]
             self.owner_started = meta.get("owner_started")
             self.token = meta["token"]
+            self.request_timeout_s = float(meta.get("request_timeout_s", REQUEST_TIMEOUT_S))
             for worker_name, pid in read_pids(run_dir).items():
                 self._adopt(worker_name, pid)
 
@@ -121,7 +125,7 @@ class Cluster:
         full = {
             "device": "cpu", "threads": 1, "cpus": None, "seed": None, **spec,
             "endpoint": self._endpoint(name), "namespace": self.namespace, "run_dir": self.run_dir,
-            "parent_pid": os.getpid(), "owns_run_dir": self.owner,
+            "parent_pid": os.getpid(), "owns_run_dir": self.owner, "request_timeout_s": self.request_timeout_s,
         }
         log_path = os.path.join(self.run_dir, f"{name}.log")
         env = dict(os.environ)
@@ -151,7 +155,8 @@ class Cluster:
 
     def _connect(self, worker: WorkerProcess) -> ZmqConnection:
         return ZmqConnection(worker.name, self._endpoint(worker.name), self.namespace,
-                             exit_status=worker.exit_code, describe_exit=worker.describe_exit)
+                             exit_status=worker.exit_code, describe_exit=worker.describe_exit,
+                             timeout_s=self.request_timeout_s, pid=worker.pid)
 
     def wait_ready(self, names: list[str] | None = None, timeout: float = 120.0) -> None:
         """Block until each worker answers; a worker that dies on the way raises WorkerCrashedError."""
@@ -159,9 +164,12 @@ class Cluster:
         for name in names or list(self.workers):
             worker = self.workers[name]
             # request() returns once the worker bound its socket and answered, or raises on a crash.
-            worker.connection.request(lambda seq: protocol.Info(seq))
-            if time.monotonic() > deadline:
-                raise WorkerTimeoutError(f"worker {name!r} took more than {timeout:.0f}s to start")
+            # Start-up (importing torch) has its own timeout, not request_timeout_s.
+            try:
+                worker.connection.request(lambda seq: protocol.Info(seq),
+                                          timeout_s=max(deadline - time.monotonic(), 0.001))
+            except WorkerTimeoutError:
+                raise WorkerTimeoutError(f"worker {name!r} took more than {timeout:.0f}s to start") from None
         if self.owner:
             self._write_meta(ready=True)
 
@@ -258,6 +266,7 @@ class Cluster:
         rundir.write_json(os.path.join(self.run_dir, "simulation.json"), {
             "name": self.name, "owner_pid": self.owner_pid, "owner_started": self.owner_started,
             "namespace": self.namespace, "token": self.token, "ready": ready,
+            "request_timeout_s": self.request_timeout_s,
         })
 
     def __repr__(self) -> str:

@@ -25,8 +25,10 @@ from typing import Any
 
 import torch
 
-from . import executor, protocol, sharing
+from . import executor, limits, protocol, sharing
+from .config import REQUEST_TIMEOUT_S
 from .connection import Connection, pid_alive
+from .connection import _context as zmq_context
 from .errors import LocationMismatchError, ObjectNotFoundError, ProtocolError, SimsyftError
 
 __all__ = ["WorkerCore", "describe_meta", "main"]
@@ -43,9 +45,12 @@ def describe_meta(tensor: torch.Tensor) -> tuple:
 class WorkerCore:
     """A worker's store and message handling, independent of any transport."""
 
-    def __init__(self, name: str, namespace: str = "", device: str = "cpu", run_dir: str | None = None) -> None:
+    def __init__(self, name: str, namespace: str = "", device: str = "cpu", run_dir: str | None = None,
+                 request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
         self.name = name
         self.run_dir = run_dir  # where the other workers' endpoints are (pointer chains)
+        self.request_timeout_s = request_timeout_s  # for those chains: the simulation's, as the client's
+        self.memory_limit: int | None = None  # set by main() once limits.enforce() applied it
         self._peers: dict[str, Any] = {}
         self.namespace = namespace
         self.device = torch.device(device)
@@ -85,6 +90,8 @@ class WorkerCore:
 
     def _error(self, seq: int, exc: BaseException) -> list:
         self.messages_out += 1
+        if self.memory_limit is not None:  # Note [Memory limit] (limits.py)
+            exc = limits.refused(self.name, self.memory_limit, exc) or exc
         reply = protocol.ErrorReply(
             seq, type(exc).__module__, type(exc).__qualname__, str(exc),
             "".join(traceback.format_exception(exc)), self.name,
@@ -235,6 +242,7 @@ class WorkerCore:
             name, f"ipc://{self.run_dir}/{name}.sock", self.namespace,
             exit_status=lambda: None if pid_alive(pid) else -1,
             describe_exit=lambda: f"worker {name!r} (pid {pid}), reached through worker {self.name!r}, has exited",
+            timeout_s=self.request_timeout_s, pid=pid,
         )
         self._peers[name] = peer
         return peer
@@ -425,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(device)
         if spec.get("gpu_memory_fraction"):
             torch.cuda.set_per_process_memory_fraction(float(spec["gpu_memory_fraction"]), device)
-    core = WorkerCore(spec["name"], spec["namespace"], str(device), run_dir=spec["run_dir"])
+    core = WorkerCore(spec["name"], spec["namespace"], str(device), run_dir=spec["run_dir"],
+                      request_timeout_s=float(spec.get("request_timeout_s", REQUEST_TIMEOUT_S)))
     core.load_data(spec.get("data") or [])
     parent = int(spec.get("parent_pid") or 0)
     memory_limit = int(spec.get("memory_limit") or 0)
@@ -434,13 +443,19 @@ def main(argv: list[str] | None = None) -> int:
 
         me = psutil.Process()
 
-    ctx = zmq.Context()
+    ctx = zmq_context()  # the one pointer chains' connections use: no IO thread to start later
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 250)
     sock.bind(spec["endpoint"])
     more = int(zmq.SNDMORE)  # a plain int: or-ing zmq's enum flags costs ~1 us a send
     try:
+        if memory_limit and device.type == "cpu" and sys.platform == "linux":
+            problem = limits.enforce(core.name, memory_limit, int(spec.get("threads") or 1))
+            if problem is not None:
+                print(f"simsyft worker {core.name!r}: {problem}; stopping", file=sys.stderr, flush=True)
+                return 3
+            core.memory_limit = memory_limit
         while core.running:
             try:
                 # Copies: frames are small (tensor data above INLINE_MAX travels in segments),
@@ -458,13 +473,20 @@ def main(argv: list[str] | None = None) -> int:
                     sock.send(reply[0])
                 else:
                     sock.send_multipart(reply, copy=False)
+            # The backstop of Note [Memory limit]. RSS also counts the pages of shared-memory
+            # segments the worker touched (tensors sent to it), which the limit does not: only
+            # when RSS alone is over is /proc read to leave them out.
             if memory_limit and me.memory_info().rss > memory_limit:
-                rss = me.memory_info().rss
-                print(f"simsyft worker {core.name!r}: memory limit exceeded: RSS {rss} bytes > "
-                      f"memory_limit {memory_limit} bytes; stopping", file=sys.stderr, flush=True)
-                return 3
+                used = limits.private_resident() or me.memory_info().rss
+                if used > memory_limit:
+                    print(f"simsyft worker {core.name!r}: memory limit exceeded: {used} bytes resident "
+                          f"(not counting shared-memory segments) > memory_limit {memory_limit} bytes; stopping",
+                          file=sys.stderr, flush=True)
+                    return 3
     finally:
         sock.close(0)
+        for peer in core._peers.values():
+            peer.close()
         ctx.term()
     return 0
 

@@ -188,7 +188,8 @@ def _cpu_ranges(cpus: list[int]) -> str:
     return ",".join(ranges)
 
 
-@pytest.mark.parametrize("case", ["unknown key", "missing data file", "unavailable cpu", "missing config"])
+@pytest.mark.parametrize("case", ["unknown key", "missing data file", "unavailable cpu", "missing config",
+                                  "tiny memory limit", "too many threads"])
 def test_check_refuses_bad_configs_with_the_exact_error(tmp_path, case):
     config = tmp_path / "sim.toml"
     if case == "unknown key":
@@ -203,6 +204,14 @@ def test_check_refuses_bad_configs_with_the_exact_error(tmp_path, case):
         have = sorted(psutil.Process().cpu_affinity())
         config.write_text(f'[simulation]\nname = "cli-bad"\n\n[workers.bob]\ncpus = [{have[-1] + 1000}]\n')
         reason = f"[workers.bob] cpus: CPU {have[-1] + 1000} not available (have {_cpu_ranges(have)})"
+    elif case == "tiny memory limit":
+        config.write_text('[simulation]\nname = "cli-bad"\n\n[workers.bob]\nmemory_limit = "1B"\n')
+        reason = ("[workers.bob] memory_limit: must be at least 256MiB, got '1B' "
+                  "(a worker needs about 225 MiB to start: Python and torch)")
+    elif case == "too many threads":
+        config.write_text('[simulation]\nname = "cli-bad"\n\n[workers.bob]\nthreads = 100000\n')
+        reason = ("[workers.bob] threads: must be at most 1024, got 100000 (torch starts that many threads "
+                  "in the worker; more than the machine's CPUs only compete for them)")
     else:
         config = tmp_path / "nowhere.toml"
         reason = "cannot read config: No such file or directory"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import textwrap
 
@@ -12,6 +13,7 @@ import torch
 
 import simsyft as sy
 from simsyft import sharing
+from simsyft.config import parse_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
@@ -128,20 +130,128 @@ def test_data_is_loaded_and_found_by_tag(tmp_path, hook):
         assert [p.id_at_location for p in hospital.search("#mine")] == [sent.id_at_location]
 
 
-def test_memory_limit_stops_the_worker_with_a_clear_error(tmp_path, hook):
-    config = write(tmp_path, """
-        [simulation]
-        name = "e2e-memory"
-
-        [workers.small]
-        memory_limit = "400MiB"
-    """)
+def test_memory_limit_refuses_an_op_and_the_worker_lives_on(hook):
+    config = parse_config({"simulation": {"name": "e2e-memory"},
+                           "workers": {"small": {"memory_limit": "1GiB", "threads": 2}, "other": {}}})
     with sy.launch(config) as sim:
         small = sim["small"]
-        big = torch.zeros(64 * 1024 * 1024).send(small)  # 256 MiB on top of ~220 MiB of torch
-        with pytest.raises(sy.WorkerCrashedError, match=r"(?s)'small'.*exited with 3.*memory limit exceeded"):
-            big + 1
-            big + 1
+        x = torch.arange(3.0).send(small)
+        # Tensors sent arrive in shared-memory segments, which the limit does not count: 1.25 GiB
+        # is accepted, and reading all of it (its pages now count in the worker's RSS) is fine.
+        big = torch.ones(5 * 2**26).send(small)
+        assert big.sum().get().item() == 5 * 2**26
+        # 3 GiB of float32: refused at allocation, with an error saying why and what to do.
+        with pytest.raises(sy.MemoryLimitError) as info:
+            x.repeat(2**28)
+        assert isinstance(info.value, MemoryError) and isinstance(info.value, RuntimeError)
+        assert str(info.value).startswith(
+            "worker 'small' cannot allocate 3GiB more: that would pass its memory_limit of 1GiB (it holds ")
+        assert str(info.value).endswith(
+            "The op failed and stored nothing; the worker keeps running, with its objects. Free some "
+            "(del their pointers, or .get() them), or raise [workers.small] memory_limit in the config")
+        with pytest.raises(sy.MemoryLimitError, match="cannot allocate 3GiB more"):
+            with sy.pipeline():  # pipelined: the failure comes out at the sync point
+                x.repeat(2**28)
+        assert small.info()["objects"] == 2
+        assert torch.equal(small._objects[x.id_at_location], torch.arange(3.0))
+        # Under the limit: torch's threads, new results, and a pointer chain (a new socket on the worker).
+        assert torch.equal((x.repeat(2**20) + 1).sum().get(), torch.tensor(6.0 * 2**20))
+        chain = torch.ones(2).send(sim["other"]).send(small)
+        assert torch.equal((chain + 1).get().get(), torch.full((2,), 2.0))
+        del big
+
+
+def test_memory_limit_below_start_up_size_stops_the_worker_at_start(tmp_path, hook):
+    torch.save(torch.ones(16 * 2**20), tmp_path / "big.pt")  # 64 MiB of data on top of ~225 MiB
+    config = parse_config({"simulation": {"name": "e2e-memory-start"},
+                           "workers": {"tiny": {"memory_limit": "256MiB",
+                                                "data": {"big": {"path": "big.pt", "tags": ["#big"]}}}}},
+                          base_dir=tmp_path)
+    with pytest.raises(sy.WorkerCrashedError,
+                       match=r"(?s)'tiny'.*exited with 3.*memory_limit 256MiB is less than the .* this worker holds "
+                             r"right after start-up \(Python, torch and its data\); raise \[workers.tiny\] memory_limit"):
+        sy.launch(config)
+
+
+@pytest.fixture(scope="module")
+def stoppable(hook):
+    config = parse_config({"simulation": {"name": "e2e-timeout", "request_timeout_s": 0.5}, "workers": {"bob": {}}})
+    with sy.launch(config) as sim:
+        yield sim
+
+
+@pytest.fixture
+def stopped(stoppable):
+    """Bob, stopped with SIGSTOP for the test body; continued, whatever happens, afterwards."""
+    bob = stoppable["bob"]
+    os.kill(bob.pid, signal.SIGSTOP)
+    try:
+        yield bob
+    finally:
+        os.kill(bob.pid, signal.SIGCONT)
+
+
+ADVICE = ("; it may be stopped, hung, or busy with a long op: check it with `simsyft status`, or raise "
+          "[simulation] request_timeout_s (0 waits forever). This connection stays usable if the worker resumes")
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["sync", "pipelined"])
+def test_a_stopped_worker_times_out_and_works_once_continued(stoppable, pipelined):
+    bob = stoppable["bob"]
+    x = torch.ones(3).send(bob)
+    os.kill(bob.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(sy.WorkerTimeoutError) as info:
+            if pipelined:
+                with sy.pipeline():
+                    y = x + 1  # queued without waiting; the block's end is the sync point that times out
+            else:
+                x + 1
+        assert isinstance(info.value, TimeoutError) and isinstance(info.value, sy.SimsyftError)
+        asked = "a sync point after 1 pipelined op" if pipelined else "torch.Tensor.__add__"
+        assert str(info.value) == f"worker 'bob' (pid {bob.pid}) did not answer {asked} within 0.5 s" + ADVICE
+        assert stoppable.status()["bob"]["state"] == "stopped (send SIGCONT to resume)"
+    finally:
+        os.kill(bob.pid, signal.SIGCONT)
+    assert torch.equal((x * 2).get(), torch.full((3,), 2.0))  # the late answer to x + 1 was dropped
+    if pipelined:
+        assert torch.equal(y.get(), torch.full((3,), 2.0))  # the queued op ran once bob continued
+    assert bob.info()["pid"] == bob.pid
+
+
+def test_a_late_error_of_a_timed_out_call_is_dropped(stoppable):
+    bob = stoppable["bob"]
+    x, wrong = torch.ones(3).send(bob), torch.ones(4).send(bob)
+    os.kill(bob.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(sy.WorkerTimeoutError):
+            x + wrong  # fails on bob once it runs: that failure must not surface in a later call
+    finally:
+        os.kill(bob.pid, signal.SIGCONT)
+    assert torch.equal((x + x).get(), torch.full((3,), 2.0))
+    assert torch.equal((x + 1).get(), torch.full((3,), 2.0))
+
+
+def test_get_and_send_time_out_too(stopped):
+    x = torch.ones(2)
+    with pytest.raises(sy.WorkerTimeoutError, match=r"^worker 'bob' \(pid \d+\) did not answer send\(\) within 0.5 s"):
+        x.send(stopped)
+    with pytest.raises(sy.WorkerTimeoutError, match=r"did not answer info\(\) within 0.5 s"):
+        stopped.info()
+
+
+def test_a_killed_worker_is_a_crash_not_a_timeout(stoppable):
+    bob = stoppable["bob"]
+    x = torch.ones(1).send(bob)
+    os.kill(bob.pid, signal.SIGSTOP)
+    with pytest.raises(sy.WorkerTimeoutError):
+        x + 1
+    os.kill(bob.pid, signal.SIGKILL)  # a stopped process dies of SIGKILL too
+    try:
+        with pytest.raises(sy.WorkerCrashedError, match=rf"'bob' \(pid {bob.pid}\) exited with -9"):
+            x + 1
+    finally:
+        stoppable.restart("bob")
 
 
 def test_bad_config_is_refused_before_anything_starts(tmp_path, hook):

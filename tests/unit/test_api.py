@@ -16,6 +16,8 @@ FORBIDDEN = {
     "sharing": {"pointer", "workers", "hook", "worker", "connection", "simulation", "protocol", "executor", "cli", "testing"},
     "executor": {"pointer", "workers", "hook", "worker", "connection", "simulation", "protocol", "cli", "testing"},
     "config": {"pointer", "workers", "hook", "worker", "connection", "simulation", "protocol", "executor", "cli", "testing"},
+    # a worker's memory limit: used by worker.py only, knows no sockets or messages
+    "limits": {"pointer", "workers", "hook", "worker", "connection", "simulation", "protocol", "executor", "cli", "testing"},
     "connection": {"pointer", "workers", "hook", "worker", "simulation", "cli", "testing"},
     # a worker reaches other workers (pointer chains) as a client: connection.py, never the user layer
     "worker": {"pointer", "workers", "hook", "simulation", "launcher", "models", "cli", "testing"},

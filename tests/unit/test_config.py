@@ -18,10 +18,14 @@ import pytest
 import torch
 
 from simsyft.config import (
+    MEMORY_LIMIT_MIN,
+    REQUEST_TIMEOUT_S,
+    THREADS_MAX,
     DataItem,
     SimulationConfig,
     WorkerConfig,
     check_worker_name,
+    format_size,
     load_config,
     parse_config,
     parse_size,
@@ -109,6 +113,17 @@ def test_parse_size_refuses(value: object, message: str) -> None:
     assert str(info.value) == message
 
 
+@pytest.mark.parametrize(
+    "size, text",
+    [(0, "0B"), (1000, "1000B"), (1024, "1KiB"), (256 * 2**20, "256MiB"), (3 * 2**29, "1.5GiB"), (2**40, "1TiB"),
+     (int(223.74 * 2**20), "223.7MiB")],
+)
+def test_format_size(size: int, text: str) -> None:
+    assert format_size(size) == text
+    if "." not in text:
+        assert parse_size(text) == size  # round numbers come back exactly
+
+
 @pytest.mark.parametrize("name", ["bob", "_x", "Hospital-A_2", "a" * 64, "me2", "Me"])
 def test_good_worker_names(name: str) -> None:
     check_worker_name(name)
@@ -143,6 +158,7 @@ def test_bad_worker_names(name: str, message: str) -> None:
 def test_defaults(tmp_path: Path) -> None:
     sim = load_config(write(tmp_path, HEAD + "[workers.bob]\n"))
     assert sim == SimulationConfig("s", None, (WorkerConfig("bob"),), str(tmp_path / "sim.toml"))
+    assert sim.request_timeout_s == REQUEST_TIMEOUT_S == 300.0
     bob = sim.worker("bob")
     assert (bob.device, bob.cpus, bob.threads, bob.memory_limit, bob.seed, bob.data) == (
         "cpu", None, 1, None, None, ())  # fmt: skip
@@ -151,7 +167,7 @@ def test_defaults(tmp_path: Path) -> None:
 def test_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gpus(monkeypatch, 2)
     (tmp_path / "x.pt").write_bytes(b"")
-    sim = load_config(write(tmp_path, HEAD + "seed = 10\n" + """
+    sim = load_config(write(tmp_path, HEAD + "seed = 10\nrequest_timeout_s = 2.5\n" + """
 [workers.bob]
 device = "cpu"
 cpus = [0, 8]
@@ -167,11 +183,25 @@ cpus = "1-3"
 xray = { path = "x.pt", tags = ["#xray", "#train"], description = "scans" }
 """))
     bob, alice = sim.workers
+    assert sim.request_timeout_s == 2.5
     assert bob == WorkerConfig("bob", "cpu", (0, 8), 2, 4 * 2**30, None, 10, ())
     assert alice == WorkerConfig(
         "alice", "cuda:1", (1, 2, 3), 1, None, 0.5, 11,
         (DataItem("xray", str(tmp_path / "x.pt"), ("#xray", "#train"), "scans"),),
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("value, expected", [("0", 0.0), ("0.1", 0.1), ("30", 30.0), ("86400", 86400.0)])
+def test_request_timeout_range(tmp_path: Path, value: str, expected: float) -> None:
+    sim = load_config(write(tmp_path, HEAD + f"request_timeout_s = {value}\n[workers.bob]\n"))
+    assert sim.request_timeout_s == expected and isinstance(sim.request_timeout_s, float)
+
+
+def test_limits_that_can_work_are_accepted(tmp_path: Path) -> None:
+    # Oversubscribed (8 threads on a 2-CPU machine) works, only slower: it is not refused.
+    text = HEAD + f"[workers.bob]\nthreads = {THREADS_MAX}\nmemory_limit = '256MiB'\n[workers.alice]\nthreads = 8\n"
+    bob, alice = load_config(write(tmp_path, text)).workers
+    assert (bob.threads, bob.memory_limit, alice.threads) == (1024, MEMORY_LIMIT_MIN, 8)
 
 
 def test_seeds_follow_file_order(tmp_path: Path) -> None:
@@ -263,6 +293,14 @@ def test_worker_lookup(tmp_path: Path) -> None:
 WORKER_KEYS = "cpus, data, device, gpu_memory_fraction, memory_limit, threads"
 
 
+THREADS_TOO_MANY = (
+    "must be at most 1024, got %d (torch starts that many threads in the worker; "
+    "more than the machine's CPUs only compete for them)"
+)
+MEMORY_TOO_SMALL = "must be at least 256MiB, got %s (a worker needs about 225 MiB to start: Python and torch)"
+TIMEOUT_RANGE = "must be 0 (wait forever) or from 0.1 to 86400 seconds (a day), got %s"
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -272,12 +310,21 @@ WORKER_KEYS = "cpus, data, device, gpu_memory_fraction, memory_limit, threads"
         ("[simulation]\n[workers.bob]\n", '[simulation] name: missing (e.g. name = "hospitals")'),
         ("[simulation]\nname = 3\n", "[simulation] name: expected a string, got an integer (3)"),
         ('[simulation]\nname = "my sim"\n', f"[simulation] name: invalid simulation name 'my sim': {RULE}"),
-        (HEAD + "nmae = 1\n", "[simulation] nmae: unknown key (expected one of: name, seed)"),
+        (HEAD + "nmae = 1\n", "[simulation] nmae: unknown key (expected one of: name, request_timeout_s, seed)"),
         (HEAD + "seed = true\n[workers.bob]\n", "[simulation] seed: expected an integer, got a boolean (true)"),
         (HEAD + "seed = 1.0\n[workers.bob]\n", "[simulation] seed: expected an integer, got a float (1.0)"),
         (HEAD + "seed = -1\n[workers.bob]\n", "[simulation] seed: must be 0 or more, got -1"),
         (HEAD + "seed = 9223372036854775807\n[workers.a]\n[workers.b]\n",
          "[simulation] seed: must be at most 9223372036854775806 (worker i gets seed + i, and there are 2 workers)"),
+        (HEAD + "request_timeout_s = '30s'\n[workers.bob]\n",
+         "[simulation] request_timeout_s: expected a number of seconds, got a string ('30s')"),
+        (HEAD + "request_timeout_s = true\n[workers.bob]\n",
+         "[simulation] request_timeout_s: expected a number of seconds, got a boolean (true)"),
+        (HEAD + "request_timeout_s = -1\n[workers.bob]\n", f"[simulation] request_timeout_s: {TIMEOUT_RANGE % -1}"),
+        (HEAD + "request_timeout_s = 0.05\n[workers.bob]\n", f"[simulation] request_timeout_s: {TIMEOUT_RANGE % 0.05}"),
+        (HEAD + "request_timeout_s = 86401\n[workers.bob]\n", f"[simulation] request_timeout_s: {TIMEOUT_RANGE % 86401}"),
+        (HEAD + "request_timeout_s = inf\n[workers.bob]\n", f"[simulation] request_timeout_s: {TIMEOUT_RANGE % 'inf'}"),
+        (HEAD + "request_timeout_s = nan\n[workers.bob]\n", f"[simulation] request_timeout_s: {TIMEOUT_RANGE % 'nan'}"),
         (HEAD, "[workers]: no workers (add a table such as [workers.bob])"),
         (HEAD + "[workers]\n", "[workers]: no workers (add a table such as [workers.bob])"),
         (HEAD + "[gpus.x]\n", "[gpus]: unknown table (expected one of: simulation, workers)"),
@@ -306,6 +353,8 @@ WORKER_KEYS = "cpus, data, device, gpu_memory_fraction, memory_limit, threads"
         (HEAD + "[workers.bob]\nthreads = 0\n", "[workers.bob] threads: must be at least 1, got 0"),
         (HEAD + "[workers.bob]\nthreads = true\n", "[workers.bob] threads: expected an integer, got a boolean (true)"),
         (HEAD + "[workers.bob]\nthreads = '2'\n", "[workers.bob] threads: expected an integer, got a string ('2')"),
+        (HEAD + "[workers.bob]\nthreads = 100000\n", f"[workers.bob] threads: {THREADS_TOO_MANY % 100000}"),
+        (HEAD + "[workers.bob]\nthreads = 1025\n", f"[workers.bob] threads: {THREADS_TOO_MANY % 1025}"),
         # cpus (the fixture's machine has CPUs 0-3 and 8)
         (HEAD + "[workers.bob]\ncpus = [17]\n", "[workers.bob] cpus: CPU 17 not available (have 0-3,8)"),
         (HEAD + "[workers.bob]\ncpus = [0, 4, 5, 6, 9]\n", "[workers.bob] cpus: CPUs 4-6,9 not available (have 0-3,8)"),
@@ -320,7 +369,11 @@ WORKER_KEYS = "cpus, data, device, gpu_memory_fraction, memory_limit, threads"
          "[workers.bob] cpus: invalid CPU list '3-1': use an array such as [0, 1] or a string such as \"0-3,6\""),
         # memory_limit
         (HEAD + "[workers.bob]\nmemory_limit = '4 GG'\n", f"[workers.bob] memory_limit: invalid size '4 GG': {SIZE_RULE}"),
-        (HEAD + "[workers.bob]\nmemory_limit = 0\n", "[workers.bob] memory_limit: must be more than 0 bytes"),
+        (HEAD + "[workers.bob]\nmemory_limit = 0\n", f"[workers.bob] memory_limit: {MEMORY_TOO_SMALL % 0}"),
+        (HEAD + "[workers.bob]\nmemory_limit = '1B'\n", f"[workers.bob] memory_limit: {MEMORY_TOO_SMALL % repr('1B')}"),
+        (HEAD + "[workers.bob]\nmemory_limit = '255MiB'\n",
+         f"[workers.bob] memory_limit: {MEMORY_TOO_SMALL % repr('255MiB')}"),
+        (HEAD + "[workers.bob]\nmemory_limit = 268435455\n", f"[workers.bob] memory_limit: {MEMORY_TOO_SMALL % 268435455}"),
         (HEAD + "[workers.bob]\nmemory_limit = -1\n", "[workers.bob] memory_limit: invalid size -1: must not be negative"),
         # gpu_memory_fraction
         (HEAD + "[workers.bob]\ngpu_memory_fraction = 0.5\n",
