@@ -251,6 +251,8 @@ def tensor_from_bytes(raw: Any, dtype: torch.dtype, shape: tuple) -> torch.Tenso
     if len(raw) != nbytes:
         raise ProtocolError(f"tensor data has {len(raw)} bytes, its shape {shape} and dtype "
                             f"{dtype_name(dtype)} need {nbytes}")
+    if not nbytes and shape:
+        _numel(shape)  # a zero size lets the others be anything: torch must still count them in int64
     tensor = torch.empty(*shape, dtype=dtype) if shape else torch.empty((), dtype=dtype)  # *shape: 0.5 us less
     if nbytes:
         ctypes.memmove(tensor.data_ptr(), raw if type(raw) is bytes else bytes(raw), nbytes)
