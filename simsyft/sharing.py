@@ -307,9 +307,12 @@ def _decode_cuda(data: tuple, dtype: torch.dtype, shape: tuple, used: set) -> to
         type(v) is int for v in stride
     ) or not all(isinstance(v, (bytes, type(None))) for v in (handle, ref_handle, event_handle)):
         raise ProtocolError("malformed CUDA IPC descriptor")
-    if ("c", handle) in used:  # each would be mapped and cloned again: one block, one tensor
+    # Each would be mapped and cloned again. A handle names the allocator's whole segment, which
+    # several of the sender's blocks can share: a block is the handle and its offset.
+    block = ("c", handle, storage_offset_bytes)
+    if block in used:
         raise ProtocolError("two tensor descriptors name one CUDA IPC block")
-    used.add(("c", handle))
+    used.add(block)
     if not torch.cuda.is_available():
         raise ProtocolError("received a CUDA tensor, but this process has no CUDA device")
     from torch.multiprocessing.reductions import rebuild_cuda_tensor

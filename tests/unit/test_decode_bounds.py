@@ -20,7 +20,7 @@ import tracemalloc
 import pytest
 import torch
 
-from simsyft import protocol
+from simsyft import protocol, sharing
 from simsyft.errors import ProtocolError
 from simsyft.protocol import Ack, Command, ErrorReply, Fetch, Info, Ref, Value
 from simsyft.worker import WorkerCore
@@ -292,3 +292,18 @@ def test_peek_seq_reads_the_seq_of_a_hostile_frame():
     # The worker answers an undecodable frame with the seq peek_seq finds: it re-reads the frame.
     assert protocol.peek_seq([H.command(GETITEM, [H.ref(5), H.deep_list(60_000)], seq=7)]) == 7
     assert protocol.peek_seq([H.command(GETITEM, [H.ref(5), H.memo_dag(60)], seq=7)]) == -1  # refused opcodes
+
+
+def test_a_cuda_ipc_block_feeds_one_tensor():
+    # No GPU needed: the block is checked before torch maps anything. A handle names the sender's
+    # allocator segment, so two blocks of one segment (a tensor and its grad) differ by offset.
+    def data(offset):
+        return ("c", (1,), 0, 0, b"handle", 4, offset, None, 0, None, False)
+
+    used = {("c", b"handle", 0)}
+    with pytest.raises(ProtocolError, match="two tensor descriptors name one CUDA IPC block"):
+        sharing._decode_cuda(data(0), torch.float32, (1,), used)
+    if not torch.cuda.is_available():
+        with pytest.raises(ProtocolError, match="no CUDA device"):
+            sharing._decode_cuda(data(512), torch.float32, (1,), used)
+        assert ("c", b"handle", 512) in used
