@@ -307,3 +307,13 @@ def test_a_cuda_ipc_block_feeds_one_tensor():
         with pytest.raises(ProtocolError, match="no CUDA device"):
             sharing._decode_cuda(data(512), torch.float32, (1,), used)
         assert ("c", b"handle", 512) in used
+
+
+def test_a_search_query_is_tag_strings_so_its_set_cannot_be_flooded():
+    # 2,000 ints whose hashes are all 0 make set(query) quadratic; a real query is tags.
+    core = WorkerCore("bob")
+    colliding = tuple(k * H.PRIME for k in range(1, 2_001))
+    reply = protocol.decode(core.handle(protocol.encode(protocol.Search(3, colliding))))
+    assert type(reply) is ErrorReply and reply.type_name == "ProtocolError", reply
+    assert "tuple of tag strings" in reply.message
+    assert protocol.decode(core.handle(protocol.encode(protocol.Search(4, ("#xray",))))) == Value(4, ())
