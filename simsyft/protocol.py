@@ -72,21 +72,25 @@ MAX_HEADER_BYTES = 16 * 1024 * 1024
 #     A peer's frame must cost its receiver (a worker, or a client reading a reply from a worker that
 #     may be compromised) work and memory in proportion to its size, and must not nest deep enough for
 #     a recursive walk in C (torch's argument parser and indexing, tuple hashing) to overflow the stack
-#     and kill the process. A pickle amplifies in four ways; each is closed:
+#     and kill the process. A pickle amplifies in five ways; each is closed:
 #     - Memo reads (BINGET): a 1 KB frame can share one value exponentially often (a = (x, x);
 #       b = (a, a); ...) or put a list inside itself. The encoder pickles without a memo (fast mode)
 #       and the decoder refuses memo reads, so a decoded message is a tree of at most one value per
 #       opcode, and no later walk of it can do more than the frame's size in steps.
-#     - REDUCE of an allowed constructor: set(range(5 * 10**7)) is 64 bytes. Each allowed global is a
-#       builder that checks its arguments (_ALLOWED_GLOBALS); set and frozenset are not globals at all, and
-#       ranges, which torch materialises as int lists, hold at most MAX_RANGE_ITEMS between them.
+#     - REDUCE of an allowed constructor: set(range(5 * 10**7)) is 64 bytes. Each allowed global is
+#       a builder that checks its arguments (_ALLOWED_GLOBALS); set and frozenset are not globals at
+#       all, and ranges, which torch materialises as int lists, hold at most MAX_RANGE_ITEMS together.
 #     - Hashing inside the unpickler: SETITEM, ADDITEMS and FROZENSET hash keys recursively in C (a key
 #       nested 10**6 deep overflows the stack) and let keys collide on purpose (ints equal mod 2**61 - 1
 #       make a dict quadratic); SETITEM and ADDITEMS on a tensor even run torch indexing and
 #       Tensor.add. Those opcodes are refused; dicts and sets travel as persistent ids whose keys
-#       must be flat: str, bytes, bool, None or an int below 2**61 (no two such ints hash alike).
+#       must be flat: str, bytes (salted hashes), bool, None or an int of magnitude below 2**61 (whose
+#       hash is itself, but for -1 and -2).
 #     - Big ints: LONG4 is refused (ints up to 2040 bits still travel as LONG1), so hashing or
 #       comparing an int is constant work.
+#     - Tensor descriptors: an inline frame or a CUDA block feeds one tensor, or naming one big frame
+#       many times would copy it that many times; a shape must count its elements in int64
+#       (sharing.decode_tensor).
 #     What remains is depth: more than MAX_DEPTH nested containers are refused. The opcode scan counts
 #     the opcodes that build a container (an upper bound on the depth), so only a message with more
 #     than MAX_DEPTH of them pays for a walk that measures it.
