@@ -72,10 +72,10 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def dtype_from_name(name: str) -> torch.dtype:
-    try:
-        return _DTYPES[name]
-    except (KeyError, TypeError):
-        raise ProtocolError(f"unknown dtype {name!r} in a tensor descriptor") from None
+    dtype = _DTYPES.get(name) if type(name) is str else None  # hashing a peer's tuple could recurse for ever
+    if dtype is None:
+        raise ProtocolError(f"unknown dtype {name!r:.100} in a tensor descriptor")
+    return dtype
 
 
 def encode_tensor(tensor: torch.Tensor, buffers: list, namespace: str, inline_max: int | None = None) -> tuple:
@@ -164,32 +164,39 @@ def _grad_to_send(tensor: torch.Tensor) -> torch.Tensor | None:
         return None
 
 
-def decode_tensor(desc: Any, buffers: list) -> torch.Tensor:
-    """Rebuild a tensor from a descriptor; the result owns its memory."""
+def decode_tensor(desc: Any, buffers: list, used: set | None = None) -> torch.Tensor:
+    """Rebuild a tensor from a descriptor; the result owns its memory.
+
+    `used` collects the inline frames and CUDA blocks already turned into tensors: each may
+    feed one tensor only, or a small header naming one big frame many times would copy it
+    that many times (protocol.py passes one set per message).
+    """
+    if used is None:
+        used = set()
     try:
         dtype_s, shape, requires_grad, data, grad_desc = desc
-        shape = tuple(int(n) for n in shape)
     except (TypeError, ValueError):
         raise ProtocolError(f"malformed tensor descriptor {desc!r:.200}") from None
+    if type(shape) is not tuple or not all(type(n) is int for n in shape):
+        raise ProtocolError(f"malformed tensor descriptor: shape {shape!r:.200} is not a tuple of ints")
     dtype = dtype_from_name(dtype_s)
-    if any(n < 0 for n in shape):
-        raise ProtocolError(f"negative size in tensor shape {shape}")
-    numel = 1
-    for n in shape:
-        numel *= n
+    numel = _numel(shape)
     nbytes = numel * dtype.itemsize
     kind = data[0] if isinstance(data, tuple) and data else None
     if kind == "i":
-        index = data[1]
+        index = data[1] if len(data) == 2 else None
         if not isinstance(index, int) or not 0 <= index < len(buffers):
-            raise ProtocolError(f"tensor descriptor names missing frame {index!r}")
+            raise ProtocolError(f"tensor descriptor names missing frame {index!r:.40}")
+        if ("i", index) in used:
+            raise ProtocolError(f"two tensor descriptors name frame {index}; each inline frame holds one tensor")
+        used.add(("i", index))
         tensor = tensor_from_bytes(buffers[index], dtype, shape)
     elif kind == "e" and nbytes == 0:
         tensor = torch.empty(shape, dtype=dtype)
     elif kind == "s" and len(data) == 3:
         tensor = _open_segment(data[1], data[2], nbytes, dtype, shape)
     elif kind == "c" and len(data) == 11:
-        tensor = _decode_cuda(data, dtype, shape)
+        tensor = _decode_cuda(data, dtype, shape, used)
     else:
         raise ProtocolError(f"unknown tensor data location {data!r:.200}")
     if requires_grad:
@@ -201,7 +208,7 @@ def decode_tensor(desc: Any, buffers: list) -> torch.Tensor:
             tensor.view(-1)[:0] = torch.zeros((), requires_grad=True)
     _reset_version(tensor)  # set_() counted as a write; a received tensor is new, at version 0
     if grad_desc is not None:
-        grad = decode_tensor(grad_desc, buffers)
+        grad = decode_tensor(grad_desc, buffers, used)
         if grad.shape != tensor.shape:
             # torch keeps a .grad of the old shape after an in-place reshape under no_grad, but refuses
             # to assign one: attach it while the shapes agree, then swap the data in, as torch did.
@@ -212,6 +219,24 @@ def decode_tensor(desc: Any, buffers: list) -> torch.Tensor:
             return holder
         tensor.grad = grad
     return tensor
+
+
+def _numel(shape: tuple) -> int:
+    """Elements of a shape that is not negative and whose sizes multiply within int64 (zeros counted
+    as ones, as torch's own stride check does). Stops at the first overflow: a product of thousands of
+    huge sizes would otherwise grow a big int at quadratic cost."""
+    numel = bound = 1
+    for n in shape:
+        if n < 0:
+            raise ProtocolError(f"negative size in tensor shape {shape!r:.200}")
+        numel *= n
+        bound *= n or 1
+        if bound > _INT64_MAX:
+            raise ProtocolError(f"tensor shape {shape!r:.200} has more elements than int64 can count")
+    return numel
+
+
+_INT64_MAX = (1 << 63) - 1
 
 
 def tensor_from_bytes(raw: Any, dtype: torch.dtype, shape: tuple) -> torch.Tensor:
@@ -226,6 +251,8 @@ def tensor_from_bytes(raw: Any, dtype: torch.dtype, shape: tuple) -> torch.Tenso
     if len(raw) != nbytes:
         raise ProtocolError(f"tensor data has {len(raw)} bytes, its shape {shape} and dtype "
                             f"{dtype_name(dtype)} need {nbytes}")
+    if not nbytes and shape:
+        _numel(shape)  # a zero size lets the others be anything: torch must still count them in int64
     tensor = torch.empty(*shape, dtype=dtype) if shape else torch.empty((), dtype=dtype)  # *shape: 0.5 us less
     if nbytes:
         ctypes.memmove(tensor.data_ptr(), raw if type(raw) is bytes else bytes(raw), nbytes)
@@ -272,14 +299,20 @@ def _encode_cuda(tensor: torch.Tensor) -> tuple:
             storage_offset_bytes, ref_handle, ref_offset, event_handle, event_sync)
 
 
-def _decode_cuda(data: tuple, dtype: torch.dtype, shape: tuple) -> torch.Tensor:
+def _decode_cuda(data: tuple, dtype: torch.dtype, shape: tuple, used: set) -> torch.Tensor:
     (_, stride, offset, device, handle, storage_bytes, storage_offset_bytes, ref_handle, ref_offset,
      event_handle, event_sync) = data
     ints = (offset, device, storage_bytes, storage_offset_bytes, ref_offset)
-    if not all(type(v) is int for v in ints) or not all(type(v) is int for v in stride) or not all(
-        isinstance(v, (bytes, type(None))) for v in (handle, ref_handle, event_handle)
-    ):
+    if not all(type(v) is int for v in ints) or type(stride) is not tuple or len(stride) != len(shape) or not all(
+        type(v) is int for v in stride
+    ) or not all(isinstance(v, (bytes, type(None))) for v in (handle, ref_handle, event_handle)):
         raise ProtocolError("malformed CUDA IPC descriptor")
+    # Each would be mapped and cloned again. A handle names the allocator's whole segment, which
+    # several of the sender's blocks can share: a block is the handle and its offset.
+    block = ("c", handle, storage_offset_bytes)
+    if block in used:
+        raise ProtocolError("two tensor descriptors name one CUDA IPC block")
+    used.add(block)
     if not torch.cuda.is_available():
         raise ProtocolError("received a CUDA tensor, but this process has no CUDA device")
     from torch.multiprocessing.reductions import rebuild_cuda_tensor

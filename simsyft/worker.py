@@ -296,6 +296,8 @@ class WorkerCore:
 
     def search(self, query: tuple) -> tuple:
         """Objects carrying every tag in `query` (PySyft's worker.search)."""
+        if not all(type(tag) is str for tag in query):  # str hashes are salted: no chosen collisions
+            raise ProtocolError("a search query must be a tuple of tag strings")
         wanted = set(query)
         found = []
         for object_id, (tags, description) in self.tags.items():
