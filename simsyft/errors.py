@@ -14,6 +14,7 @@ also inherits it, so ``except ValueError`` keeps working for bad config and
     ├── WorkerCrashedError(RuntimeError)  the worker process died
     ├── WorkerShutdownError(RuntimeError) the worker was shut down on purpose
     ├── WorkerTimeoutError(TimeoutError)  no answer within an explicit timeout
+    ├── ViewOutsideStorageError(RuntimeError) an op left or made a view reaching outside its storage
     └── RemoteError(RuntimeError)         a remote exception of a type we do not rebuild
 """
 
@@ -28,6 +29,7 @@ __all__ = [
     "RemoteError",
     "RemoteValueError",
     "SimsyftError",
+    "ViewOutsideStorageError",
     "WorkerCrashedError",
     "WorkerShutdownError",
     "WorkerTimeoutError",
@@ -72,6 +74,12 @@ class WorkerShutdownError(SimsyftError, RuntimeError):
 
 class WorkerTimeoutError(SimsyftError, TimeoutError):
     """A worker did not answer within an explicit timeout (start-up, shutdown)."""
+
+
+class ViewOutsideStorageError(SimsyftError, RuntimeError):
+    """An op returned after leaving a tensor viewing memory outside its storage (the tensor was
+    put back as it was), or returned such a view (not stored). See executor.py's Note [Views stay
+    inside their storage]."""
 
 
 class RemoteError(SimsyftError, RuntimeError):

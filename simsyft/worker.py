@@ -363,6 +363,10 @@ class WorkerCore:
             "messages_out": self.messages_out,
             "uptime": time.time() - self.started,
             "threads": torch.get_num_threads(),
+            # Note [Views stay inside their storage] (executor.py): always empty; tests assert it.
+            "views_outside_storage": sorted(
+                oid for oid, v in self.store.items() if isinstance(v, torch.Tensor)
+                and not all(executor.inside_storage(t) for t in (v, v.grad) if t is not None)),
         }
 
 
