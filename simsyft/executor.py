@@ -186,7 +186,7 @@ def run(name: str, args: tuple, kwargs: dict) -> Any:
         # torch's tags say this op moves no view; should one have moved anyway, no snapshot
         # exists to put it back, so _settle empties it rather than leave it outside. Costs
         # nothing unless the op raised.
-        _settle(name, [(t, None) for t in _tensors((args, kwargs), [])], exc)
+        _settle(name, [(t, None, 0, (), ()) for t in _tensors((args, kwargs), [])], exc)
         raise
 
 
@@ -225,36 +225,46 @@ def _tensors(value: Any, found: list) -> list:
 
 
 def _run_guarded(name: str, func: Callable, args: tuple, kwargs: dict) -> Any:
-    tensors = _tensors((args, kwargs), [])
-    before = [(t, (t.untyped_storage(), t.storage_offset(), t.size(), t.stride())) for t in tensors]
+    tensors = _tensors(args, [])
+    if kwargs:
+        _tensors(kwargs, tensors)
+    before = [(t, t.untyped_storage(), t.storage_offset(), t.size(), t.stride()) for t in tensors]
     try:
         result = func(*args, **kwargs)
     except Exception as exc:
         _settle(name, before, exc)
         raise
     _settle(name, before, None)
+    if isinstance(result, torch.Tensor) and any(result is t for t in tensors):
+        return result  # in place or out=: settled above
     for item in _tensors(result, []):
-        # An argument returned (in place, out=) was settled above; anything else is new.
         if not any(item is t for t in tensors) and not inside_storage(item):
             raise _outside_result(name, item)
     return result
 
 
 def _settle(name: str, before: list, exc: Exception | None) -> None:
-    """Put back every tensor the op left outside its storage; then fail if it returned."""
+    """Put back every tensor the op left outside its storage; then fail if it returned.
+
+    `before` holds (tensor, storage, offset, sizes, strides), or (tensor, None, ...) where no
+    geometry was taken (then an outside tensor is emptied, there being nothing to go back to).
+    """
     moved = []
-    for tensor, geometry in before:
+    for tensor, storage, offset, size, stride in before:
+        if (storage is not None and tensor.storage_offset() == offset and tensor.size() == size
+                and tensor.stride() == stride and tensor.untyped_storage()._cdata == storage._cdata):
+            continue  # untouched, and it was inside: ~0.4 us, half a full check
         if inside_storage(tensor):
             continue
         bad = _describe(tensor)
         version = tensor._version  # as the op left it: putting the geometry back is not a write
         with torch.no_grad():
-            if geometry is None:
+            if storage is None:
                 tensor.set_(tensor.untyped_storage(), 0, (0,), (1,))
             else:
-                tensor.set_(*geometry)
+                tensor.set_(storage, offset, size, stride)
         _set_version(tensor, version)
-        moved.append((bad, list(tensor.shape), geometry is None))
+        moved.append((bad, list(tensor.shape), storage is None))
     if not moved:
         return
     what = "; ".join(f"{bad} was {'emptied (no earlier geometry known)' if emptied else f'put back to shape {shape}'}"

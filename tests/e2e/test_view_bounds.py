@@ -120,3 +120,32 @@ def test_as_strided_with_an_overflowing_reach_is_refused(bob):
         x.as_strided_((2**62, 4), (4, 1))
     assert str(raised.value) == f"{expected} (raised on worker 'bob')"
     assert_intact(bob, x, values)
+
+
+def test_failed_resize_through_a_pointer_chain(process_bob):
+    # bob holds a pointer to his own tensor: the op is forwarded, and checked where it runs.
+    # (Chains need workers of one simulation: processes only.)
+    bob = process_bob
+    bob.clear_objects()
+    values = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    chain = values.send(bob).send(bob)
+    expected = local_error(lambda: torch.zeros(3, dtype=torch.float64).resize_(HUGE))
+    assert remote_error(lambda: chain.resize_(HUGE))[0] is type(expected)
+    assert bob.info()["views_outside_storage"] == []
+    assert torch.equal((chain + 1).get().get(), values + 1)
+    assert torch.equal(chain.get().get(), values)
+    bob.clear_objects()
+
+
+def test_failed_resize_through_a_chain_of_two_processes(process_bob, process_alice):
+    for worker in (process_bob, process_alice):
+        worker.clear_objects()
+    values = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    chain = values.send(process_bob).send(process_alice)
+    expected = local_error(lambda: torch.zeros(3, dtype=torch.float64).resize_(HUGE))
+    kind, message = remote_error(lambda: chain.resize_(HUGE))
+    assert kind is type(expected) and str(expected) in message
+    assert process_bob.info()["views_outside_storage"] == [] and process_alice.info()["views_outside_storage"] == []
+    assert torch.equal(chain.get().get(), values)
+    for worker in (process_bob, process_alice):
+        worker.clear_objects()
