@@ -15,6 +15,7 @@ also inherits it, so ``except ValueError`` keeps working for bad config and
     ├── WorkerCrashedError(RuntimeError)  the worker process died
     ├── WorkerShutdownError(RuntimeError) the worker was shut down on purpose
     ├── WorkerTimeoutError(TimeoutError)  no answer within request_timeout_s (or a start-up timeout)
+    ├── ViewOutsideStorageError(RuntimeError) an op left or made a view reaching outside its storage
     └── RemoteError(RuntimeError)         a remote exception of a type we do not rebuild
 """
 
@@ -30,6 +31,7 @@ __all__ = [
     "RemoteError",
     "RemoteValueError",
     "SimsyftError",
+    "ViewOutsideStorageError",
     "WorkerCrashedError",
     "WorkerShutdownError",
     "WorkerTimeoutError",
@@ -85,6 +87,12 @@ class WorkerTimeoutError(SimsyftError, TimeoutError):
 
     The connection stays usable: if the worker resumes, the late answer is dropped.
     """
+
+
+class ViewOutsideStorageError(SimsyftError, RuntimeError):
+    """An op returned after leaving a tensor viewing memory outside its storage (the tensor was
+    put back as it was), or returned such a view (not stored). See executor.py's Note [Views stay
+    inside their storage]."""
 
 
 class RemoteError(SimsyftError, RuntimeError):

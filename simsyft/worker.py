@@ -373,6 +373,8 @@ class WorkerCore:
             "messages_out": self.messages_out,
             "uptime": time.time() - self.started,
             "threads": torch.get_num_threads(),
+            # Note [Views stay inside their storage] (executor.py): always empty; tests assert it.
+            "views_outside_storage": sorted(oid for oid, v in self.store.items() if not _inside_storage(v)),
         }
 
 
@@ -391,6 +393,14 @@ class _Loopback(Connection):
 
     def _recv(self) -> list:
         return self._replies.pop(0)
+
+
+def _inside_storage(value: Any) -> bool:
+    """A stored tensor's view, and its .grad's, lie inside their storages (pointers trivially do)."""
+    if not isinstance(value, torch.Tensor):
+        return True
+    grad = value.grad if value.is_leaf or value.retains_grad else None  # .grad of a non-leaf warns
+    return executor.inside_storage(value) and (grad is None or executor.inside_storage(grad))
 
 
 def _peer_pid(run_dir: str, name: str) -> int | None:

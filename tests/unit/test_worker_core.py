@@ -347,3 +347,54 @@ def test_aliases_lists_the_tensors_sharing_memory(core):
     found = dict(send(core, Aliases(6, 2)).value)
     assert sorted(found) == [1, 3] and found[1] == ("float32", (4,), False, "cpu")
     assert send(core, Aliases(7, 4)).value == ()
+
+
+# -- Note [Views stay inside their storage] (executor.py) ------------------------------------
+
+def outside_view() -> torch.Tensor:
+    """A tensor as a failed resize_ leaves it without the guard: 10**13 sizes over 12 bytes."""
+    t = torch.zeros(3)
+    with pytest.raises(RuntimeError):
+        t.resize_(10**13)
+    assert t.shape == (10**13,)
+    return t
+
+
+def test_info_reports_views_outside_storage(core):
+    send(core, Store(1, 1, torch.ones(3)))
+    assert send(core, Info(2)).value["views_outside_storage"] == []
+    core.store[7] = outside_view()  # planted past the guard: the report must see it
+    holder = torch.ones(2)
+    holder.grad = torch.zeros(2)
+    with torch.no_grad():
+        holder.grad.as_strided_((2,), (2**62,))  # a grad outside counts for its tensor
+    core.store[8] = holder
+    assert send(core, Info(3)).value["views_outside_storage"] == [7, 8]
+    core.store[7].set_(torch.zeros(3).untyped_storage())  # cleaned, so reading the store is safe again
+    del core.store[8]
+
+
+def test_failed_resize_command_leaves_the_stored_tensor_and_keeps_serving(core):
+    send(core, Store(1, 1, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)))
+    send(core, Store(2, 2, torch.full((4,), 7.0, dtype=torch.float64)))
+    for reply in (True, False):  # synchronous, and pipelined (only the failure is answered)
+        error = send(core, Command(3, "torch.Tensor.resize_", (Ref(1), 10**13), {}, 9, True, (), reply))
+        assert type(error) is ErrorReply and error.type_name == "RuntimeError" and error.worker == "bob"
+        assert "can't allocate memory" in error.message
+        assert "simsyft: torch.Tensor.resize_ failed after moving a tensor's view outside its storage" in error.traceback
+    assert core.store[1].shape == (3,) and core.store[1]._version == 0
+    assert send(core, Info(4)).value["views_outside_storage"] == []
+    ack = send(core, Command(5, "torch.Tensor.index_select", (Ref(1), 0, torch.tensor([0, 2])), {}, 10))
+    assert ack.result == ("p", 10, "float64", (2,), False, "cpu")
+    assert torch.equal(core.store[10], torch.tensor([1.0, 3.0], dtype=torch.float64))
+    assert torch.equal(core.store[2], torch.full((4,), 7.0, dtype=torch.float64))
+    assert_serving(core)
+
+
+def test_an_outside_result_is_never_stored(core):
+    send(core, Store(1, 1, torch.ones(3)))
+    error = send(core, Command(2, "torch.Tensor.as_strided_", (Ref(1), (3,), (2**62,)), {}, 9))
+    assert type(error) is ErrorReply and error.type_name == "ViewOutsideStorageError"
+    assert error.message.startswith("torch.Tensor.as_strided_ left a tensor viewing memory outside its storage")
+    assert 9 not in core.store and core.store[1].stride() == (1,)
+    assert send(core, Info(3)).value["views_outside_storage"] == []
