@@ -4,7 +4,8 @@ Owns `Connection` (sequence numbers, batched frees, error rebuilding, traffic
 counters) and `ZmqConnection` (a DEALER socket over ipc). This is the seam
 between the user layer and transports: simsyft.testing provides an in-process
 connection with the same interface, so pointer code runs without processes.
-Imports protocol and errors; never the worker loop nor the user layer.
+Imports protocol, sharing (segment receipts) and errors; never the worker loop
+nor the user layer.
 
 Speed is guarded by bench/ (row "small sync op" against a raw REQ/REP).
 """
@@ -18,7 +19,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import errors, protocol
+from . import errors, protocol, sharing
 from .errors import RemoteError, WorkerCrashedError, WorkerShutdownError
 
 __all__ = ["Connection", "ZmqConnection", "pid_alive", "rebuild_exception"]
@@ -53,6 +54,7 @@ class Connection:
         self.bytes_received = 0
         self.messages_sent = 0
         self.messages_received = 0
+        self._armed: list = []  # segments sent in messages the worker has not answered yet (sharing.reclaim)
 
     # -- transport hooks --------------------------------------------------
     def _send(self, frames: list) -> None:
@@ -83,18 +85,21 @@ class Connection:
             else:
                 self._flush_free()
                 msg = make(self.next_seq())
-            self._transmit(protocol.encode(msg, self.namespace))
+            self._transmit(self._encode(msg))
             while True:
                 frames = self._recv()
                 self.bytes_received += protocol.frames_size(frames)
                 self.messages_received += 1
-                reply = protocol.decode(frames)
+                reply = self._decode(frames, msg)
                 if reply.seq == msg.seq or (reply.seq == -1 and isinstance(reply, protocol.ErrorReply)):
                     break
                 if isinstance(reply, protocol.ErrorReply):
                     self._deferred.append(reply)  # a pipelined command failed earlier
                 # Anything else answers an older request (one abandoned by KeyboardInterrupt): drop it.
             self.posted = 0
+            if self._armed:  # the worker is done with every message so far: free what it never received
+                armed, self._armed = self._armed, []
+                sharing.reclaim(armed)
             deferred, self._deferred = self._deferred, []
         if deferred:
             # Note [Errors in pipelined mode]: the first failure since the last synchronising
@@ -109,8 +114,30 @@ class Connection:
         with self._lock:
             self._check_open()
             ids, self._pending_free = tuple(self._pending_free), []
-            self._transmit(protocol.encode(make(self.next_seq(), ids), self.namespace))
+            self._transmit(self._encode(make(self.next_seq(), ids)))
             self.posted += 1
+
+    def fetch(self, object_id: int) -> Any:
+        """The value of object `object_id`, removed from the worker (`.get()`).
+
+        If this process cannot take the reply (a segment it cannot map, say), the reply goes back
+        to the worker (Restore), which puts the object back under its id with its tags: the error
+        says so, and the call can be retried. The worker can always reopen its own segment.
+        """
+        try:
+            return self.request(lambda seq: protocol.Fetch(seq, object_id, True)).value
+        except _NotTaken as exc:
+            failure = exc
+        frames = tuple(bytes(f) for f in failure.frames)
+        try:
+            self.request(lambda seq: protocol.Restore(seq, object_id, frames))
+        except errors.SimsyftError as exc:
+            raise errors.ProtocolError(
+                f"could not receive object {object_id} from worker {self.name!r} ({failure}), and giving it back "
+                f"failed too ({exc}): the object is lost") from failure
+        raise errors.ProtocolError(
+            f"could not receive object {object_id} from worker {self.name!r}: {failure}. The object is still on "
+            "the worker: retry, or free it") from failure
 
     def sync(self) -> None:
         """A round trip, raising the first failure of any pipelined command sent before it."""
@@ -160,10 +187,45 @@ class Connection:
         self.messages_sent += 1
         self._send(frames)
 
+    def _encode(self, msg: protocol.Message) -> list:
+        mark = sharing.sending()
+        try:
+            frames = protocol.encode(msg, self.namespace)
+        except BaseException:
+            sharing.reclaim(sharing.sent(mark))  # never sent: free what the encode armed
+            raise
+        armed = sharing.sent(mark)
+        if armed:
+            self._armed += armed
+        return frames
+
+    def _decode(self, frames: list, msg: protocol.Message) -> protocol.Message:
+        # Note [Segment ownership]: an undecodable reply to a Fetch(remove=True) is given back to
+        # the worker (fetch), so what this decode received is re-armed, not kept.
+        mark = sharing.receiving()
+        ok = True
+        try:
+            return protocol.decode(frames, namespace=self.namespace)
+        except errors.SimsyftError as exc:
+            if type(msg) is protocol.Fetch and msg.remove and protocol.peek_seq(frames) == msg.seq:
+                ok = False
+                raise _NotTaken(str(exc), frames) from exc
+            raise
+        finally:
+            sharing.received(mark, ok)
+
     def _flush_free(self) -> None:
         if self._pending_free:
             ids, self._pending_free = self._pending_free, []
             self._transmit(protocol.encode(protocol.Free(tuple(ids))))
+
+
+class _NotTaken(errors.ProtocolError):
+    """A Fetch(remove=True) reply this process could not decode; `fetch` hands its frames back."""
+
+    def __init__(self, message: str, frames: list) -> None:
+        super().__init__(message)
+        self.frames = frames
 
 
 def _allowed_exception_types() -> dict[tuple[str, str], type]:

@@ -30,8 +30,8 @@ import torch
 from . import compact, sharing
 from .errors import ProtocolError, SimsyftError
 from .messages import (_FIELD_TYPES, _FIELDS, _KINDS, Ack, Aliases, Clear, Command, ErrorReply, Export, Fetch,
-                       Free, Import, Info, Message, Objects, Ref, RemoteGet, RemoteRef, Search, Shutdown, Store,
-                       StorePointer, Value)
+                       Free, Import, Info, Message, Objects, Ref, RemoteGet, RemoteRef, Restore, Search, Shutdown,
+                       Store, StorePointer, Value)
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -49,6 +49,7 @@ __all__ = [
     "Ref",
     "RemoteGet",
     "RemoteRef",
+    "Restore",
     "Search",
     "Aliases",
     "Shutdown",
@@ -109,10 +110,11 @@ class _Encoder(pickle.Pickler):
 
 
 class _Decoder(pickle.Unpickler):
-    def __init__(self, header: bytes, buffers: list, resolve: Callable[[int], Any] | None) -> None:
+    def __init__(self, header: bytes, buffers: list, resolve: Callable[[int], Any] | None, namespace: str = "") -> None:
         super().__init__(io.BytesIO(header))
         self.buffers = buffers
         self.resolve = resolve
+        self.namespace = namespace
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -125,7 +127,7 @@ class _Decoder(pickle.Unpickler):
             raise ProtocolError(f"malformed persistent id {pid!r:.100}")
         tag, value = pid
         if tag == "T":
-            return sharing.decode_tensor(value, self.buffers)
+            return sharing.decode_tensor(value, self.buffers, self.namespace)
         if tag == "R":
             if not isinstance(value, int):
                 raise ProtocolError(f"object reference must be an int, got {type(value).__name__}")
@@ -222,12 +224,14 @@ def _check_opcodes(header: bytes) -> None:
         raise ProtocolError("message header is truncated")
 
 
-def decode(frames: list, resolve: Callable[[int], Any] | None = None, strict: bool = False) -> Message:
+def decode(frames: list, resolve: Callable[[int], Any] | None = None, strict: bool = False,
+           namespace: str = "") -> Message:
     """Frames -> message, refusing anything that is not a well-formed simsyft message.
 
     `resolve(id)` turns a remote reference into a store object (the worker
     passes its store lookup); without it references decode to `Ref`. `strict`
     (the worker's setting) also refuses opcodes our encoder never emits.
+    `namespace` is the receiver's simulation: only its segments are opened.
     """
     if not frames:
         raise ProtocolError("empty message: no header frame")
@@ -247,7 +251,7 @@ def decode(frames: list, resolve: Callable[[int], Any] | None = None, strict: bo
     if strict:
         _check_opcodes(header)
     try:
-        values = _Decoder(header, list(frames[1:]), resolve).load()
+        values = _Decoder(header, list(frames[1:]), resolve, namespace).load()
     except SimsyftError:
         raise  # ProtocolError, or the resolver's ObjectNotFoundError: already say what is wrong
     except Exception as exc:  # noqa: BLE001 - whatever a hostile frame provokes, it is a bad frame
