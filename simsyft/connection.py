@@ -32,6 +32,7 @@ _RECV_TIMEOUT_MS = 100
 # client work). In between, a dead worker is still noticed by the send or receive timeout.
 _LIVENESS_INTERVAL_S = 0.05
 _FREE_BATCH = 256
+_IN_FLIGHT = sharing.IN_FLIGHT  # the segments of the message in progress on this thread (pool.py)
 
 
 class Connection:
@@ -188,13 +189,16 @@ class Connection:
         self._send(frames)
 
     def _encode(self, msg: protocol.Message) -> list:
-        mark = sharing.sending()
+        # sharing.sending() / sent(), inline: this runs for every message.
+        mark = _IN_FLIGHT.sent
+        _IN_FLIGHT.sent = armed = []
         try:
             frames = protocol.encode(msg, self.namespace)
         except BaseException:
-            sharing.reclaim(sharing.sent(mark))  # never sent: free what the encode armed
+            sharing.reclaim(armed)  # never sent: free what the encode armed
             raise
-        armed = sharing.sent(mark)
+        finally:
+            _IN_FLIGHT.sent = mark
         if armed:
             self._armed += armed
         return frames
@@ -202,7 +206,8 @@ class Connection:
     def _decode(self, frames: list, msg: protocol.Message) -> protocol.Message:
         # Note [Segment ownership]: an undecodable reply to a Fetch(remove=True) is given back to
         # the worker (fetch), so what this decode received is re-armed, not kept.
-        mark = sharing.receiving()
+        mark = _IN_FLIGHT.claims  # sharing.receiving() / received(), inline
+        _IN_FLIGHT.claims = claims = []
         ok = True
         try:
             return protocol.decode(frames, namespace=self.namespace)
@@ -212,7 +217,9 @@ class Connection:
                 raise _NotTaken(str(exc), frames) from exc
             raise
         finally:
-            sharing.received(mark, ok)
+            _IN_FLIGHT.claims = mark
+            if claims:
+                sharing.settle(claims, ok)
 
     def _flush_free(self) -> None:
         if self._pending_free:

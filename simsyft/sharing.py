@@ -35,6 +35,7 @@ from .errors import ProtocolError
 
 __all__ = [
     "INLINE_MAX",
+    "IN_FLIGHT",
     "IN_SEGMENTS",
     "Handover",
     "handover",
@@ -52,6 +53,7 @@ __all__ = [
     "segment_prefix",
     "sending",
     "sent",
+    "settle",
     "shrunk",
     "sweep",
 ]
@@ -68,6 +70,7 @@ segment_prefix = pool.segment_prefix
 # Receipts and reclaims (Note [Segment ownership]): the worker and the connection bracket each
 # message with them, so a failed transfer leaves every segment as it was sent.
 receiving, received, sending, sent, reclaim = pool.receiving, pool.received, pool.sending, pool.sent, pool.reclaim
+IN_FLIGHT, settle = pool.IN_FLIGHT, pool.settle
 # address -> export of every tensor this process built over a segment. While it is empty no
 # stored tensor can lie in a segment, and the worker's check before reading one (`shrunk`) costs nothing.
 IN_SEGMENTS = pool._EXPORTS
