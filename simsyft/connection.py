@@ -98,10 +98,13 @@ class Connection:
                     self._deferred.append(reply)  # a pipelined command failed earlier
                 # Anything else answers an older request (one abandoned by KeyboardInterrupt): drop it.
             self.posted = 0
-            if self._armed:  # the worker is done with every message so far: free what it never received
-                armed, self._armed = self._armed, []
-                sharing.reclaim(armed)
             deferred, self._deferred = self._deferred, []
+            if self._armed:
+                armed, self._armed = self._armed, []
+                # The worker is done with every message so far. One it handled decoded all its tensors,
+                # so only a failure can leave a segment unreceived: free those.
+                if deferred or type(reply) is protocol.ErrorReply:
+                    sharing.reclaim(armed)
         if deferred:
             # Note [Errors in pipelined mode]: the first failure since the last synchronising
             # call is raised here, at the next one; later failures usually follow from it.

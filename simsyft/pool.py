@@ -69,10 +69,9 @@ import torch
 from .errors import ProtocolError
 
 __all__ = [
-    "HEADER", "SEGMENT_RE", "Segment", "abandon", "acquire", "arm", "close", "handover", "intact", "lost", "open_segment",
-    "IN_FLIGHT", "receive", "received", "receiving", "reclaim", "segment_of", "segment_prefix", "sending", "sent",
-    "settle", "stats",
-    "take_back",
+    "HEADER", "IN_FLIGHT", "SEGMENT_RE", "Segment", "abandon", "acquire", "arm", "close", "handover", "intact", "lost",
+    "open_segment", "raise_fd_limit", "receive", "received", "receiving", "reclaim", "segment_of", "segment_prefix",
+    "sending", "sent", "settle", "stats", "take_back",
 ]
 
 HEADER = 64  # bytes before the data: the state word, the ticket, and 64-byte aligned data
@@ -96,7 +95,7 @@ class Segment:
     def __init__(self, path: str, capacity: int, mm: mmap.mmap, mine: bool) -> None:
         self.path = path
         self.capacity = capacity
-        self.mm = mm
+        self.mm = mm  # keeps a descriptor of its own on the file: mm.size() is an fstat of it
         self.state = ctypes.c_uint32.from_buffer(mm)  # the header's words, shared by every mapping
         self.ticket = ctypes.c_uint64.from_buffer(mm, 8)
         self.mine = mine
@@ -153,8 +152,9 @@ def intact(seg: Segment) -> bool:
     """Whether the segment's file still has the size it was mapped with.
 
     Touching a page past the end of a shrunk file raises SIGBUS, which would kill the process:
-    this is checked (an fstat through the mapping's own fd, ~0.5 us) before a header or a stored
-    tensor is read. A segment found shrunk stays broken.
+    this is checked before a header or a stored tensor is read: an fstat through the descriptor
+    the mapping keeps (0.5 us; a few with the caches cold from a copy). A segment found shrunk
+    stays broken.
     """
     if seg.broken:
         return False
@@ -165,6 +165,18 @@ def intact(seg: Segment) -> bool:
         pass  # unmapped: this process closed the pool
     seg.broken = True
     return False
+
+
+def raise_fd_limit() -> None:
+    """Let this process (a worker) open as many descriptors as it may: each mapping keeps one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass  # not allowed here: the soft limit stays
 
 
 def acquire(namespace: str, nbytes: int) -> Segment:
@@ -199,7 +211,7 @@ def acquire(namespace: str, nbytes: int) -> Segment:
         os.unlink(path)
         raise
     finally:
-        os.close(fd)
+        os.close(fd)  # the mapping keeps a descriptor of its own
     try:
         mm.madvise(_MADV_POPULATE_WRITE)  # fault every page in now, in one call, not one by one later
     except ValueError:
@@ -295,7 +307,7 @@ def _map(path: str, capacity: int) -> Segment:
             raise ProtocolError(f"refusing shared-memory segment {path}: {problem}")
         mm = mmap.mmap(fd, info.st_size)
     finally:
-        os.close(fd)
+        os.close(fd)  # the mapping keeps a descriptor of its own
     return Segment(path, capacity, mm, mine=False)
 
 
@@ -467,8 +479,7 @@ def handover(tensor: torch.Tensor) -> list | None:
         return None
     seg = export[0]
     with _lock:
-        if not intact(seg):
-            return None
+        # No `intact` here: the worker checked this tensor's segment when it resolved the object.
         export[1] = True  # from now on, releasing our tensor does not free the segment
         seg.state.value = BUSY
         del _EXPORTS[address]

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from . import executor, protocol, sharing
+from . import executor, pool, protocol, sharing
 from .connection import Connection, pid_alive
 from .errors import LocationMismatchError, ObjectNotFoundError, ProtocolError, SimsyftError
 
@@ -507,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     import zmq
 
     spec = json.loads((argv if argv is not None else sys.argv[1:])[0])
+    pool.raise_fd_limit()  # every segment it maps keeps two descriptors (pool.intact)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the user's terminal is the client's to handle
     torch.set_num_threads(int(spec.get("threads") or 1))
     if spec.get("cpus"):
