@@ -122,8 +122,12 @@ class WorkerCore:
             raise ObjectNotFoundError(
                 f"worker {self.name!r} has no object {object_id}: it was already returned by .get() or freed"
             ) from None
-        if _IN_SEGMENTS and type(obj) is not protocol.RemoteRef:  # ~0.2 us, only while we hold any
-            self._check_segment(object_id, obj)
+        if _IN_SEGMENTS and type(obj) is not protocol.RemoteRef:  # only while we hold a tensor in a segment
+            try:  # ~0.25 us: is it (or can its .grad be) over a segment?
+                if obj.untyped_storage().data_ptr() in _IN_SEGMENTS or obj.requires_grad:
+                    self._check_segment(object_id, obj)
+            except (RuntimeError, NotImplementedError):
+                pass  # no plain storage (sparse): never over a segment
         used[object_id] = obj
         return obj
 
@@ -132,11 +136,6 @@ class WorkerCore:
 
         Drops every object over that segment, which the truncation destroyed.
         """
-        try:
-            if _IN_SEGMENTS.get(obj.untyped_storage().data_ptr()) is None and not obj.requires_grad:
-                return  # not over a segment (the usual case), nor has a .grad that could be
-        except (RuntimeError, NotImplementedError):
-            return  # no plain storage (sparse): never over a segment
         seg = sharing.shrunk(obj)
         if seg is None:
             return
