@@ -20,13 +20,19 @@ Note [Segment ownership]
     copy, only if the ticket matches, and the receiver clears it. A descriptor
     is thus good for one receipt: a replayed or forged one is refused instead
     of leaving two holders of one segment (whose creator would then reuse
-    memory a tensor still lives in). When the tensor's memory is released (a
-    numpy array carries the release, through weakref.finalize), the holder
-    marks the segment FREE. Only the creator reuses its segments, and only
+    memory a tensor still lives in). The ticket is no secret (any process of
+    this user can read the header): it stops replays and mistakes through the
+    protocol, not a hostile process of the same user. When the tensor's
+    memory is released (a numpy array carries the release, through
+    weakref.finalize), the holder marks the segment FREE. Only the creator reuses its segments, and only
     FREE ones. A holder can also hand its segment on instead of copying
     (`handover`, with a new ticket): the worker does so on `get()` when nothing
     else on it shares the memory, which makes the `get` of a tensor it
     received, or computed into a segment, free.
+
+    Idle segments beyond IDLE_MAX are unlinked (ours) or unmapped (others').
+    A segment sent is BUSY and one being received is pinned (`uses`) from
+    before its mapping is used, so neither is ever idle, however large.
 
     A receipt can be undone. While one message is decoded and handled
     (`receiving` ... `received`), what it received is pending: if it fails,
