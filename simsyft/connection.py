@@ -4,8 +4,8 @@ Owns `Connection` (sequence numbers, batched frees, error rebuilding, traffic
 counters) and `ZmqConnection` (a DEALER socket over ipc). This is the seam
 between the user layer and transports: simsyft.testing provides an in-process
 connection with the same interface, so pointer code runs without processes.
-Imports protocol, config (the default timeout) and errors; never the worker
-loop nor the user layer.
+Imports protocol, sharing (segment receipts), config (the default timeout) and
+errors; never the worker loop nor the user layer.
 
 Speed is guarded by bench/ (row "small sync op" against a raw REQ/REP).
 """
@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import errors, protocol
+from . import errors, protocol, sharing
 from .config import REQUEST_TIMEOUT_S
 from .errors import RemoteError, WorkerCrashedError, WorkerShutdownError, WorkerTimeoutError
 
@@ -33,6 +33,7 @@ _RECV_TIMEOUT_MS = 100
 # client work). In between, a dead worker is still noticed by the send or receive timeout.
 _LIVENESS_INTERVAL_S = 0.05
 _FREE_BATCH = 256
+_IN_FLIGHT = sharing.IN_FLIGHT  # the segments of the message in progress on this thread (pool.py)
 
 
 class Connection:
@@ -60,6 +61,7 @@ class Connection:
         self.bytes_received = 0
         self.messages_sent = 0
         self.messages_received = 0
+        self._armed: list = []  # segments sent in messages the worker has not answered yet (sharing.reclaim)
 
     # -- transport hooks --------------------------------------------------
     def _send(self, frames: list) -> None:
@@ -96,12 +98,12 @@ class Connection:
                 else:
                     self._flush_free()
                     msg = make(self.next_seq())
-                self._transmit(protocol.encode(msg, self.namespace))
+                self._transmit(self._encode(msg))
                 while True:
                     frames = self._recv()
                     self.bytes_received += protocol.frames_size(frames)
                     self.messages_received += 1
-                    reply = protocol.decode(frames)
+                    reply = self._decode(frames, msg)
                     if reply.seq == msg.seq or (reply.seq == -1 and isinstance(reply, protocol.ErrorReply)):
                         break
                     if reply.seq in self._abandoned:
@@ -118,6 +120,12 @@ class Connection:
                 raise self._timed_out(msg, "answer") from None
             self.posted = 0
             deferred, self._deferred = self._deferred, []
+            if self._armed:
+                armed, self._armed = self._armed, []
+                # The worker is done with every message so far. One it handled decoded all its tensors,
+                # so only a failure can leave a segment unreceived: free those.
+                if deferred or type(reply) is protocol.ErrorReply:
+                    sharing.reclaim(armed)
         if deferred:
             # Note [Errors in pipelined mode]: the first failure since the last synchronising
             # call is raised here, at the next one; later failures usually follow from it.
@@ -134,10 +142,32 @@ class Connection:
             ids, self._pending_free = tuple(self._pending_free), []
             msg = make(self.next_seq(), ids)
             try:
-                self._transmit(protocol.encode(msg, self.namespace))
+                self._transmit(self._encode(msg))
             except WorkerTimeoutError:
                 raise self._timed_out(msg, "accept") from None
             self.posted += 1
+
+    def fetch(self, object_id: int) -> Any:
+        """The value of object `object_id`, removed from the worker (`.get()`).
+
+        If this process cannot take the reply (a segment it cannot map, say), the reply goes back
+        to the worker (Restore), which puts the object back under its id with its tags: the error
+        says so, and the call can be retried. The worker can always reopen its own segment.
+        """
+        try:
+            return self.request(lambda seq: protocol.Fetch(seq, object_id, True)).value
+        except _NotTaken as exc:
+            failure = exc
+        frames = tuple(bytes(f) for f in failure.frames)
+        try:
+            self.request(lambda seq: protocol.Restore(seq, object_id, frames))
+        except errors.SimsyftError as exc:
+            raise errors.ProtocolError(
+                f"could not receive object {object_id} from worker {self.name!r} ({failure}), and giving it back "
+                f"failed too ({exc}): the object is lost") from failure
+        raise errors.ProtocolError(
+            f"could not receive object {object_id} from worker {self.name!r}: {failure}. The object is still on "
+            "the worker: retry, or free it") from failure
 
     def sync(self) -> None:
         """A round trip, raising the first failure of any pipelined command sent before it."""
@@ -196,6 +226,39 @@ class Connection:
         self.messages_sent += 1
         self._send(frames)
 
+    def _encode(self, msg: protocol.Message) -> list:
+        # sharing.sending() / sent(), inline: this runs for every message.
+        mark = _IN_FLIGHT.sent
+        _IN_FLIGHT.sent = armed = []
+        try:
+            frames = protocol.encode(msg, self.namespace)
+        except BaseException:
+            sharing.reclaim(armed)  # never sent: free what the encode armed
+            raise
+        finally:
+            _IN_FLIGHT.sent = mark
+        if armed:
+            self._armed += armed
+        return frames
+
+    def _decode(self, frames: list, msg: protocol.Message) -> protocol.Message:
+        # Note [Segment ownership]: an undecodable reply to a Fetch(remove=True) is given back to
+        # the worker (fetch), so what this decode received is re-armed, not kept.
+        mark = _IN_FLIGHT.claims  # sharing.receiving() / received(), inline
+        _IN_FLIGHT.claims = claims = []
+        ok = True
+        try:
+            return protocol.decode(frames, namespace=self.namespace)
+        except errors.SimsyftError as exc:
+            if type(msg) is protocol.Fetch and msg.remove and protocol.peek_seq(frames) == msg.seq:
+                ok = False
+                raise _NotTaken(str(exc), frames) from exc
+            raise
+        finally:
+            _IN_FLIGHT.claims = mark
+            if claims:
+                sharing.settle(claims, ok)
+
     def _flush_free(self) -> None:
         if self._pending_free:
             ids, self._pending_free = self._pending_free, []
@@ -220,6 +283,12 @@ def _describe_request(msg: protocol.Message | None, posted: int) -> str:
     else:
         what = _REQUEST_NAMES.get(type(msg), type(msg).__name__)
     return what + (f" (after {posted} pipelined op{'s' if posted != 1 else ''})" if posted else "")
+class _NotTaken(errors.ProtocolError):
+    """A Fetch(remove=True) reply this process could not decode; `fetch` hands its frames back."""
+
+    def __init__(self, message: str, frames: list) -> None:
+        super().__init__(message)
+        self.frames = frames
 
 
 def _allowed_exception_types() -> dict[tuple[str, str], type]:

@@ -188,6 +188,15 @@ class Aliases(Message):
     id: int
 
 
+@_message(15)
+class Restore(Message):
+    """Put object `id` back: `frames` are the Fetch reply that removed it, which the client could
+    not take (a segment it could not map, say). Only the worker can always reopen its own segment."""
+    seq: int
+    id: int
+    frames: tuple
+
+
 @_message(16)
 class Ack(Message):
     """Result of a Command or Store: one descriptor per result (see worker.describe)."""
@@ -214,7 +223,7 @@ class ErrorReply(Message):
 
 
 _KINDS: dict[int, type] = {
-    cls.code: cls for cls in (Command, Store, Fetch, Free, Objects, Info, Shutdown, Clear, Search, Export, Import, StorePointer, RemoteGet, Aliases, Ack, Value, ErrorReply)
+    cls.code: cls for cls in (Command, Store, Fetch, Free, Objects, Info, Shutdown, Clear, Search, Export, Import, StorePointer, RemoteGet, Aliases, Restore, Ack, Value, ErrorReply)
 }
 _FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _KINDS.values()}
 _FIELD_TYPES: dict[type, tuple] = {
@@ -232,6 +241,7 @@ _FIELD_TYPES: dict[type, tuple] = {
     Import: (int, int, tuple, tuple, object),
     StorePointer: (int, int, str, int, tuple),
     RemoteGet: (int, int),
+    Restore: (int, int, tuple),
     Ack: (int, tuple),
     Value: (int, object),
     ErrorReply: (int, str, str, str, str, str),

@@ -234,9 +234,9 @@ class PointerTensor:
         if self._state == VOID:
             self._state = FETCHED
             return None
-        reply = self.location.connection.request(lambda seq: protocol.Fetch(seq, self.id_at_location, True))
+        # If this process cannot take the reply, the worker keeps the object and this raises: retry.
+        value = self.location.connection.fetch(self.id_at_location)
         self._state = FETCHED
-        value = reply.value
         if type(value) is protocol.RemoteRef:
             # A pointer to a pointer: we get the inner pointer, and with it the duty to free the data.
             return from_remote_ref(value, self.location, self.owner, LIVE)
@@ -285,6 +285,10 @@ class PointerTensor:
         source = self.location.connection
         destination = worker.connection
         destination._check_open()  # a dead destination fails here, before anything moves
+        if destination.namespace != source.namespace:
+            raise LocationMismatchError(
+                f"cannot move pointer {self.id} from {self.location.id!r} to {worker.id!r}: they belong to different "
+                "simulations, which never map each other's shared memory; use .get() and .send()")
         descriptor, tags, description = source.request(lambda seq: protocol.Export(seq, self.id_at_location)).value
         new = new_id()
         try:

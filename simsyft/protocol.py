@@ -33,8 +33,8 @@ import torch
 from . import compact, sharing
 from .errors import ProtocolError, SimsyftError
 from .messages import (_FIELD_TYPES, _FIELDS, _KINDS, Ack, Aliases, Clear, Command, ErrorReply, Export, Fetch,
-                       Free, Import, Info, Message, Objects, Ref, RemoteGet, RemoteRef, Search, Shutdown, Store,
-                       StorePointer, Value)
+                       Free, Import, Info, Message, Objects, Ref, RemoteGet, RemoteRef, Restore, Search, Shutdown,
+                       Store, StorePointer, Value)
 
 __all__ = [
     "MAX_DEPTH",
@@ -54,6 +54,7 @@ __all__ = [
     "Ref",
     "RemoteGet",
     "RemoteRef",
+    "Restore",
     "Search",
     "Aliases",
     "Shutdown",
@@ -208,12 +209,13 @@ class _Encoder(pickle.Pickler):
 
 
 class _Decoder(pickle.Unpickler):
-    def __init__(self, header: bytes, buffers: list, resolve: Callable[[int], Any] | None) -> None:
+    def __init__(self, header: bytes, buffers: list, resolve: Callable[[int], Any] | None, namespace: str = "") -> None:
         super().__init__(io.BytesIO(header))
         self.buffers = buffers
         self.resolve = resolve
         self.range_items = 0
         self.data_used: set = set()  # each inline frame or CUDA block feeds one tensor (sharing.decode_tensor)
+        self.namespace = namespace
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -229,7 +231,7 @@ class _Decoder(pickle.Unpickler):
             raise ProtocolError(f"malformed persistent id {pid!r:.100}")
         tag, value = pid
         if tag == "T":
-            return sharing.decode_tensor(value, self.buffers, self.data_used)
+            return sharing.decode_tensor(value, self.buffers, self.namespace, self.data_used)
         if tag == "R":
             if not isinstance(value, int):
                 raise ProtocolError(f"object reference must be an int, got {type(value).__name__}")
@@ -368,13 +370,15 @@ def _depth_exceeds(root: Any, limit: int) -> bool:
 _NESTING = frozenset({tuple, list, dict})
 
 
-def decode(frames: list, resolve: Callable[[int], Any] | None = None, strict: bool = False) -> Message:
+def decode(frames: list, resolve: Callable[[int], Any] | None = None, strict: bool = False,
+           namespace: str = "") -> Message:
     """Frames -> message, refusing anything that is not a well-formed simsyft message.
 
     `resolve(id)` turns a remote reference into a store object (the worker
     passes its store lookup); without it references decode to `Ref`. Every frame
     is checked as strictly as the worker always did (Note [Decoding is bounded]),
     so `strict` changes nothing; it stays for callers that pass it.
+    `namespace` is the receiver's simulation: only its segments are opened.
     """
     if not frames:
         raise ProtocolError("empty message: no header frame")
@@ -393,7 +397,7 @@ def decode(frames: list, resolve: Callable[[int], Any] | None = None, strict: bo
             raise ProtocolError(f"undecodable message header ({type(exc).__name__}: {exc})") from None
     containers = _check_opcodes(header)
     try:
-        values = _Decoder(header, list(frames[1:]), resolve).load()
+        values = _Decoder(header, list(frames[1:]), resolve, namespace).load()
     except SimsyftError:
         raise  # ProtocolError, or the resolver's ObjectNotFoundError: already say what is wrong
     except Exception as exc:  # noqa: BLE001 - whatever a hostile frame provokes, it is a bad frame

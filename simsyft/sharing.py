@@ -6,8 +6,8 @@ knows nothing of sockets or messages.
 
 A descriptor is ``(dtype_name, shape, requires_grad, data, grad)`` where
 ``data`` is ``("i", buffer_index)`` for bytes that travel as an extra message
-frame, or ``("s", path, capacity)`` for a segment in /dev/shm, and ``grad`` is
-a nested descriptor or None. Data always crosses contiguous, so strides and
+frame, or ``("s", path, capacity, ticket)`` for a segment in /dev/shm, and
+``grad`` is a nested descriptor or None. Data always crosses contiguous, so strides and
 storage offsets never travel.
 
 Large tensors live in pooled segments (pool.py, Note [Segment ownership]):
@@ -15,6 +15,8 @@ Large tensors live in pooled segments (pool.py, Note [Segment ownership]):
     builds its tensor over its own cached mapping without a copy, and a worker
     hands a segment back on `get()` instead of copying when nothing else on it
     shares the memory.
+A receiver opens only segments of its own simulation (`decode_tensor`'s
+`namespace`), and each descriptor only once (its ticket): pool.py says why.
 
 Speed is guarded by bench/ (rows "send"/"get" of 1 MB..256 MB).
 """
@@ -33,6 +35,8 @@ from .errors import ProtocolError
 
 __all__ = [
     "INLINE_MAX",
+    "IN_FLIGHT",
+    "IN_SEGMENTS",
     "Handover",
     "handover",
     "take_back",
@@ -42,7 +46,15 @@ __all__ = [
     "dtype_from_name",
     "dtype_name",
     "encode_tensor",
+    "received",
+    "receiving",
+    "reclaim",
+    "reopen",
     "segment_prefix",
+    "sending",
+    "sent",
+    "settle",
+    "shrunk",
     "sweep",
 ]
 
@@ -55,6 +67,13 @@ INLINE_MAX = 32 * 1024
 
 SHM_DIR = pool.SHM_DIR
 segment_prefix = pool.segment_prefix
+# Receipts and reclaims (Note [Segment ownership]): the worker and the connection bracket each
+# message with them, so a failed transfer leaves every segment as it was sent.
+receiving, received, sending, sent, reclaim = pool.receiving, pool.received, pool.sending, pool.sent, pool.reclaim
+IN_FLIGHT, settle = pool.IN_FLIGHT, pool.settle
+# address -> export of every tensor this process built over a segment. While it is empty no
+# stored tensor can lie in a segment, and the worker's check before reading one (`shrunk`) costs nothing.
+IN_SEGMENTS = pool._EXPORTS
 
 _DTYPES: dict[str, torch.dtype] = {
     str(value).removeprefix("torch."): value
@@ -105,9 +124,18 @@ def encode_tensor(tensor: torch.Tensor, buffers: list, namespace: str, inline_ma
         data: tuple = ("i", len(buffers) - 1)
     else:
         seg = pool.acquire(namespace, nbytes)
-        pool.write(seg, raw)
-        data = ("s", seg.path, seg.capacity)
-    grad_desc = encode_tensor(grad, buffers, namespace, inline_max) if grad is not None else None
+        try:
+            pool.write(seg, raw)
+        except BaseException:
+            pool.abandon(seg)
+            raise
+        data = ("s", seg.path, seg.capacity, pool.arm(seg))
+    try:
+        grad_desc = encode_tensor(grad, buffers, namespace, inline_max) if grad is not None else None
+    except BaseException:
+        if data[0] == "s":
+            pool.abandon(seg)  # the tensor's segment will not be sent either
+        raise
     return (dtype_name(tensor.dtype), tuple(tensor.shape), bool(tensor.requires_grad), data, grad_desc)
 
 
@@ -136,11 +164,45 @@ def handover(tensor: torch.Tensor) -> Handover | None:
     if given is None:
         return None
     meta = (dtype_name(tensor.dtype), tuple(tensor.shape), bool(tensor.requires_grad))
-    return Handover(meta, ("s", given[0], given[1]), _grad_to_send(tensor), given)
+    return Handover(meta, ("s", given[0], given[1], given[5]), _grad_to_send(tensor), given)
 
 
 def take_back(handed: Handover) -> None:
+    """Undo `handover` while our tensor still lives (something else on the worker holds it)."""
     pool.take_back(handed.given)
+
+
+def reopen(handed: Handover, namespace: str) -> torch.Tensor:
+    """The tensor a Handover gave away, rebuilt over its segment: the reply carrying it was never sent."""
+    tensor = decode_tensor((*handed.meta, handed.data, None), [], namespace)
+    if handed.grad is not None:
+        tensor.grad = handed.grad
+    return tensor
+
+
+def shrunk(tensor: torch.Tensor) -> Any:
+    """The segment under `tensor` (or its .grad) whose file shrank since it was mapped, else None.
+
+    Reading such a tensor raises SIGBUS. Only tensors in segments cost an fstat; for others
+    this is a dict lookup (callers skip even that while IN_SEGMENTS is empty).
+    """
+    seg = pool.segment_of(tensor)
+    if seg is not None and not pool.intact(seg):
+        return seg
+    if tensor.requires_grad:
+        grad = _grad_to_send(tensor)
+        seg = pool.segment_of(grad) if grad is not None else None
+        if seg is not None and not pool.intact(seg):
+            return seg
+    return None
+
+
+def over(tensor: torch.Tensor, seg: Any) -> bool:
+    """Whether `tensor`'s memory, or its .grad's, lies in segment `seg`."""
+    if pool.segment_of(tensor) is seg:
+        return True
+    grad = _grad_to_send(tensor) if tensor.requires_grad else None
+    return grad is not None and pool.segment_of(grad) is seg
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
@@ -164,12 +226,14 @@ def _grad_to_send(tensor: torch.Tensor) -> torch.Tensor | None:
         return None
 
 
-def decode_tensor(desc: Any, buffers: list, used: set | None = None) -> torch.Tensor:
+def decode_tensor(desc: Any, buffers: list, namespace: str = "", used: set | None = None) -> torch.Tensor:
     """Rebuild a tensor from a descriptor; the result owns its memory.
 
     `used` collects the inline frames and CUDA blocks already turned into tensors: each may
     feed one tensor only, or a small header naming one big frame many times would copy it
-    that many times (protocol.py passes one set per message).
+    that many times (protocol.py passes one set per message). A segment is opened only if it
+    belongs to simulation `namespace` (the receiver's) and was handed to us (its ticket):
+    Note [Segment ownership].
     """
     if used is None:
         used = set()
@@ -193,8 +257,8 @@ def decode_tensor(desc: Any, buffers: list, used: set | None = None) -> torch.Te
         tensor = tensor_from_bytes(buffers[index], dtype, shape)
     elif kind == "e" and nbytes == 0:
         tensor = torch.empty(shape, dtype=dtype)
-    elif kind == "s" and len(data) == 3:
-        tensor = _open_segment(data[1], data[2], nbytes, dtype, shape)
+    elif kind == "s" and len(data) == 4:
+        tensor = _open_segment(data, nbytes, dtype, shape, namespace)
     elif kind == "c" and len(data) == 11:
         tensor = _decode_cuda(data, dtype, shape, used)
     else:
@@ -208,7 +272,7 @@ def decode_tensor(desc: Any, buffers: list, used: set | None = None) -> torch.Te
             tensor.view(-1)[:0] = torch.zeros((), requires_grad=True)
     _reset_version(tensor)  # set_() counted as a write; a received tensor is new, at version 0
     if grad_desc is not None:
-        grad = decode_tensor(grad_desc, buffers, used)
+        grad = decode_tensor(grad_desc, buffers, namespace, used)
         if grad.shape != tensor.shape:
             # torch keeps a .grad of the old shape after an in-place reshape under no_grad, but refuses
             # to assign one: attach it while the shapes agree, then swap the data in, as torch did.
@@ -265,10 +329,11 @@ def _reset_version(tensor: torch.Tensor) -> None:
         reset((tensor,), (0,))
 
 
-def _open_segment(path: Any, capacity: Any, nbytes: int, dtype: torch.dtype, shape: tuple) -> torch.Tensor:
+def _open_segment(data: tuple, nbytes: int, dtype: torch.dtype, shape: tuple, namespace: str) -> torch.Tensor:
+    _, path, capacity, ticket = data
     if nbytes == 0:
         raise ProtocolError(f"segment {path!r:.200} named for an empty tensor")
-    flat = pool.tensor_over(pool.open_segment(path, capacity, nbytes), nbytes)
+    flat = pool.receive(path, capacity, nbytes, ticket, namespace)
     # set_ on the segment's storage: the tensor is not a view (no _base), as one the user made is not.
     return torch.empty(0, dtype=dtype).set_(flat.untyped_storage(), 0, shape, _contiguous_stride(shape))
 

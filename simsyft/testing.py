@@ -88,10 +88,21 @@ __all__ = [
 # -- the in-process worker ------------------------------------------------------
 
 class InProcessConnection(Connection):
-    """Same interface as ZmqConnection; the 'worker' is a WorkerCore in this process."""
+    """Same interface as ZmqConnection; the 'worker' is a WorkerCore in this process.
+
+    The in-process workers open at one time form one simulation: one segment namespace (a
+    worker maps only its own simulation's segments, and move() goes between them), swept
+    when the last of them closes.
+    """
+
+    _shared: list = [None, 0]  # [namespace, connections open]
 
     def __init__(self, name: str) -> None:
-        super().__init__(name, namespace=f"{os.getpid()}-{secrets.token_hex(4)}")
+        shared = InProcessConnection._shared
+        if not shared[1]:
+            shared[0] = f"{os.getpid()}-{secrets.token_hex(4)}"
+        shared[1] += 1
+        super().__init__(name, namespace=shared[0])
         self.core = WorkerCore(name, self.namespace)
         self._replies: deque[list] = deque()
 
@@ -105,7 +116,10 @@ class InProcessConnection(Connection):
 
     def _close(self) -> None:
         self.core.store.clear()
-        sharing.sweep(self.namespace)
+        shared = InProcessConnection._shared
+        shared[1] -= 1
+        if not shared[1]:
+            sharing.sweep(self.namespace)
 
 
 def in_process_worker(name: str = "bob") -> VirtualWorker:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from . import executor, limits, protocol, sharing
+from . import executor, limits, pool, protocol, sharing
 from .config import REQUEST_TIMEOUT_S
 from .connection import Connection, pid_alive
 from .connection import _context as zmq_context
@@ -34,6 +34,9 @@ from .errors import LocationMismatchError, ObjectNotFoundError, ProtocolError, S
 __all__ = ["WorkerCore", "describe_meta", "main"]
 
 _VALUE_TYPES = (bool, int, float, complex, str, bytes, torch.Size, torch.dtype, torch.device)
+_IN_SEGMENTS = sharing.IN_SEGMENTS  # non-empty once this process holds a tensor over a segment
+_IN_FLIGHT = sharing.IN_FLIGHT
+_TAKEN_MAX = 64  # tags kept of the objects last removed by a Fetch, in case the client gives one back
 
 
 def describe_meta(tensor: torch.Tensor) -> tuple:
@@ -56,6 +59,7 @@ class WorkerCore:
         self.device = torch.device(device)
         self.store: dict[int, Any] = {}
         self.tags: dict[int, tuple[tuple[str, ...], str | None]] = {}  # id -> (tags, description)
+        self._taken: dict[int, tuple[tuple[str, ...], str | None]] = {}  # tags of objects just fetched (Restore)
         self.messages_in = 0
         self.messages_out = 0
         self.started = time.time()
@@ -68,22 +72,42 @@ class WorkerCore:
         """One request's frames -> reply frames (None for messages that want no reply)."""
         self.messages_in += 1
         used: dict[int, Any] = {}
+        # Note [Segment ownership]: a request that fails gives back the segments it received, so
+        # the client can reclaim them, or the source of a move() re-import its segment.
+        mark = _IN_FLIGHT.claims  # sharing.receiving(), inline
+        _IN_FLIGHT.claims = claims = []
+        ok = True
         try:
-            msg = protocol.decode(frames, resolve=lambda ref: self._resolve(ref, used), strict=True)
-        except Exception as exc:  # noqa: BLE001 - a bad frame must never kill the worker
-            return self._error(protocol.peek_seq(frames), exc)
-        if not msg.wants_reply:
-            self._free(msg)
-            return None
-        try:
-            reply = self._dispatch(msg, used)
-        except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
-            return self._error(msg.seq, exc)
+            try:
+                msg = protocol.decode(frames, resolve=lambda ref: self._resolve(ref, used), strict=True,
+                                      namespace=self.namespace)
+            except Exception as exc:  # noqa: BLE001 - a bad frame must never kill the worker
+                ok = False
+                return self._error(protocol.peek_seq(frames), exc)
+            if not msg.wants_reply:
+                self._free(msg)
+                return None
+            try:
+                reply = self._dispatch(msg, used)
+            except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
+                # Only an Import stores nothing when it fails; a failed op may have stored results
+                # over what it received, which then stays ours.
+                ok = type(msg) is not protocol.Import
+                return self._error(msg.seq, exc)
+        finally:
+            _IN_FLIGHT.claims = mark
+            if claims:
+                sharing.settle(claims, ok)
         if type(msg) is protocol.Command and not msg.reply:
             return None  # pipelined: only failures are answered
         try:
             frames = protocol.encode(reply, self.namespace)
         except Exception as exc:  # noqa: BLE001 - a result we cannot send is an error, not a crash
+            if type(msg) is protocol.Fetch and msg.remove:
+                try:
+                    self._put_back(msg.id, reply.value)  # never sent: .get() can be retried
+                except Exception:  # noqa: BLE001 - the error below still goes back; the object is lost
+                    pass
             return self._error(msg.seq, exc)
         self.messages_out += 1
         return frames
@@ -105,8 +129,30 @@ class WorkerCore:
             raise ObjectNotFoundError(
                 f"worker {self.name!r} has no object {object_id}: it was already returned by .get() or freed"
             ) from None
+        if _IN_SEGMENTS and type(obj) is not protocol.RemoteRef:  # only while we hold a tensor in a segment
+            try:  # ~0.25 us: is it (or can its .grad be) over a segment?
+                if obj.untyped_storage().data_ptr() in _IN_SEGMENTS or obj.requires_grad:
+                    self._check_segment(object_id, obj)
+            except (RuntimeError, NotImplementedError):
+                pass  # no plain storage (sparse): never over a segment
         used[object_id] = obj
         return obj
+
+    def _check_segment(self, object_id: int, obj: torch.Tensor) -> None:
+        """Refuse to read a stored tensor whose shared-memory segment was shrunk: that raises SIGBUS.
+
+        Drops every object over that segment, which the truncation destroyed.
+        """
+        seg = sharing.shrunk(obj)
+        if seg is None:
+            return
+        lost = [oid for oid, other in self.store.items() if isinstance(other, torch.Tensor) and sharing.over(other, seg)]
+        for oid in lost:
+            self._drop(oid)
+        others = f" (and {len(lost) - 1} other object(s) over it, dropped too)" if len(lost) > 1 else ""
+        raise ObjectNotFoundError(
+            f"object {object_id} on worker {self.name!r} was lost: its shared-memory segment {seg.path} was "
+            f"truncated by another process{others}; send the data again")
 
     # -- messages ---------------------------------------------------------
     def _dispatch(self, msg: protocol.Message, used: dict[int, Any]) -> protocol.Message:
@@ -134,7 +180,11 @@ class WorkerCore:
                 return protocol.Value(msg.seq, self.store[msg.id])
             used.clear()
             value = self.store.pop(msg.id)
-            self.tags.pop(msg.id, None)
+            tags = self.tags.pop(msg.id, None)
+            if tags is not None:  # kept a while: if the client cannot take the reply it gives it back (Restore)
+                self._taken[msg.id] = tags
+                if len(self._taken) > _TAKEN_MAX:
+                    del self._taken[next(iter(self._taken))]
             handed = sharing.handover(value) if isinstance(value, torch.Tensor) else None
             if handed is not None:
                 # Note [Segment ownership]: the client takes the segment itself, unless something
@@ -148,6 +198,10 @@ class WorkerCore:
             return protocol.Value(msg.seq, value)
         if kind is protocol.Objects:
             if msg.values:
+                if _IN_SEGMENTS:
+                    for object_id, obj in list(self.store.items()):
+                        if isinstance(obj, torch.Tensor) and object_id in self.store:
+                            self._check_segment(object_id, obj)
                 return protocol.Value(msg.seq, tuple(self.store.items()))
             return protocol.Value(msg.seq, len(self.store))
         if kind is protocol.Info:
@@ -166,7 +220,7 @@ class WorkerCore:
             if type(ref) is not protocol.RemoteRef:
                 raise TypeError(f"remote_get(): object {msg.id} on worker {self.name!r} is already a tensor, "
                                 "not a pointer")
-            value = self._peer(ref.location).request(lambda seq: protocol.Fetch(seq, ref.id_at_location, True)).value
+            value = self._peer(ref.location).fetch(ref.id_at_location)  # on failure, the object stays there
             if type(value) is protocol.RemoteRef:  # a longer chain: we now point where our target pointed
                 value.id = msg.id
                 self.store[msg.id] = value
@@ -174,15 +228,19 @@ class WorkerCore:
             self.store[msg.id] = value
             return protocol.Ack(msg.seq, ("p", msg.id, *describe_meta(value)))
         if kind is protocol.Export:
-            if type(self._resolve(msg.id, used)) is protocol.RemoteRef:
+            value = self._resolve(msg.id, used)
+            if type(value) is protocol.RemoteRef:
                 raise TypeError(f"cannot move object {msg.id} from worker {self.name!r}: it is a pointer to "
                                 "another worker; call remote_get() first")
-            value = self.store.pop(msg.id)
+            descriptor = sharing.encode_tensor(value, [], self.namespace, -1)  # before removing: it may fail
+            del self.store[msg.id]
             tags, description = self.tags.pop(msg.id, ((), None))
-            return protocol.Value(msg.seq, (sharing.encode_tensor(value, [], self.namespace, -1), tags, description))
+            return protocol.Value(msg.seq, (descriptor, tags, description))
         if kind is protocol.Import:
-            value = sharing.decode_tensor(msg.descriptor, [])
+            value = sharing.decode_tensor(msg.descriptor, [], self.namespace)
             return protocol.Ack(msg.seq, self._put(msg.id, value, msg.tags, msg.description))
+        if kind is protocol.Restore:
+            return protocol.Ack(msg.seq, self._restore(msg.id, msg.frames))
         if kind is protocol.Aliases:
             return protocol.Value(msg.seq, self.aliases(msg.id, used))
         if kind is protocol.Search:
@@ -198,13 +256,45 @@ class WorkerCore:
                 self._drop(object_id)
 
     def _put(self, object_id: int, value: torch.Tensor, tags: tuple, description: Any) -> tuple:
-        """Store a tensor that arrived (Store, Import) on this worker's device; its Ack descriptor."""
+        """Store a tensor that arrived (Store, Import, Restore) on this worker's device; its Ack descriptor.
+
+        Everything that can fail comes before the store: a failed Import must have stored nothing.
+        """
+        tagged = bool(tags) or description is not None
+        if tagged:
+            _check_tags(tags, description)
         if value.device != self.device:
             value = _to_device(value, self.device)
         self.store[object_id] = value
-        if tags or description is not None:
-            self.tag(object_id, tags, description)
+        if tagged:
+            self.tags[object_id] = (tuple(tags), description)
         return ("p", object_id, *describe_meta(value))
+
+    def _restore(self, object_id: int, frames: tuple) -> tuple:
+        """Put back an object whose Fetch reply (`frames`) its client could not take (Connection.fetch)."""
+        if object_id in self.store:
+            raise ProtocolError(f"cannot restore object {object_id} on worker {self.name!r}: the id is in use")
+        if not all(type(frame) is bytes for frame in frames):
+            raise ProtocolError("Restore carries frames that are not bytes")
+        reply = protocol.decode(list(frames), strict=True, namespace=self.namespace)
+        value = reply.value if type(reply) is protocol.Value else None
+        tags, description = self._taken.pop(object_id, ((), None))
+        if type(value) is protocol.RemoteRef:
+            value.id = object_id
+            self.store[object_id] = value
+            return ("p", object_id, *value.meta)
+        if not isinstance(value, torch.Tensor):
+            raise ProtocolError(f"Restore of object {object_id} carries a {type(value).__name__}, not a tensor")
+        return self._put(object_id, value, tags, description)
+
+    def _put_back(self, object_id: int, value: Any) -> None:
+        """Undo a Fetch(remove=True) whose reply could not be encoded."""
+        if type(value) is sharing.Handover:
+            value = sharing.reopen(value, self.namespace)
+        self.store[object_id] = value
+        tags = self._taken.pop(object_id, None)
+        if tags is not None:
+            self.tags[object_id] = tags
 
     def _drop(self, object_id: int) -> None:
         """Remove an object; a pointer we hold frees what it points to (only the newest pointer frees)."""
@@ -290,8 +380,7 @@ class WorkerCore:
         return desc
 
     def tag(self, object_id: int, tags: tuple, description: Any) -> None:
-        if not all(isinstance(t, str) for t in tags) or not (description is None or isinstance(description, str)):
-            raise ProtocolError("tags must be strings and a description a string or None")
+        _check_tags(tags, description)
         self.tags[object_id] = (tuple(tags), description)
 
     def search(self, query: tuple) -> tuple:
@@ -401,6 +490,9 @@ def _inside_storage(value: Any) -> bool:
         return True
     grad = value.grad if value.is_leaf or value.retains_grad else None  # .grad of a non-leaf warns
     return executor.inside_storage(value) and (grad is None or executor.inside_storage(grad))
+def _check_tags(tags: tuple, description: Any) -> None:
+    if not all(isinstance(t, str) for t in tags) or not (description is None or isinstance(description, str)):
+        raise ProtocolError("tags must be strings and a description a string or None")
 
 
 def _peer_pid(run_dir: str, name: str) -> int | None:
@@ -432,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     import zmq
 
     spec = json.loads((argv if argv is not None else sys.argv[1:])[0])
+    pool.raise_fd_limit()  # every segment it maps keeps two descriptors (pool.intact)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the user's terminal is the client's to handle
     torch.set_num_threads(int(spec.get("threads") or 1))
     if spec.get("cpus"):

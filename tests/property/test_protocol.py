@@ -126,7 +126,7 @@ def same(a, b) -> bool:
 def roundtrip(msg, strict: bool = False):
     frames = protocol.encode(msg, NAMESPACE)
     try:
-        return protocol.decode(frames, strict=strict)
+        return protocol.decode(frames, strict=strict, namespace=NAMESPACE)
     finally:
         sharing.sweep(NAMESPACE)  # a frame that failed to decode must not leave its segment
 
@@ -155,7 +155,7 @@ def test_large_tensors_round_trip_through_segments(t):
     msg = protocol.Value(7, (1, t))
     frames = protocol.encode(msg, NAMESPACE)
     assert protocol.frames_size(frames) < 4096, "a large tensor went through the frames"
-    decoded = protocol.decode(frames, strict=True)
+    decoded = protocol.decode(frames, strict=True, namespace=NAMESPACE)
     assert same(decoded, msg)
     del decoded
     assert pool.stats(NAMESPACE)["in_use"] == 0, "a released tensor must release its segment"
@@ -289,7 +289,7 @@ descriptors = st.tuples(
               st.text(max_size=3), st.none()),
     st.one_of(st.booleans(), st.integers(-1, 2)),
     st.one_of(st.tuples(st.just("i"), st.integers(-1, 3)), st.just(("e",)),
-              st.tuples(st.just("s"), st.text(max_size=20), st.integers(0, 64)),
+              st.tuples(st.just("s"), st.text(max_size=20), st.integers(0, 64), st.integers(0, 2**64)),
               st.tuples(st.sampled_from(["s", "c", "x", ""])), st.none(), st.integers()),
     st.none(),
 )

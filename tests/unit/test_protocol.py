@@ -88,7 +88,7 @@ def tensor_header(desc) -> bytes:
 
 def roundtrip(msg, namespace, resolve=None):
     frames = protocol.encode(msg, namespace)
-    return protocol.decode(frames, resolve=resolve)
+    return protocol.decode(frames, resolve=resolve, namespace=namespace)
 
 
 # -- round trips --------------------------------------------------------------
@@ -196,7 +196,7 @@ def test_shared_memory_tensors_round_trip(kind, make, ns):
     frames = protocol.encode(msg, ns)
     assert len(sharing.list_segments(ns)) >= 1  # the data went to a segment
     assert protocol.frames_size(frames) < 4096
-    decoded = protocol.decode(frames)
+    decoded = protocol.decode(frames, namespace=ns)
     assert_same(msg, decoded)
     assert pool.stats(ns)["in_use"] >= 1  # decoded over the segments, not copied out of them
 
@@ -304,15 +304,15 @@ def test_a_64mb_tensor_costs_only_a_few_kb_of_frames(ns):
         assert protocol.frames_size(frames) < 4 * 1024
         assert len(sharing.list_segments(ns)) == 1
     finally:
-        decoded = protocol.decode(frames)
+        decoded = protocol.decode(frames, namespace=ns)
     assert decoded.value.shape == t.shape and bool(decoded.value.eq(1).all())
 
 
 # -- refusals -----------------------------------------------------------------
 
-def refuse(frames, *fragments):
+def refuse(frames, *fragments, namespace=""):
     with pytest.raises(ProtocolError) as info:
-        protocol.decode(frames)
+        protocol.decode(frames, namespace=namespace)
     for fragment in fragments:
         assert fragment in str(info.value), str(info.value)
     return info.value
@@ -513,8 +513,12 @@ def test_refuses_malformed_persistent_ids(pid, fragment):
     refuse([raw_header((Value.code, 1, _Pid(pid)))], fragment)
 
 
-def _segment_desc(path, nbytes):
-    return ("uint8", (nbytes,), False, ("s", str(path), nbytes), None)
+def _segment_desc(path, nbytes, ticket=1):
+    return ("uint8", (nbytes,), False, ("s", str(path), nbytes, ticket), None)
+
+
+def _segment_path(namespace, token="0" * 16):
+    return os.path.join(sharing.SHM_DIR, f"{sharing.segment_prefix(namespace)}{os.getpid()}_{token}")
 
 
 def test_refuses_a_segment_path_outside_shm(tmp_path):
@@ -538,28 +542,29 @@ def test_refuses_a_shm_file_not_named_like_a_segment(name):
 
 @pytest.mark.parametrize("path", ["/etc/passwd", "/dev/shm/../etc/passwd", "relative/simsyft_a_1_2", 5, None])
 def test_refuses_other_paths(path):
-    refuse([tensor_header(("uint8", (1,), False, ("s", path, 1), None))], "refusing shared-memory path")
+    refuse([tensor_header(("uint8", (1,), False, ("s", path, 1, 1), None))], "refusing shared-memory path")
     if path == "/etc/passwd":
         assert os.path.exists(path)
 
 
 def test_refuses_a_missing_segment(ns):
-    path = os.path.join(sharing.SHM_DIR, f"{sharing.segment_prefix(ns)}{os.getpid()}_999999")
-    refuse([tensor_header(_segment_desc(path, 64))], "does not exist")
+    refuse([tensor_header(_segment_desc(_segment_path(ns), 64))], "does not exist", namespace=ns)
 
 
 def test_refuses_a_segment_of_a_closed_simulation(ns):
     frames = protocol.encode(Value(1, big_tensor()), ns)
     sharing.sweep(ns)
-    refuse(frames, "does not exist")
+    refuse(frames, "does not exist", namespace=ns)
 
 
 def test_refuses_a_segment_of_the_wrong_size(ns):
-    path = os.path.join(sharing.SHM_DIR, f"{sharing.segment_prefix(ns)}{os.getpid()}_1")
-    with open(path, "wb") as f:
-        f.write(b"\0" * 32)
-    refuse([tensor_header(_segment_desc(path, 64))], "has 32 bytes", f"says {pool.HEADER + 64}")
-    refuse([tensor_header(("uint8", (64,), False, ("s", path, 32), None))], "holds 32 bytes", "needs 64")
+    path = _segment_path(ns)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, b"\0" * 32)
+    os.close(fd)
+    refuse([tensor_header(_segment_desc(path, 64))], "has 32 bytes", f"says {pool.HEADER + 64}", namespace=ns)
+    refuse([tensor_header(("uint8", (64,), False, ("s", path, 32, 1), None))], "holds 32 bytes", "needs 64",
+           namespace=ns)
     assert os.path.exists(path)  # refused before mapping: not consumed
     os.unlink(path)
 

@@ -67,7 +67,7 @@ def assert_bit_exact(a: torch.Tensor, b: torch.Tensor) -> None:
 def roundtrip(t: torch.Tensor, namespace: str) -> torch.Tensor:
     buffers: list = []
     desc = sharing.encode_tensor(t, buffers, namespace)
-    return sharing.decode_tensor(desc, buffers)
+    return sharing.decode_tensor(desc, buffers, namespace)
 
 
 # -- bit-exactness ------------------------------------------------------------
@@ -81,7 +81,7 @@ def test_every_dtype_is_bit_exact(dtype, size, ns):
     location = desc[3][0]
     assert location == ("i" if size == "inline" else "s")
     assert len(sharing.list_segments(ns)) == (1 if size == "shm" else 0)
-    out = sharing.decode_tensor(desc, buffers)
+    out = sharing.decode_tensor(desc, buffers, ns)
     assert_bit_exact(t, out)
     assert out.is_contiguous() and not out.requires_grad
 
@@ -101,7 +101,7 @@ def test_inline_boundary_is_inline_max_bytes(ns):
     assert sharing.encode_tensor(at_limit, buffers, ns)[3] == ("i", 0)
     desc = sharing.encode_tensor(over, buffers, ns)
     assert desc[3][0] == "s" and desc[3][2] >= sharing.INLINE_MAX + 1
-    sharing.decode_tensor(desc, buffers)
+    sharing.decode_tensor(desc, buffers, ns)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.bool, torch.complex64], ids=sharing.dtype_name)
@@ -119,7 +119,7 @@ def test_empty(shape, dtype, ns):
     buffers: list = []
     desc = sharing.encode_tensor(t, buffers, ns)
     assert sharing.list_segments(ns) == []  # no zero-byte files in /dev/shm
-    out = sharing.decode_tensor(desc, buffers)
+    out = sharing.decode_tensor(desc, buffers, ns)
     assert out.shape == shape and out.dtype == dtype and out.numel() == 0
 
 
@@ -158,7 +158,7 @@ def test_requires_grad_and_grad_survive(size, ns):
     buffers: list = []
     desc = sharing.encode_tensor(x, buffers, ns)
     assert desc[2] is True and desc[4] is not None
-    out = sharing.decode_tensor(desc, buffers)
+    out = sharing.decode_tensor(desc, buffers, ns)
     assert out.requires_grad and out.is_leaf
     assert_bit_exact(x, out)
     assert out.grad is not None
@@ -207,7 +207,7 @@ def test_decoded_tensor_owns_its_memory(size, ns):
     buffers: list = []
     desc = sharing.encode_tensor(src, buffers, ns)
     src.fill_(-1)  # after encode: must not reach the decoded tensor
-    out = sharing.decode_tensor(desc, buffers)
+    out = sharing.decode_tensor(desc, buffers, ns)
     assert torch.equal(out, expected)
     out.fill_(42)  # and the decoded tensor's writes do not reach the source
     assert bool(src.eq(-1).all())
@@ -219,7 +219,7 @@ def test_decoded_tensor_does_not_alias_a_mutable_frame(ns):
     buffers: list = []
     desc = sharing.encode_tensor(src, buffers, ns)
     frame = bytearray(buffers[0])  # a receiver's frame may be a mutable buffer
-    out = sharing.decode_tensor(desc, [frame])
+    out = sharing.decode_tensor(desc, [frame], ns)
     frame[:] = b"\xff" * len(frame)
     assert torch.equal(out, src)
     out.zero_()
@@ -229,8 +229,8 @@ def test_decoded_tensor_does_not_alias_a_mutable_frame(ns):
 def test_two_decodes_of_one_inline_descriptor_are_independent(ns):
     buffers: list = []
     desc = sharing.encode_tensor(torch.ones(4), buffers, ns)
-    a = sharing.decode_tensor(desc, buffers)
-    b = sharing.decode_tensor(desc, buffers)
+    a = sharing.decode_tensor(desc, buffers, ns)
+    b = sharing.decode_tensor(desc, buffers, ns)
     a.zero_()
     assert torch.equal(b, torch.ones(4))
 
@@ -253,14 +253,14 @@ def test_a_segment_is_pooled_and_reused_after_release(ns):
     assert os.path.basename(path).startswith(sharing.segment_prefix(ns))
     assert sharing.list_segments(ns) == [os.path.basename(path)]
     assert os.path.getsize(path) == pool.HEADER + desc[3][2] and desc[3][2] >= t.numel() * 4
-    out = sharing.decode_tensor(desc, buffers)
+    out = sharing.decode_tensor(desc, buffers, ns)
     assert_bit_exact(t, out)
     seg = pool._MAPPED[path]
     assert out.data_ptr() == ctypes.addressof(seg.state) + pool.HEADER  # built over the mapping: no copy
     assert seg.state.value == pool.BUSY and seg.uses == 1
     again = sharing.encode_tensor(t, [], ns)
     assert again[3][1] != path  # held by `out`: never handed out twice
-    sharing.decode_tensor(again, [])  # released at once
+    sharing.decode_tensor(again, [], ns)  # released at once
     out2 = out
     del out
     gc.collect()
@@ -270,7 +270,7 @@ def test_a_segment_is_pooled_and_reused_after_release(ns):
     assert seg.state.value == pool.FREE and seg.uses == 0
     third = sharing.encode_tensor(t * 2, [], ns)
     assert third[3][1] in (path, again[3][1])  # a free one of the right size is reused
-    assert_bit_exact(t * 2, sharing.decode_tensor(third, []))
+    assert_bit_exact(t * 2, sharing.decode_tensor(third, [], ns))
 
 
 def test_a_segment_in_flight_is_not_reused(ns):
@@ -278,7 +278,7 @@ def test_a_segment_in_flight_is_not_reused(ns):
     descs = [sharing.encode_tensor(big, [], ns) for _ in range(3)]
     assert len({d[3][1] for d in descs}) == 3 and len(sharing.list_segments(ns)) == 3
     for d in descs:
-        sharing.decode_tensor(d, [])
+        sharing.decode_tensor(d, [], ns)
 
 
 def test_tensor_and_grad_travel_in_separate_segments(ns):
@@ -287,13 +287,13 @@ def test_tensor_and_grad_travel_in_separate_segments(ns):
     x.grad = torch.randn(n)
     desc = sharing.encode_tensor(x, [], ns)
     assert desc[3][1] != desc[4][3][1] and len(sharing.list_segments(ns)) == 2
-    out = sharing.decode_tensor(desc, [])
+    out = sharing.decode_tensor(desc, [], ns)
     assert torch.equal(out.grad, x.grad) and torch.equal(out.detach(), x.detach())
 
 
 def test_handover_gives_the_segment_itself(ns):
     t = torch.arange(numel_for("shm", torch.float32), dtype=torch.float32)
-    held = sharing.decode_tensor(sharing.encode_tensor(t, [], ns), [])
+    held = sharing.decode_tensor(sharing.encode_tensor(t, [], ns), [], ns)
     address = held.data_ptr()
     handed = sharing.handover(held)
     assert handed is not None
@@ -302,7 +302,7 @@ def test_handover_gives_the_segment_itself(ns):
     desc = handed.describe([], ns)
     seg = pool._MAPPED[desc[3][1]]
     assert seg.state.value == pool.BUSY  # our tensor went, but the segment was given away
-    back = sharing.decode_tensor(desc, [])
+    back = sharing.decode_tensor(desc, [], ns)
     assert back.data_ptr() == address and torch.equal(back, t)
     del back
     gc.collect()
@@ -310,7 +310,7 @@ def test_handover_gives_the_segment_itself(ns):
 
 
 def test_handover_refuses_shared_memory(ns):
-    held = sharing.decode_tensor(sharing.encode_tensor(torch.zeros(numel_for("shm", torch.float32)), [], ns), [])
+    held = sharing.decode_tensor(sharing.encode_tensor(torch.zeros(numel_for("shm", torch.float32)), [], ns), [], ns)
     view = held[1:]
     assert sharing.handover(held) is None  # a view shares the memory
     assert sharing.handover(view) is None  # not the whole segment
@@ -325,7 +325,7 @@ def test_handover_refuses_shared_memory(ns):
 def test_idle_segments_beyond_the_budget_are_unlinked(ns, monkeypatch):
     monkeypatch.setattr(pool, "IDLE_MAX", 0)
     desc = sharing.encode_tensor(torch.zeros(numel_for("shm", torch.float32)), [], ns)
-    out = sharing.decode_tensor(desc, [])
+    out = sharing.decode_tensor(desc, [], ns)
     assert len(sharing.list_segments(ns)) == 1
     release(out)
     del out
@@ -335,7 +335,7 @@ def test_idle_segments_beyond_the_budget_are_unlinked(ns, monkeypatch):
 
 def test_close_unlinks_our_segments_and_keeps_live_tensors(ns):
     t = torch.arange(numel_for("shm", torch.float32), dtype=torch.float32)
-    out = sharing.decode_tensor(sharing.encode_tensor(t, [], ns), [])
+    out = sharing.decode_tensor(sharing.encode_tensor(t, [], ns), [], ns)
     pool.close(ns)
     assert sharing.list_segments(ns) == [] and pool.stats(ns)["mapped"] == 0
     assert torch.equal(out, t)  # the mapping lives as long as the tensor
@@ -348,7 +348,7 @@ def test_a_removed_segment_cannot_be_decoded(ns):
     desc = sharing.encode_tensor(torch.zeros(numel_for("shm", torch.float32)), buffers, ns)
     pool.close(ns)
     with pytest.raises(ProtocolError, match="does not exist"):
-        sharing.decode_tensor(desc, buffers)
+        sharing.decode_tensor(desc, buffers, ns)
 
 
 
@@ -390,7 +390,7 @@ def test_list_segments(ns):
         assert all(name.startswith("simsyft_") for name in everything)
         assert everything == sorted(everything)
         for d in descs:
-            sharing.decode_tensor(d, [])
+            sharing.decode_tensor(d, [], ns)
         assert sharing.list_segments(ns) == mine  # pooled until the simulation ends
     finally:
         sharing.sweep(other)

@@ -31,12 +31,12 @@ def core():
 def send(core: WorkerCore, msg: protocol.Message):
     """Encode like a client, hand the frames to the core, decode its reply (None if it sends none)."""
     reply = core.handle(protocol.encode(msg, core.namespace))
-    return None if reply is None else protocol.decode(reply)
+    return None if reply is None else protocol.decode(reply, namespace=core.namespace)
 
 
 def send_frames(core: WorkerCore, frames: list):
     reply = core.handle(frames)
-    return None if reply is None else protocol.decode(reply)
+    return None if reply is None else protocol.decode(reply, namespace=core.namespace)
 
 
 def meta(t: torch.Tensor) -> tuple:
@@ -76,7 +76,7 @@ def test_fetch_of_a_large_tensor_goes_through_shared_memory(core):
     reply = core.handle(protocol.encode(Fetch(2, 5), core.namespace))
     assert protocol.frames_size(reply) < 4096
     assert len(sharing.list_segments(core.namespace)) == 1
-    value = protocol.decode(reply)
+    value = protocol.decode(reply, namespace=core.namespace)
     assert torch.equal(value.value, big)
     assert len(sharing.list_segments(core.namespace)) == 1  # pooled
 
