@@ -241,3 +241,39 @@ def test_attaching_through_the_environment_accepts_only_run_dirs_in_the_root(tmp
     fake.mkdir(mode=0o700)
     with pytest.raises(rundir.SimsyftError, match="is not a simsyft run directory"):
         rundir.verify_run_dir(str(fake))
+
+
+def test_segments_another_user_plants_in_a_simulations_namespace_change_nothing(process_bob):
+    import torch
+
+    from simsyft import pool, protocol, sharing
+
+    namespace = process_bob.connection.namespace  # visible to everyone in `ls /dev/shm`
+    creators = (os.getpid(), process_bob.pid)
+    # Every name the old scheme would pick next, and a well-formed one a forged handle will name.
+    planted = [os.path.join(sharing.SHM_DIR, f"{sharing.segment_prefix(namespace)}{pid}_{n}")
+               for pid in creators for n in range(128)]
+    forged = os.path.join(sharing.SHM_DIR, f"{sharing.segment_prefix(namespace)}{os.getpid()}_{'ab' * 8}")
+    capacity = 1 << 20
+
+    def attacker() -> None:
+        for path in planted + [forged]:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            os.ftruncate(fd, pool.HEADER + capacity)
+            os.close(fd)
+
+    as_other_user(attacker)
+    try:
+        x = torch.randn(1 << 20)  # 4 MiB: through segments, both ways
+        assert torch.equal((x.send(process_bob) * 2).get(), x * 2)
+        # A handle naming the other user's file is refused before anything is mapped.
+        descriptor = ("float32", (capacity // 4,), False, ("s", forged, capacity, 1), None)
+        with pytest.raises(rundir.SimsyftError, match=r"owned by uid \d+, not by this user"):
+            process_bob.connection.request(lambda seq: protocol.Import(seq, 77, descriptor, (), None))
+        assert 77 not in process_bob._objects
+    finally:
+        for path in planted + [forged]:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
