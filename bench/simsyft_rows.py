@@ -152,15 +152,15 @@ def row_send_get_small(s: Settings, lab: Lab) -> list[Figure]:
 
 def row_encode_decode(s: Settings, lab: Lab) -> list[Figure]:
     """simsyft.protocol encode + decode of a Store message carrying a 5-element tensor."""
-    from simsyft import protocol
+    from simsyft.wire import codec, messages
 
     t = lab.torch.tensor([1.0, 2, 3, 4, 5])
 
     def roundtrip() -> None:
-        protocol.decode(protocol.encode(protocol.Store(1, 2, t)))
+        codec.decode(codec.encode(messages.Store(1, 2, t)))
 
     return [time_figure(time_calls(roundtrip, s.reps, s.warmup), name="simsyft_encode_decode_5",
-                        group=G, what="protocol.encode+decode of Store(5-element tensor)",
+                        group=G, what="codec.encode+decode of Store(5-element tensor)",
                         compare=[Compare("raw_encode_5"), Compare("torch_pickle_5"),
                                  Compare.absolute(5e-6, 10e-6)])]
 

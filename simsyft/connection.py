@@ -19,7 +19,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import errors, protocol, sharing
+from . import errors
+
+from .wire import codec, messages, tensors
 from .config import REQUEST_TIMEOUT_S
 from .errors import RemoteError, WorkerCrashedError, WorkerShutdownError, WorkerTimeoutError
 
@@ -33,7 +35,7 @@ _RECV_TIMEOUT_MS = 100
 # client work). In between, a dead worker is still noticed by the send or receive timeout.
 _LIVENESS_INTERVAL_S = 0.05
 _FREE_BATCH = 256
-_IN_FLIGHT = sharing.IN_FLIGHT  # the segments of the message in progress on this thread (pool.py)
+_IN_FLIGHT = tensors.IN_FLIGHT  # the segments of the message in progress on this thread (pool.py)
 
 
 class Connection:
@@ -54,14 +56,14 @@ class Connection:
         self.closed_reason: str | None = None
         self._seq = 0
         self._pending_free: list[int] = []
-        self._deferred: list[protocol.ErrorReply] = []  # failures of pipelined commands, not yet raised
+        self._deferred: list[messages.ErrorReply] = []  # failures of pipelined commands, not yet raised
         self.posted = 0  # pipelined commands sent since the last synchronising request
         self._lock = threading.RLock()
         self.bytes_sent = 0
         self.bytes_received = 0
         self.messages_sent = 0
         self.messages_received = 0
-        self._armed: list = []  # segments sent in messages the worker has not answered yet (sharing.reclaim)
+        self._armed: list = []  # segments sent in messages the worker has not answered yet (tensors.reclaim)
 
     # -- transport hooks --------------------------------------------------
     def _send(self, frames: list) -> None:
@@ -78,8 +80,8 @@ class Connection:
         self._seq += 1
         return self._seq
 
-    def request(self, make: Callable[..., protocol.Message], carries_free: bool = False,
-                timeout_s: float | None = None) -> protocol.Message:
+    def request(self, make: Callable[..., messages.Message], carries_free: bool = False,
+                timeout_s: float | None = None) -> messages.Message:
         """Send `make(seq)` and return its reply; remote exceptions are raised here.
 
         With `carries_free`, `make(seq, free_ids)` puts the pending frees into the
@@ -101,14 +103,14 @@ class Connection:
                 self._transmit(self._encode(msg))
                 while True:
                     frames = self._recv()
-                    self.bytes_received += protocol.frames_size(frames)
+                    self.bytes_received += codec.frames_size(frames)
                     self.messages_received += 1
                     reply = self._decode(frames, msg)
-                    if reply.seq == msg.seq or (reply.seq == -1 and isinstance(reply, protocol.ErrorReply)):
+                    if reply.seq == msg.seq or (reply.seq == -1 and isinstance(reply, messages.ErrorReply)):
                         break
                     if reply.seq in self._abandoned:
                         self._abandoned.discard(reply.seq)  # Note [Late replies]
-                    elif isinstance(reply, protocol.ErrorReply):
+                    elif isinstance(reply, messages.ErrorReply):
                         self._deferred.append(reply)  # a pipelined command failed earlier
                     # Anything else answers an older request (one abandoned by KeyboardInterrupt): drop it.
             except WorkerTimeoutError:
@@ -124,17 +126,17 @@ class Connection:
                 armed, self._armed = self._armed, []
                 # The worker is done with every message so far. One it handled decoded all its tensors,
                 # so only a failure can leave a segment unreceived: free those.
-                if deferred or type(reply) is protocol.ErrorReply:
-                    sharing.reclaim(armed)
+                if deferred or type(reply) is messages.ErrorReply:
+                    tensors.reclaim(armed)
         if deferred:
             # Note [Errors in pipelined mode]: the first failure since the last synchronising
             # call is raised here, at the next one; later failures usually follow from it.
             raise rebuild_exception(deferred[0])
-        if isinstance(reply, protocol.ErrorReply):
+        if isinstance(reply, messages.ErrorReply):
             raise rebuild_exception(reply)
         return reply
 
-    def post(self, make: Callable[[int, tuple], protocol.Message]) -> None:
+    def post(self, make: Callable[[int, tuple], messages.Message]) -> None:
         """Send `make(seq, free_ids)` without waiting (pipelined mode); only failures are answered."""
         with self._lock:
             self._check_open()
@@ -155,12 +157,12 @@ class Connection:
         says so, and the call can be retried. The worker can always reopen its own segment.
         """
         try:
-            return self.request(lambda seq: protocol.Fetch(seq, object_id, True)).value
+            return self.request(lambda seq: messages.Fetch(seq, object_id, True)).value
         except _NotTaken as exc:
             failure = exc
         frames = tuple(bytes(f) for f in failure.frames)
         try:
-            self.request(lambda seq: protocol.Restore(seq, object_id, frames))
+            self.request(lambda seq: messages.Restore(seq, object_id, frames))
         except errors.SimsyftError as exc:
             raise errors.ProtocolError(
                 f"could not receive object {object_id} from worker {self.name!r} ({failure}), and giving it back "
@@ -171,7 +173,7 @@ class Connection:
 
     def sync(self) -> None:
         """A round trip, raising the first failure of any pipelined command sent before it."""
-        self.request(lambda seq: protocol.Objects(seq, False))
+        self.request(lambda seq: messages.Objects(seq, False))
 
     def free(self, object_id: int) -> None:
         """Queue a remote object for deletion; sent with the next message (batched, no reply)."""
@@ -208,7 +210,7 @@ class Connection:
         }
 
     # -- internals --------------------------------------------------------
-    def _timed_out(self, msg: protocol.Message | None, verb: str) -> WorkerTimeoutError:
+    def _timed_out(self, msg: messages.Message | None, verb: str) -> WorkerTimeoutError:
         pid = "" if self.pid is None else f" (pid {self.pid})"
         return WorkerTimeoutError(
             f"worker {self.name!r}{pid} did not {verb} {_describe_request(msg, self.posted)} within "
@@ -222,18 +224,18 @@ class Connection:
             raise WorkerShutdownError(f"worker {self.name!r} is {self.closed_reason}; start it again to use it")
 
     def _transmit(self, frames: list) -> None:
-        self.bytes_sent += protocol.frames_size(frames)
+        self.bytes_sent += codec.frames_size(frames)
         self.messages_sent += 1
         self._send(frames)
 
-    def _encode(self, msg: protocol.Message) -> list:
-        # sharing.sending() / sent(), inline: this runs for every message.
+    def _encode(self, msg: messages.Message) -> list:
+        # tensors.sending() / sent(), inline: this runs for every message.
         mark = _IN_FLIGHT.sent
         _IN_FLIGHT.sent = armed = []
         try:
-            frames = protocol.encode(msg, self.namespace)
+            frames = codec.encode(msg, self.namespace)
         except BaseException:
-            sharing.reclaim(armed)  # never sent: free what the encode armed
+            tensors.reclaim(armed)  # never sent: free what the encode armed
             raise
         finally:
             _IN_FLIGHT.sent = mark
@@ -241,44 +243,44 @@ class Connection:
             self._armed += armed
         return frames
 
-    def _decode(self, frames: list, msg: protocol.Message) -> protocol.Message:
+    def _decode(self, frames: list, msg: messages.Message) -> messages.Message:
         # Note [Segment ownership]: an undecodable reply to a Fetch(remove=True) is given back to
         # the worker (fetch), so what this decode received is re-armed, not kept.
-        mark = _IN_FLIGHT.claims  # sharing.receiving() / received(), inline
+        mark = _IN_FLIGHT.claims  # tensors.receiving() / received(), inline
         _IN_FLIGHT.claims = claims = []
         ok = True
         try:
-            return protocol.decode(frames, namespace=self.namespace)
+            return codec.decode(frames, namespace=self.namespace)
         except errors.SimsyftError as exc:
-            if type(msg) is protocol.Fetch and msg.remove and protocol.peek_seq(frames) == msg.seq:
+            if type(msg) is messages.Fetch and msg.remove and codec.peek_seq(frames) == msg.seq:
                 ok = False
                 raise _NotTaken(str(exc), frames) from exc
             raise
         finally:
             _IN_FLIGHT.claims = mark
             if claims:
-                sharing.settle(claims, ok)
+                tensors.settle(claims, ok)
 
     def _flush_free(self) -> None:
         if self._pending_free:
             ids, self._pending_free = self._pending_free, []
-            self._transmit(protocol.encode(protocol.Free(tuple(ids))))
+            self._transmit(codec.encode(messages.Free(tuple(ids))))
 
 
 _REQUEST_NAMES = {
-    protocol.Fetch: "get()", protocol.Store: "send()", protocol.Info: "info()", protocol.Clear: "clear_objects()",
-    protocol.Search: "search()", protocol.Export: "move()", protocol.Import: "move()", protocol.Objects: "_objects",
-    protocol.RemoteGet: "remote_get()", protocol.Aliases: "an alias query",
+    messages.Fetch: "get()", messages.Store: "send()", messages.Info: "info()", messages.Clear: "clear_objects()",
+    messages.Search: "search()", messages.Export: "move()", messages.Import: "move()", messages.Objects: "_objects",
+    messages.RemoteGet: "remote_get()", messages.Aliases: "an alias query",
 }
 
 
-def _describe_request(msg: protocol.Message | None, posted: int) -> str:
+def _describe_request(msg: messages.Message | None, posted: int) -> str:
     """What a request asked, for a timeout message: 'torch.add', 'get()', ..."""
     if msg is None:
         return "the frees of dropped pointers"
-    if type(msg) is protocol.Command:
+    if type(msg) is messages.Command:
         what = msg.op
-    elif type(msg) is protocol.Objects and not msg.values and posted:
+    elif type(msg) is messages.Objects and not msg.values and posted:
         return f"a sync point after {posted} pipelined op{'s' if posted != 1 else ''}"
     else:
         what = _REQUEST_NAMES.get(type(msg), type(msg).__name__)
@@ -310,7 +312,7 @@ def _allowed_exception_types() -> dict[tuple[str, str], type]:
 _EXCEPTION_TYPES: dict[tuple[str, str], type] | None = None
 
 
-def rebuild_exception(reply: protocol.ErrorReply) -> Exception:
+def rebuild_exception(reply: messages.ErrorReply) -> Exception:
     """The remote exception as the same type and message, plus the worker's name.
 
     Only builtin, torch and simsyft exception types are rebuilt; anything else

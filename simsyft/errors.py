@@ -51,7 +51,7 @@ class ProtocolError(SimsyftError, ValueError):
 
 
 class OpNotAllowedError(SimsyftError, PermissionError):
-    """A worker was asked to run something outside the op allowlist in simsyft/executor.py."""
+    """A worker was asked to run something outside the op allowlist in simsyft/wire/ops.py."""
 
 
 class ObjectNotFoundError(SimsyftError, LookupError):

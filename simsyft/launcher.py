@@ -12,7 +12,9 @@ import os
 import time
 from typing import Any
 
-from . import protocol, workers
+from . import workers
+
+from .wire import codec, messages
 from .config import SimulationConfig, load_config
 from .errors import SimsyftError, WorkerTimeoutError
 from .simulation import Cluster, find_run_dir
@@ -83,7 +85,7 @@ class Simulation:
                         row["state"] = "stopped (send SIGCONT to resume)"
                         report[name] = row
                         continue
-                    info = process.connection.request(lambda seq: protocol.Info(seq), timeout_s=_STATUS_TIMEOUT_S).value
+                    info = process.connection.request(lambda seq: messages.Info(seq), timeout_s=_STATUS_TIMEOUT_S).value
                     row.update({k: info[k] for k in ("device", "objects", "bytes", "messages_in",
                                                      "messages_out", "uptime", "threads")})
                 except WorkerTimeoutError:

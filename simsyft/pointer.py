@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import executor, protocol, sharing
+from .wire import codec, messages, ops, tensors
 from .errors import LocationMismatchError, ObjectNotFoundError, RemoteValueError
 
 __all__ = ["FETCHED", "LIVE", "OBSERVER", "VOID", "PointerTensor", "new_id", "pipeline"]
@@ -50,7 +50,7 @@ _NAMES: dict[Any, str] = {}
 def _op_name(func: Any) -> str:
     name = _NAMES.get(func)
     if name is None:
-        name = executor.op_name(func) or getattr(func, "__qualname__", repr(func))
+        name = ops.op_name(func) or getattr(func, "__qualname__", repr(func))
         _NAMES[func] = name
     return name
 
@@ -89,7 +89,7 @@ class PointerTensor:
 
     def _set_meta(self, meta: tuple) -> None:
         dtype, shape, requires_grad, device = meta
-        self._dtype = sharing.dtype_from_name(dtype)
+        self._dtype = tensors.dtype_from_name(dtype)
         self._shape = torch.Size(shape)
         self._requires_grad = requires_grad
         self._device = device
@@ -222,7 +222,7 @@ class PointerTensor:
             raise AttributeError(f"'PointerTensor' object has no attribute {name!r}")
         if hasattr(attr, "__get__") and not callable(attr):  # a property such as T, mT, is_leaf
             getter = getattr(attr, "__get__")
-            if not executor.is_allowed(_op_name(getter)):
+            if not ops.is_allowed(_op_name(getter)):
                 raise AttributeError(f"'PointerTensor' cannot read {name!r} remotely: not in the op allowlist")
             return _call_remote(getter, (self,), {})
         return _MethodForwarder(attr, self)
@@ -237,7 +237,7 @@ class PointerTensor:
         # If this process cannot take the reply, the worker keeps the object and this raises: retry.
         value = self.location.connection.fetch(self.id_at_location)
         self._state = FETCHED
-        if type(value) is protocol.RemoteRef:
+        if type(value) is messages.RemoteRef:
             # A pointer to a pointer: we get the inner pointer, and with it the duty to free the data.
             return from_remote_ref(value, self.location, self.owner, LIVE)
         return value
@@ -255,10 +255,10 @@ class PointerTensor:
         if getattr(worker, "simulation", None) is None or worker.simulation is not getattr(self.location, "simulation", None):
             raise LocationMismatchError(
                 f"cannot send a pointer to {self.location.id!r} to {worker.id!r}: workers of one simulation only")
-        meta = (sharing.dtype_name(self._dtype), tuple(self._shape), self._requires_grad, self._device)
+        meta = (tensors.dtype_name(self._dtype), tuple(self._shape), self._requires_grad, self._device)
         new = new_id()
         ack = worker.connection.request(
-            lambda seq: protocol.StorePointer(seq, new, self.location.id, self.id_at_location, meta))
+            lambda seq: messages.StorePointer(seq, new, self.location.id, self.id_at_location, meta))
         if self._state == LIVE:
             self._state = OBSERVER
         return PointerTensor(worker, new, worker.owner, ack.result[2:])
@@ -266,7 +266,7 @@ class PointerTensor:
     def remote_get(self) -> "PointerTensor":
         """On a pointer to a pointer: bring the data to the middle worker (worker to worker); returns self."""
         self._check_live()
-        ack = self.location.connection.request(lambda seq: protocol.RemoteGet(seq, self.id_at_location))
+        ack = self.location.connection.request(lambda seq: messages.RemoteGet(seq, self.id_at_location))
         self._set_meta(ack.result[2:])
         return self
 
@@ -289,13 +289,13 @@ class PointerTensor:
             raise LocationMismatchError(
                 f"cannot move pointer {self.id} from {self.location.id!r} to {worker.id!r}: they belong to different "
                 "simulations, which never map each other's shared memory; use .get() and .send()")
-        descriptor, tags, description = source.request(lambda seq: protocol.Export(seq, self.id_at_location)).value
+        descriptor, tags, description = source.request(lambda seq: messages.Export(seq, self.id_at_location)).value
         new = new_id()
         try:
-            ack = destination.request(lambda seq: protocol.Import(seq, new, descriptor, tags, description))
+            ack = destination.request(lambda seq: messages.Import(seq, new, descriptor, tags, description))
         except Exception:
             # The segment is only consumed by a successful import: put the data back.
-            source.request(lambda seq: protocol.Import(seq, self.id_at_location, descriptor, tags, description))
+            source.request(lambda seq: messages.Import(seq, self.id_at_location, descriptor, tags, description))
             raise
         self.location, self.id_at_location = worker, new
         self._set_meta(ack.result[2:])
@@ -388,7 +388,7 @@ def _forwarder(method: Callable) -> Callable:
     return forward
 
 
-for _dunder in executor.OPERATOR_DUNDERS:
+for _dunder in ops.OPERATOR_DUNDERS:
     _method = getattr(torch.Tensor, _dunder, None)
     if _method is not None:
         setattr(PointerTensor, _dunder, _forwarder(_method))
@@ -441,7 +441,7 @@ class _Collector:
                     "move one of them first (or .get() both)"
                 )
             self.pointers[value.id_at_location] = value
-            return protocol.Ref(value.id_at_location)
+            return messages.Ref(value.id_at_location)
         if kind is tuple or kind is list:
             return kind(self.walk(v) for v in value)
         if kind is dict:
@@ -578,7 +578,7 @@ def _meta_run(func: Callable, args: tuple, kwargs: dict, pointers: list) -> tupl
     if not isinstance(result, torch.Tensor) or result.device.type != "meta":
         return None
     alias = metas.index(id(result)) if id(result) in metas else None
-    return (alias, sharing.dtype_name(_cpu_dtype(func, args, kwargs, pointers, result.dtype)), tuple(result.shape),
+    return (alias, tensors.dtype_name(_cpu_dtype(func, args, kwargs, pointers, result.dtype)), tuple(result.shape),
             result.requires_grad)
 
 
@@ -643,7 +643,7 @@ def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
         if predicted is not None:
             connection = location.connection
             _PIPELINES[-1].connections[id(connection)] = connection
-            connection.post(lambda seq, free: protocol.Command(
+            connection.post(lambda seq, free: messages.Command(
                 seq, op, wire_args, wire_kwargs, result_id, grad_enabled, free, False))
             kind, pointer, meta = predicted
             if kind == "a":
@@ -651,7 +651,7 @@ def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
                 return pointer
             return PointerTensor(location, result_id, location.owner, meta)
     reply = location.connection.request(
-        lambda seq, free: protocol.Command(seq, op, wire_args, wire_kwargs, result_id, grad_enabled, free),
+        lambda seq, free: messages.Command(seq, op, wire_args, wire_kwargs, result_id, grad_enabled, free),
         carries_free=True,
     )
     return _materialize(reply.result, location, pointers, op)
@@ -663,7 +663,7 @@ def _refresh_aliases(pointer: PointerTensor) -> None:
     Autograd makes the whole view family require grad (x[0:1].add_(w) makes x require grad);
     asked only then, so ordinary ops pay nothing.
     """
-    found = pointer.location.connection.request(lambda seq: protocol.Aliases(seq, pointer.id_at_location)).value
+    found = pointer.location.connection.request(lambda seq: messages.Aliases(seq, pointer.id_at_location)).value
     for object_id, meta in found:
         entry = _BY_REMOTE_ID.get(object_id)
         alias = entry() if entry is not None else None

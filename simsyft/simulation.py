@@ -23,7 +23,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import pool, protocol, rundir, sharing
+from . import rundir
+
+from .wire import codec, messages, segments, tensors
 from .config import REQUEST_TIMEOUT_S
 from .connection import ZmqConnection, pid_alive, signal_name
 from .errors import SimsyftError, WorkerTimeoutError
@@ -166,7 +168,7 @@ class Cluster:
             # request() returns once the worker bound its socket and answered, or raises on a crash.
             # Start-up (importing torch) has its own timeout, not request_timeout_s.
             try:
-                worker.connection.request(lambda seq: protocol.Info(seq),
+                worker.connection.request(lambda seq: messages.Info(seq),
                                           timeout_s=max(deadline - time.monotonic(), 0.001))
             except WorkerTimeoutError:
                 raise WorkerTimeoutError(f"worker {name!r} took more than {timeout:.0f}s to start") from None
@@ -183,7 +185,7 @@ class Cluster:
         if worker.exit_code() is None and conn is not None and conn.closed_reason is None:
             if conn._lock.acquire(timeout=timeout):
                 try:
-                    conn._transmit(protocol.encode(protocol.Shutdown(conn.next_seq())))
+                    conn._transmit(codec.encode(messages.Shutdown(conn.next_seq())))
                 except Exception:  # noqa: BLE001 - best effort; the process is killed below if it stays
                     pass
                 finally:
@@ -244,12 +246,12 @@ class Cluster:
             elif worker.connection is not None:
                 worker.connection.close("detached")
         if self.owner:
-            sharing.sweep(self.namespace)
+            tensors.sweep(self.namespace)
             shutil.rmtree(self.run_dir, ignore_errors=True)
         else:
             # Our pooled segments carry the simulation's name, so its sweep would get them, but
             # only when it ends: a script that attached and left must not leave them until then.
-            pool.close(self.namespace)
+            segments.close(self.namespace)
 
     # -- facts ----------------------------------------------------------------
     def pids(self) -> dict[str, int]:
@@ -349,7 +351,7 @@ def sweep_stale() -> list[str]:
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     uid = os.getuid()
-    for name in sharing.list_segments():
+    for name in tensors.list_segments():
         m = _SHM_RE.match(name)
         if not m:
             continue
@@ -358,7 +360,7 @@ def sweep_stale() -> list[str]:
             owner_lives = pid_alive(int(m.group(2)))
         if owner_lives:
             continue
-        path = os.path.join(sharing.SHM_DIR, name)
+        path = os.path.join(tensors.SHM_DIR, name)
         try:
             if os.lstat(path).st_uid != uid:
                 continue  # another user's: not ours to judge (root could unlink it)

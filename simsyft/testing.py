@@ -41,8 +41,8 @@ import torch
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, multiple, precondition, rule
 
-from . import pool as shm_pool
-from . import sharing
+from .wire import segments as shm_pool
+from .wire import tensors as wire_tensors
 from .connection import Connection
 from .errors import LocationMismatchError, ObjectNotFoundError, RemoteValueError
 from .hook import TorchHook
@@ -119,7 +119,7 @@ class InProcessConnection(Connection):
         shared = InProcessConnection._shared
         shared[1] -= 1
         if not shared[1]:
-            sharing.sweep(self.namespace)
+            wire_tensors.sweep(self.namespace)
 
 
 def in_process_worker(name: str = "bob") -> VirtualWorker:
@@ -268,7 +268,7 @@ def _check_meta(pointer: PointerTensor, local: torch.Tensor, what: str) -> None:
 
 def _reference(t: torch.Tensor) -> torch.Tensor:
     """The local twin of what `t.send(worker)` leaves on the worker: a contiguous leaf copy
-    with the same requires_grad and .grad (data crosses contiguous; see sharing.py)."""
+    with the same requires_grad and .grad (data crosses contiguous; see simsyft/wire/tensors.py)."""
     ref = t.detach().clone(memory_format=torch.contiguous_format)
     if t.requires_grad:
         ref.requires_grad_(True)
@@ -970,7 +970,7 @@ class WorkerPool:
     def segments(self) -> list[str]:
         """Shared-memory segments lost in flight: marked in use, yet no tensor of this process
         uses them. Should be none once the workers' stores are empty. Segments are pooled and
-        reused (simsyft/pool.py), so their names alone say nothing; a worker process's own
+        reused (simsyft/wire/segments.py), so their names alone say nothing; a worker process's own
         segments are its business, checked by the leak checks at shutdown."""
         spaces = {h.connection.namespace for h in self.workers}
         return [name for space in spaces for name in shm_pool.lost(space)]

@@ -25,7 +25,9 @@ from typing import Any
 
 import torch
 
-from . import executor, limits, pool, protocol, sharing
+from . import limits
+
+from .wire import codec, messages, ops, segments, tensors
 from .config import REQUEST_TIMEOUT_S
 from .connection import Connection, pid_alive
 from .connection import _context as zmq_context
@@ -34,14 +36,14 @@ from .errors import LocationMismatchError, ObjectNotFoundError, ProtocolError, S
 __all__ = ["WorkerCore", "describe_meta", "main"]
 
 _VALUE_TYPES = (bool, int, float, complex, str, bytes, torch.Size, torch.dtype, torch.device)
-_IN_SEGMENTS = sharing.IN_SEGMENTS  # non-empty once this process holds a tensor over a segment
-_IN_FLIGHT = sharing.IN_FLIGHT
+_IN_SEGMENTS = tensors.IN_SEGMENTS  # non-empty once this process holds a tensor over a segment
+_IN_FLIGHT = tensors.IN_FLIGHT
 _TAKEN_MAX = 64  # tags kept of the objects last removed by a Fetch, in case the client gives one back
 
 
 def describe_meta(tensor: torch.Tensor) -> tuple:
     """What a client caches about a remote tensor, so shape/dtype need no round trip."""
-    return (sharing.dtype_name(tensor.dtype), tuple(tensor.shape), tensor.requires_grad,
+    return (tensors.dtype_name(tensor.dtype), tuple(tensor.shape), tensor.requires_grad,
             "cpu" if tensor.is_cpu else str(tensor.device))
 
 
@@ -74,16 +76,16 @@ class WorkerCore:
         used: dict[int, Any] = {}
         # Note [Segment ownership]: a request that fails gives back the segments it received, so
         # the client can reclaim them, or the source of a move() re-import its segment.
-        mark = _IN_FLIGHT.claims  # sharing.receiving(), inline
+        mark = _IN_FLIGHT.claims  # tensors.receiving(), inline
         _IN_FLIGHT.claims = claims = []
         ok = True
         try:
             try:
-                msg = protocol.decode(frames, resolve=lambda ref: self._resolve(ref, used), strict=True,
+                msg = codec.decode(frames, resolve=lambda ref: self._resolve(ref, used), strict=True,
                                       namespace=self.namespace)
             except Exception as exc:  # noqa: BLE001 - a bad frame must never kill the worker
                 ok = False
-                return self._error(protocol.peek_seq(frames), exc)
+                return self._error(codec.peek_seq(frames), exc)
             if not msg.wants_reply:
                 self._free(msg)
                 return None
@@ -92,18 +94,18 @@ class WorkerCore:
             except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
                 # Only an Import stores nothing when it fails; a failed op may have stored results
                 # over what it received, which then stays ours.
-                ok = type(msg) is not protocol.Import
+                ok = type(msg) is not messages.Import
                 return self._error(msg.seq, exc)
         finally:
             _IN_FLIGHT.claims = mark
             if claims:
-                sharing.settle(claims, ok)
-        if type(msg) is protocol.Command and not msg.reply:
+                tensors.settle(claims, ok)
+        if type(msg) is messages.Command and not msg.reply:
             return None  # pipelined: only failures are answered
         try:
-            frames = protocol.encode(reply, self.namespace)
+            frames = codec.encode(reply, self.namespace)
         except Exception as exc:  # noqa: BLE001 - a result we cannot send is an error, not a crash
-            if type(msg) is protocol.Fetch and msg.remove:
+            if type(msg) is messages.Fetch and msg.remove:
                 try:
                     self._put_back(msg.id, reply.value)  # never sent: .get() can be retried
                 except Exception:  # noqa: BLE001 - the error below still goes back; the object is lost
@@ -116,11 +118,11 @@ class WorkerCore:
         self.messages_out += 1
         if self.memory_limit is not None:  # Note [Memory limit] (limits.py)
             exc = limits.refused(self.name, self.memory_limit, exc) or exc
-        reply = protocol.ErrorReply(
+        reply = messages.ErrorReply(
             seq, type(exc).__module__, type(exc).__qualname__, str(exc),
             "".join(traceback.format_exception(exc)), self.name,
         )
-        return protocol.encode(reply)
+        return codec.encode(reply)
 
     def _resolve(self, object_id: int, used: dict[int, Any]) -> Any:
         try:
@@ -129,7 +131,7 @@ class WorkerCore:
             raise ObjectNotFoundError(
                 f"worker {self.name!r} has no object {object_id}: it was already returned by .get() or freed"
             ) from None
-        if _IN_SEGMENTS and type(obj) is not protocol.RemoteRef:  # only while we hold a tensor in a segment
+        if _IN_SEGMENTS and type(obj) is not messages.RemoteRef:  # only while we hold a tensor in a segment
             try:  # ~0.25 us: is it (or can its .grad be) over a segment?
                 if obj.untyped_storage().data_ptr() in _IN_SEGMENTS or obj.requires_grad:
                     self._check_segment(object_id, obj)
@@ -143,10 +145,10 @@ class WorkerCore:
 
         Drops every object over that segment, which the truncation destroyed.
         """
-        seg = sharing.shrunk(obj)
+        seg = tensors.shrunk(obj)
         if seg is None:
             return
-        lost = [oid for oid, other in self.store.items() if isinstance(other, torch.Tensor) and sharing.over(other, seg)]
+        lost = [oid for oid, other in self.store.items() if isinstance(other, torch.Tensor) and tensors.over(other, seg)]
         for oid in lost:
             self._drop(oid)
         others = f" (and {len(lost) - 1} other object(s) over it, dropped too)" if len(lost) > 1 else ""
@@ -155,29 +157,29 @@ class WorkerCore:
             f"truncated by another process{others}; send the data again")
 
     # -- messages ---------------------------------------------------------
-    def _dispatch(self, msg: protocol.Message, used: dict[int, Any]) -> protocol.Message:
+    def _dispatch(self, msg: messages.Message, used: dict[int, Any]) -> messages.Message:
         kind = type(msg)
-        if kind is protocol.Command:
+        if kind is messages.Command:
             for object_id in msg.free:  # none of these can be among the args: their pointers are gone
                 self._drop(object_id)
             for obj in used.values():
-                if type(obj) is protocol.RemoteRef:
-                    return protocol.Ack(msg.seq, self._forward(msg, used))
+                if type(obj) is messages.RemoteRef:
+                    return messages.Ack(msg.seq, self._forward(msg, used))
             if msg.grad_enabled == torch.is_grad_enabled():  # the usual case: no context manager to pay for
-                result = executor.run(msg.op, msg.args, msg.kwargs)
+                result = ops.run(msg.op, msg.args, msg.kwargs)
             else:
                 with torch.set_grad_enabled(msg.grad_enabled):
-                    result = executor.run(msg.op, msg.args, msg.kwargs)
-            return protocol.Ack(msg.seq, self.describe(result, msg.result_id, used, msg.op))
-        if kind is protocol.Store:
+                    result = ops.run(msg.op, msg.args, msg.kwargs)
+            return messages.Ack(msg.seq, self.describe(result, msg.result_id, used, msg.op))
+        if kind is messages.Store:
             value = msg.value
             if not isinstance(value, torch.Tensor):
                 raise ProtocolError(f"Store carries a {type(value).__name__}; only tensors can be stored")
-            return protocol.Ack(msg.seq, self._put(msg.id, value, msg.tags, msg.description))
-        if kind is protocol.Fetch:
+            return messages.Ack(msg.seq, self._put(msg.id, value, msg.tags, msg.description))
+        if kind is messages.Fetch:
             self._resolve(msg.id, used)
             if not msg.remove:
-                return protocol.Value(msg.seq, self.store[msg.id])
+                return messages.Value(msg.seq, self.store[msg.id])
             used.clear()
             value = self.store.pop(msg.id)
             tags = self.tags.pop(msg.id, None)
@@ -185,73 +187,73 @@ class WorkerCore:
                 self._taken[msg.id] = tags
                 if len(self._taken) > _TAKEN_MAX:
                     del self._taken[next(iter(self._taken))]
-            handed = sharing.handover(value) if isinstance(value, torch.Tensor) else None
+            handed = tensors.handover(value) if isinstance(value, torch.Tensor) else None
             if handed is not None:
                 # Note [Segment ownership]: the client takes the segment itself, unless something
                 # here still holds the tensor (autograd saved it for a backward pass).
                 alive = weakref.ref(value)
                 del value
                 if alive() is None:
-                    return protocol.Value(msg.seq, handed)
+                    return messages.Value(msg.seq, handed)
                 value = alive()
-                sharing.take_back(handed)
-            return protocol.Value(msg.seq, value)
-        if kind is protocol.Objects:
+                tensors.take_back(handed)
+            return messages.Value(msg.seq, value)
+        if kind is messages.Objects:
             if msg.values:
                 if _IN_SEGMENTS:
                     for object_id, obj in list(self.store.items()):
                         if isinstance(obj, torch.Tensor) and object_id in self.store:
                             self._check_segment(object_id, obj)
-                return protocol.Value(msg.seq, tuple(self.store.items()))
-            return protocol.Value(msg.seq, len(self.store))
-        if kind is protocol.Info:
-            return protocol.Value(msg.seq, self.info())
-        if kind is protocol.Clear:
+                return messages.Value(msg.seq, tuple(self.store.items()))
+            return messages.Value(msg.seq, len(self.store))
+        if kind is messages.Info:
+            return messages.Value(msg.seq, self.info())
+        if kind is messages.Clear:
             count = len(self.store)
             for object_id in list(self.store):
                 self._drop(object_id)
             self.tags.clear()
-            return protocol.Value(msg.seq, count)
-        if kind is protocol.StorePointer:
-            self.store[msg.id] = protocol.RemoteRef(msg.id, msg.location, msg.id_at_location, msg.meta)
-            return protocol.Ack(msg.seq, ("p", msg.id, *msg.meta))
-        if kind is protocol.RemoteGet:
+            return messages.Value(msg.seq, count)
+        if kind is messages.StorePointer:
+            self.store[msg.id] = messages.RemoteRef(msg.id, msg.location, msg.id_at_location, msg.meta)
+            return messages.Ack(msg.seq, ("p", msg.id, *msg.meta))
+        if kind is messages.RemoteGet:
             ref = self._resolve(msg.id, used)
-            if type(ref) is not protocol.RemoteRef:
+            if type(ref) is not messages.RemoteRef:
                 raise TypeError(f"remote_get(): object {msg.id} on worker {self.name!r} is already a tensor, "
                                 "not a pointer")
             value = self._peer(ref.location).fetch(ref.id_at_location)  # on failure, the object stays there
-            if type(value) is protocol.RemoteRef:  # a longer chain: we now point where our target pointed
+            if type(value) is messages.RemoteRef:  # a longer chain: we now point where our target pointed
                 value.id = msg.id
                 self.store[msg.id] = value
-                return protocol.Ack(msg.seq, ("p", msg.id, *value.meta))
+                return messages.Ack(msg.seq, ("p", msg.id, *value.meta))
             self.store[msg.id] = value
-            return protocol.Ack(msg.seq, ("p", msg.id, *describe_meta(value)))
-        if kind is protocol.Export:
+            return messages.Ack(msg.seq, ("p", msg.id, *describe_meta(value)))
+        if kind is messages.Export:
             value = self._resolve(msg.id, used)
-            if type(value) is protocol.RemoteRef:
+            if type(value) is messages.RemoteRef:
                 raise TypeError(f"cannot move object {msg.id} from worker {self.name!r}: it is a pointer to "
                                 "another worker; call remote_get() first")
-            descriptor = sharing.encode_tensor(value, [], self.namespace, -1)  # before removing: it may fail
+            descriptor = tensors.encode_tensor(value, [], self.namespace, -1)  # before removing: it may fail
             del self.store[msg.id]
             tags, description = self.tags.pop(msg.id, ((), None))
-            return protocol.Value(msg.seq, (descriptor, tags, description))
-        if kind is protocol.Import:
-            value = sharing.decode_tensor(msg.descriptor, [], self.namespace)
-            return protocol.Ack(msg.seq, self._put(msg.id, value, msg.tags, msg.description))
-        if kind is protocol.Restore:
-            return protocol.Ack(msg.seq, self._restore(msg.id, msg.frames))
-        if kind is protocol.Aliases:
-            return protocol.Value(msg.seq, self.aliases(msg.id, used))
-        if kind is protocol.Search:
-            return protocol.Value(msg.seq, self.search(msg.query))
-        if kind is protocol.Shutdown:
+            return messages.Value(msg.seq, (descriptor, tags, description))
+        if kind is messages.Import:
+            value = tensors.decode_tensor(msg.descriptor, [], self.namespace)
+            return messages.Ack(msg.seq, self._put(msg.id, value, msg.tags, msg.description))
+        if kind is messages.Restore:
+            return messages.Ack(msg.seq, self._restore(msg.id, msg.frames))
+        if kind is messages.Aliases:
+            return messages.Value(msg.seq, self.aliases(msg.id, used))
+        if kind is messages.Search:
+            return messages.Value(msg.seq, self.search(msg.query))
+        if kind is messages.Shutdown:
             self.running = False
-            return protocol.Value(msg.seq, True)
+            return messages.Value(msg.seq, True)
         raise ProtocolError(f"a worker does not accept {kind.__name__} messages")
 
-    def _free(self, msg: protocol.Message) -> None:
-        if type(msg) is protocol.Free:
+    def _free(self, msg: messages.Message) -> None:
+        if type(msg) is messages.Free:
             for object_id in msg.ids:
                 self._drop(object_id)
 
@@ -276,10 +278,10 @@ class WorkerCore:
             raise ProtocolError(f"cannot restore object {object_id} on worker {self.name!r}: the id is in use")
         if not all(type(frame) is bytes for frame in frames):
             raise ProtocolError("Restore carries frames that are not bytes")
-        reply = protocol.decode(list(frames), strict=True, namespace=self.namespace)
-        value = reply.value if type(reply) is protocol.Value else None
+        reply = codec.decode(list(frames), strict=True, namespace=self.namespace)
+        value = reply.value if type(reply) is messages.Value else None
         tags, description = self._taken.pop(object_id, ((), None))
-        if type(value) is protocol.RemoteRef:
+        if type(value) is messages.RemoteRef:
             value.id = object_id
             self.store[object_id] = value
             return ("p", object_id, *value.meta)
@@ -289,8 +291,8 @@ class WorkerCore:
 
     def _put_back(self, object_id: int, value: Any) -> None:
         """Undo a Fetch(remove=True) whose reply could not be encoded."""
-        if type(value) is sharing.Handover:
-            value = sharing.reopen(value, self.namespace)
+        if type(value) is tensors.Handover:
+            value = tensors.reopen(value, self.namespace)
         self.store[object_id] = value
         tags = self._taken.pop(object_id, None)
         if tags is not None:
@@ -300,13 +302,13 @@ class WorkerCore:
         """Remove an object; a pointer we hold frees what it points to (only the newest pointer frees)."""
         obj = self.store.pop(object_id, None)
         self.tags.pop(object_id, None)
-        if type(obj) is protocol.RemoteRef:
+        if type(obj) is messages.RemoteRef:
             try:
                 peer = self._peer(obj.location)
                 peer.free(obj.id_at_location)
                 # A round trip, so the free is done before we answer our client: otherwise the
                 # client's next message to that worker could overtake it (different sockets).
-                peer.request(lambda seq: protocol.Objects(seq, False))
+                peer.request(lambda seq: messages.Objects(seq, False))
             except SimsyftError:
                 pass  # the other worker is gone, and its objects with it
 
@@ -337,9 +339,9 @@ class WorkerCore:
         self._peers[name] = peer
         return peer
 
-    def _forward(self, msg: protocol.Command, used: dict[int, Any]) -> tuple:
+    def _forward(self, msg: messages.Command, used: dict[int, Any]) -> tuple:
         """Run an op on pointers we hold: on the worker they point to, keeping pointers to the results."""
-        refs = {oid: obj for oid, obj in used.items() if type(obj) is protocol.RemoteRef}
+        refs = {oid: obj for oid, obj in used.items() if type(obj) is messages.RemoteRef}
         locations = sorted({ref.location for ref in refs.values()})
         if len(refs) != len(used) or len(locations) > 1:
             held = f"objects held by {self.name!r}" if len(refs) != len(used) else ""
@@ -349,8 +351,8 @@ class WorkerCore:
 
         def swap(value: Any) -> Any:
             kind = type(value)
-            if kind is protocol.RemoteRef:
-                return protocol.Ref(value.id_at_location)
+            if kind is messages.RemoteRef:
+                return messages.Ref(value.id_at_location)
             if kind is tuple or kind is list:
                 return kind(swap(v) for v in value)
             if kind is dict:
@@ -360,14 +362,14 @@ class WorkerCore:
         remote_id = self._ids.getrandbits(63) or 1
         args, kwargs = swap(msg.args), swap(msg.kwargs)
         ack = self._peer(location).request(
-            lambda seq: protocol.Command(seq, msg.op, args, kwargs, remote_id, msg.grad_enabled, ()))
+            lambda seq: messages.Command(seq, msg.op, args, kwargs, remote_id, msg.grad_enabled, ()))
         by_remote = {ref.id_at_location: oid for oid, ref in refs.items()}
         return self._adopt(ack.result, msg.result_id, location, by_remote)
 
     def _adopt(self, desc: tuple, result_id: int, location: str, by_remote: dict[int, int]) -> tuple:
         kind = desc[0]
         if kind == "p":
-            self.store[result_id] = protocol.RemoteRef(result_id, location, desc[1], tuple(desc[2:]))
+            self.store[result_id] = messages.RemoteRef(result_id, location, desc[1], tuple(desc[2:]))
             return ("p", result_id, *desc[2:])
         if kind == "a":
             local_id = by_remote[desc[1]]
@@ -462,7 +464,7 @@ class WorkerCore:
             "messages_out": self.messages_out,
             "uptime": time.time() - self.started,
             "threads": torch.get_num_threads(),
-            # Note [Views stay inside their storage] (executor.py): always empty; tests assert it.
+            # Note [Views stay inside their storage] (ops.py): always empty; tests assert it.
             "views_outside_storage": sorted(oid for oid, v in self.store.items() if not _inside_storage(v)),
         }
 
@@ -489,7 +491,7 @@ def _inside_storage(value: Any) -> bool:
     if not isinstance(value, torch.Tensor):
         return True
     grad = value.grad if value.is_leaf or value.retains_grad else None  # .grad of a non-leaf warns
-    return executor.inside_storage(value) and (grad is None or executor.inside_storage(grad))
+    return ops.inside_storage(value) and (grad is None or ops.inside_storage(grad))
 def _check_tags(tags: tuple, description: Any) -> None:
     if not all(isinstance(t, str) for t in tags) or not (description is None or isinstance(description, str)):
         raise ProtocolError("tags must be strings and a description a string or None")
@@ -516,7 +518,7 @@ def _cleanup_after_parent(spec: dict) -> None:
     # The owner died without shutting us down (kill -9): remove what it would have.
     # A worker started by an attached process must leave the owner's simulation alone.
     if spec.get("owns_run_dir", True):
-        sharing.sweep(spec["namespace"])
+        tensors.sweep(spec["namespace"])
         shutil.rmtree(spec["run_dir"], ignore_errors=True)
 
 
@@ -524,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     import zmq
 
     spec = json.loads((argv if argv is not None else sys.argv[1:])[0])
-    pool.raise_fd_limit()  # every segment it maps keeps two descriptors (pool.intact)
+    segments.raise_fd_limit()  # every segment it maps keeps two descriptors (segments.intact)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the user's terminal is the client's to handle
     torch.set_num_threads(int(spec.get("threads") or 1))
     if spec.get("cpus"):

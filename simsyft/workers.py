@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from . import protocol
+from .wire import codec, messages
 from .errors import WorkerShutdownError
 from .pointer import LIVE, OBSERVER, PointerTensor, from_remote_ref, new_id
 from .simulation import RUN_DIR_ENV, Cluster, WorkerProcess
@@ -196,7 +196,7 @@ class VirtualWorker:
 
     def info(self) -> dict:
         """The worker's own account: pid, device, objects, bytes held, messages, uptime."""
-        return self.connection.request(lambda seq: protocol.Info(seq)).value
+        return self.connection.request(lambda seq: messages.Info(seq)).value
 
     # -- the store ----------------------------------------------------------------
     @property
@@ -204,9 +204,9 @@ class VirtualWorker:
         """A snapshot of the worker's store as {id: tensor}, in insertion order."""
         if self.is_local:
             return self._local_objects
-        items = self.connection.request(lambda seq: protocol.Objects(seq, True)).value
+        items = self.connection.request(lambda seq: messages.Objects(seq, True)).value
         # Pointers this worker holds show as pointers owned by it; they only observe (never free).
-        return {key: from_remote_ref(value, self, self, OBSERVER) if type(value) is protocol.RemoteRef else value
+        return {key: from_remote_ref(value, self, self, OBSERVER) if type(value) is messages.RemoteRef else value
                 for key, value in items}
 
     def peer(self, name: str) -> "VirtualWorker":
@@ -218,14 +218,14 @@ class VirtualWorker:
     def object_count(self) -> int:
         if self.is_local:
             return len(self._local_objects)
-        return self.connection.request(lambda seq: protocol.Objects(seq, False)).value
+        return self.connection.request(lambda seq: messages.Objects(seq, False)).value
 
     def clear_objects(self) -> "VirtualWorker":
         """Drop every object the worker holds (its pointers then find nothing); returns self."""
         if self.is_local:
             self._local_objects.clear()
         else:
-            self.connection.request(lambda seq: protocol.Clear(seq))
+            self.connection.request(lambda seq: messages.Clear(seq))
         return self
 
     def search(self, *query: str) -> list[PointerTensor]:
@@ -235,7 +235,7 @@ class VirtualWorker:
         """
         if len(query) == 1 and isinstance(query[0], (list, tuple)):
             query = tuple(query[0])
-        found = self.connection.request(lambda seq: protocol.Search(seq, tuple(query))).value
+        found = self.connection.request(lambda seq: messages.Search(seq, tuple(query))).value
         pointers = []
         for object_id, meta, tags, description in found:
             pointer = PointerTensor(self, object_id, self.owner, meta, state=OBSERVER)
@@ -252,7 +252,7 @@ class VirtualWorker:
         object_id = new_id()
         tags = tuple(getattr(tensor, "tags", None) or ())
         description = getattr(tensor, "description", None)
-        reply = self.connection.request(lambda seq: protocol.Store(seq, object_id, tensor, tags, description))
+        reply = self.connection.request(lambda seq: messages.Store(seq, object_id, tensor, tags, description))
         pointer = PointerTensor(self, object_id, self.owner, reply.result[2:])
         if tags or description is not None:
             pointer.tags, pointer.description = set(tags), description

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import simsyft as sy
-from simsyft import sharing
+from simsyft.wire import tensors
 from simsyft.testing import in_process_worker
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def worker_children() -> list[psutil.Process]:
 
 
 def own_segments() -> list[str]:
-    return [n for n in sharing.list_segments() if n.startswith(f"simsyft_{os.getpid()}-")]
+    return [n for n in tensors.list_segments() if n.startswith(f"simsyft_{os.getpid()}-")]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -59,7 +59,7 @@ def no_leaks_after_session():
         proc.kill()
     for name in segments:  # reported below, but never left on the machine
         try:
-            os.unlink(os.path.join(sharing.SHM_DIR, name))
+            os.unlink(os.path.join(tensors.SHM_DIR, name))
         except FileNotFoundError:
             pass
     assert not leftovers, f"worker processes left running: {[p.pid for p in leftovers]}"

@@ -27,7 +27,7 @@ import time
 import psutil
 import pytest
 
-from simsyft import sharing
+from simsyft.wire import tensors
 from simsyft.rundir import run_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -99,13 +99,13 @@ def owner_pid_of(text: str) -> int:
 def segments(run_dir: str) -> list[str]:
     """Shared-memory segments in the namespace of the simulation with this run dir."""
     namespace = os.path.basename(run_dir).removeprefix("simsyft-")
-    return sorted(glob.glob(os.path.join(sharing.SHM_DIR, f"simsyft_{namespace}_*")))
+    return sorted(glob.glob(os.path.join(tensors.SHM_DIR, f"simsyft_{namespace}_*")))
 
 
 def plant_segment(run_dir: str) -> str:
     """A segment as a message never decoded would leave it: only a sweep of the namespace removes it."""
     namespace = os.path.basename(run_dir).removeprefix("simsyft-")
-    path = os.path.join(sharing.SHM_DIR, f"simsyft_{namespace}_{os.getpid()}_424242")
+    path = os.path.join(tensors.SHM_DIR, f"simsyft_{namespace}_{os.getpid()}_424242")
     with open(path, "wb") as f:
         f.write(b"\0" * 64)
     return path
@@ -401,7 +401,7 @@ RUN_SCRIPT = """
 def test_run_attaches_the_script_and_returns_its_exit_code(tmp_path, cleanup, code, console_script):
     config, name = write_config(tmp_path, "run")
     cleanup.names.append(name)
-    script = write_script(tmp_path, RUN_SCRIPT.format(name=name, shm=sharing.SHM_DIR))
+    script = write_script(tmp_path, RUN_SCRIPT.format(name=name, shm=tensors.SHM_DIR))
     result = simsyft("run", config, "--", sys.executable, script, str(code), console_script=console_script)
     assert result.returncode == code, result.stderr
     facts = json.loads(result.stdout.strip().splitlines()[-1])
@@ -472,7 +472,7 @@ def test_demo_runs_the_part1_tutorial(tmp_path):
     assert len(pointers) >= 5
     # The demo's own simulation (run dir and segments named after its pid) is gone.
     assert glob.glob(os.path.join(run_root(), f"{proc.pid}-*")) == []
-    assert glob.glob(os.path.join(sharing.SHM_DIR, f"simsyft_{proc.pid}-*")) == []
+    assert glob.glob(os.path.join(tensors.SHM_DIR, f"simsyft_{proc.pid}-*")) == []
 
 
 def test_bench_passes_its_options_to_the_suite():

@@ -10,16 +10,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from simsyft import protocol
+from simsyft.wire import codec, messages
 from tests import hostile_frames as H
 
 
-def exchange(worker, frames: list) -> protocol.Message:
+def exchange(worker, frames: list) -> messages.Message:
     """Send raw frames on the worker's own connection and decode the one reply."""
     connection = worker.connection
     with connection._lock:
         connection._transmit(frames)
-        return protocol.decode(connection._recv())
+        return codec.decode(connection._recv())
 
 
 @pytest.mark.parametrize("name", list(H.worker_frames(1)))
@@ -27,7 +27,7 @@ def test_worker_process_refuses_a_hostile_frame_and_keeps_serving(process_bob, n
     x = torch.arange(6.0).send(process_bob)
     frames, fragment = H.worker_frames(x.id_at_location)[name]
     reply = exchange(process_bob, frames)
-    assert type(reply) is protocol.ErrorReply and reply.type_name == "ProtocolError", reply
+    assert type(reply) is messages.ErrorReply and reply.type_name == "ProtocolError", reply
     assert fragment in reply.message, reply.message
     assert reply.worker == "bob"
     # The stored tensor is untouched (SETITEM and ADDITEMS used to run on it), and ops still work.

@@ -246,20 +246,20 @@ def test_attaching_through_the_environment_accepts_only_run_dirs_in_the_root(tmp
 def test_segments_another_user_plants_in_a_simulations_namespace_change_nothing(process_bob):
     import torch
 
-    from simsyft import pool, protocol, sharing
+    from simsyft.wire import codec, messages, segments, tensors
 
     namespace = process_bob.connection.namespace  # visible to everyone in `ls /dev/shm`
     creators = (os.getpid(), process_bob.pid)
     # Every name the old scheme would pick next, and a well-formed one a forged handle will name.
-    planted = [os.path.join(sharing.SHM_DIR, f"{sharing.segment_prefix(namespace)}{pid}_{n}")
+    planted = [os.path.join(tensors.SHM_DIR, f"{tensors.segment_prefix(namespace)}{pid}_{n}")
                for pid in creators for n in range(128)]
-    forged = os.path.join(sharing.SHM_DIR, f"{sharing.segment_prefix(namespace)}{os.getpid()}_{'ab' * 8}")
+    forged = os.path.join(tensors.SHM_DIR, f"{tensors.segment_prefix(namespace)}{os.getpid()}_{'ab' * 8}")
     capacity = 1 << 20
 
     def attacker() -> None:
         for path in planted + [forged]:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            os.ftruncate(fd, pool.HEADER + capacity)
+            os.ftruncate(fd, segments.HEADER + capacity)
             os.close(fd)
 
     as_other_user(attacker)
@@ -269,7 +269,7 @@ def test_segments_another_user_plants_in_a_simulations_namespace_change_nothing(
         # A handle naming the other user's file is refused before anything is mapped.
         descriptor = ("float32", (capacity // 4,), False, ("s", forged, capacity, 1), None)
         with pytest.raises(rundir.SimsyftError, match=r"owned by uid \d+, not by this user"):
-            process_bob.connection.request(lambda seq: protocol.Import(seq, 77, descriptor, (), None))
+            process_bob.connection.request(lambda seq: messages.Import(seq, 77, descriptor, (), None))
         assert 77 not in process_bob._objects
     finally:
         for path in planted + [forged]:

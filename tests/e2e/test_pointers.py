@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import simsyft as sy
-from simsyft import sharing
+from simsyft.wire import tensors
 
 REPR = re.compile(r"\(Wrapper\)>\[PointerTensor \| me:(\d+) -> bob:(\d+)\]")
 
@@ -284,13 +284,13 @@ def test_underscore_and_unknown_attributes_are_refused(bob):
 
 
 def test_worker_refuses_ops_outside_allowlist(bob):
-    from simsyft import protocol
+    from simsyft.wire import codec, messages
 
     x = torch.ones(2).send(bob)
     for op in ("torch.save", "torch.load", "os.system", "torch.Tensor.numpy", "torch.Tensor._grad.__get__"):
         with pytest.raises(sy.OpNotAllowedError, match=re.escape(f"'{op}' is not in simsyft's op allowlist")):
             bob.connection.request(
-                lambda seq: protocol.Command(seq, op, (protocol.Ref(x.id_at_location), "f.pt"), {}, 1, True))
+                lambda seq: messages.Command(seq, op, (messages.Ref(x.id_at_location), "f.pt"), {}, 1, True))
     same(x.get(), torch.ones(2))  # the worker keeps serving
 
 
@@ -319,7 +319,7 @@ def test_objects_snapshot_holds_copies_that_never_free(bob):
 
 
 def test_sent_tensor_is_owned_by_the_worker(bob):
-    for size in (5, sharing.INLINE_MAX // 4 + 1024):  # inline and shared memory
+    for size in (5, tensors.INLINE_MAX // 4 + 1024):  # inline and shared memory
         local = torch.zeros(size)
         p = local.send(bob)
         local.add_(7)

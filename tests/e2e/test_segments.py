@@ -1,4 +1,4 @@
-"""Segment hardening with real worker processes (pool.py, Note [Segment ownership]).
+"""Segment hardening with real worker processes (segments.py, Note [Segment ownership]).
 
 A transfer larger than the pool's budget, and a real 2.1 GiB one; a segment of another simulation
 refused; a get() the client cannot take that leaves the object on the worker; a segment truncated
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import simsyft as sy
-from simsyft import pool, protocol, sharing
+from simsyft.wire import codec, messages, segments, tensors
 from simsyft.connection import rebuild_exception
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,13 +52,13 @@ def seg_a(sim):
 def small_pool(tmp_path, hook, monkeypatch):
     """A simulation whose workers, and this client, keep at most 1 MiB of idle segments."""
     monkeypatch.setenv("SIMSYFT_POOL_BYTES", str(1 << 20))  # read at import by the workers
-    monkeypatch.setattr(pool, "IDLE_MAX", 1 << 20)
+    monkeypatch.setattr(segments, "IDLE_MAX", 1 << 20)
     with launch(tmp_path, "seg_small", name="e2e-small-pool") as simulation:
         yield simulation["seg_small"]
 
 
 def shm_names(namespace: str) -> set:
-    return set(sharing.list_segments(namespace))
+    return set(tensors.list_segments(namespace))
 
 
 # -- larger than the pool's budget -------------------------------------------------
@@ -70,17 +70,17 @@ def test_transfers_larger_than_the_pool_budget(small_pool):
     assert torch.equal(worker._objects[p.id_at_location], x)
     assert torch.equal((p * 2).get(), x * 2)  # the worker's own segment, mapped here
     assert torch.equal(p.get(), x)  # handed back
-    assert pool.lost(worker.connection.namespace) == []
+    assert segments.lost(worker.connection.namespace) == []
 
 
 HUGE = int(2.1 * (1 << 30))  # just over the default 2 GiB budget of idle segments
 
 
-@pytest.mark.skipif(shutil.disk_usage(sharing.SHM_DIR).free < 3 * HUGE or psutil.virtual_memory().available < 4 * HUGE,
+@pytest.mark.skipif(shutil.disk_usage(tensors.SHM_DIR).free < 3 * HUGE or psutil.virtual_memory().available < 4 * HUGE,
                     reason="needs about 9 GiB of free memory and /dev/shm")
 def test_a_2_1_gib_round_trip(tmp_path, hook):
     nbytes = HUGE
-    assert nbytes > pool.IDLE_MAX
+    assert nbytes > segments.IDLE_MAX
     with launch(tmp_path, "seg_huge", name="e2e-huge") as simulation:
         worker = simulation["seg_huge"]
         x = torch.ones(nbytes, dtype=torch.uint8)
@@ -105,8 +105,8 @@ def send_frames(connection, frames: list):
     """Send prepared frames as the next request (a forged message) and return the reply, or raise."""
     with connection._lock:
         connection._transmit(frames)
-        reply = protocol.decode(connection._recv(), namespace=connection.namespace)
-    if isinstance(reply, protocol.ErrorReply):
+        reply = codec.decode(connection._recv(), namespace=connection.namespace)
+    if isinstance(reply, messages.ErrorReply):
         raise rebuild_exception(reply)
     return reply
 
@@ -117,19 +117,19 @@ def test_a_segment_of_another_simulation_is_refused(seg_a, process_bob):
     x = torch.arange(BIG, dtype=torch.float32)
     p = x.send(victim)
     # Import: a real, unused descriptor of the victim's simulation (what move() relays).
-    descriptor, tags, description = victim.connection.request(lambda seq: protocol.Export(seq, p.id_at_location)).value
+    descriptor, tags, description = victim.connection.request(lambda seq: messages.Export(seq, p.id_at_location)).value
     with pytest.raises(sy.ProtocolError, match="belongs to simulation"):
-        thief.connection.request(lambda seq: protocol.Import(seq, 7, descriptor, (), None))
-    victim.connection.request(lambda seq: protocol.Import(seq, p.id_at_location, descriptor, tags, description))
+        thief.connection.request(lambda seq: messages.Import(seq, 7, descriptor, (), None))
+    victim.connection.request(lambda seq: messages.Import(seq, p.id_at_location, descriptor, tags, description))
     # Store: a real Store of the victim's simulation, sent to the thief.
     conn = thief.connection
-    mark = sharing.sending()
-    frames = protocol.encode(protocol.Store(conn.next_seq(), 8, x * 3), victim.connection.namespace)
-    armed = sharing.sent(mark)
+    mark = tensors.sending()
+    frames = codec.encode(messages.Store(conn.next_seq(), 8, x * 3), victim.connection.namespace)
+    armed = tensors.sent(mark)
     with pytest.raises(sy.ProtocolError, match="belongs to simulation"):
         send_frames(conn, frames)
     assert thief._objects == {}
-    sharing.reclaim(armed)  # never received: free again (Connection.request does this itself)
+    tensors.reclaim(armed)  # never received: free again (Connection.request does this itself)
     assert torch.equal(p.get(), x)  # unchanged, and still the victim's
     y = torch.full((BIG,), 5.0).send(victim)  # the victim's next sends reuse its segments as before
     assert torch.equal(y.get(), torch.full((BIG,), 5.0))
@@ -150,7 +150,7 @@ def test_a_failed_get_leaves_the_object_on_the_worker(seg_a, monkeypatch, result
     x = torch.arange(BIG, dtype=torch.float32)
     p = x.tag("#kept").send(worker)
     q, expected = (p, x) if result == "sent" else (p * 2, x * 2)
-    real, calls = sharing._open_segment, []
+    real, calls = tensors._open_segment, []
 
     def failing(*args, **kwargs):  # this process cannot map the reply's segment, once
         calls.append(1)
@@ -158,14 +158,14 @@ def test_a_failed_get_leaves_the_object_on_the_worker(seg_a, monkeypatch, result
             raise OSError(24, "Too many open files")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sharing, "_open_segment", failing)
+    monkeypatch.setattr(tensors, "_open_segment", failing)
     with pytest.raises(sy.ProtocolError, match="still on the worker"):
         q.get()
     assert q.id_at_location in worker._objects
     assert [t.id_at_location for t in worker.search("#kept")] == [p.id_at_location]
     assert torch.equal(q.get(), expected)
     worker.clear_objects()
-    assert pool.lost(worker.connection.namespace) == []
+    assert segments.lost(worker.connection.namespace) == []
 
 
 # -- a segment truncated under a stored tensor ----------------------------------
@@ -180,7 +180,7 @@ def test_a_truncated_segment_costs_its_object_not_the_worker(seg_a):
     (name,) = shm_names(namespace) - before
     view = x[10:]  # another object over the same segment
     pid = worker.pid
-    os.truncate(os.path.join(sharing.SHM_DIR, name), 0)  # another process of this user does it
+    os.truncate(os.path.join(tensors.SHM_DIR, name), 0)  # another process of this user does it
     with pytest.raises(sy.ObjectNotFoundError, match=r"was lost: its shared-memory segment .* was truncated"):
         x + 1
     assert psutil.pid_exists(pid) and worker.pid == pid
@@ -199,17 +199,17 @@ def test_a_truncated_free_segment_is_not_reused_by_its_creator(tmp_path):
     # In a child: on failure this would die of SIGBUS, which must not take the test run with it.
     script = textwrap.dedent("""
         import gc, os, sys, torch
-        from simsyft import sharing
+        from simsyft.wire import tensors
         ns = f"{os.getpid()}-child"
-        desc = sharing.encode_tensor(torch.ones(1 << 20), [], ns)
-        out = sharing.decode_tensor(desc, [], ns)
+        desc = tensors.encode_tensor(torch.ones(1 << 20), [], ns)
+        out = tensors.decode_tensor(desc, [], ns)
         del out
         gc.collect()                                   # FREE, and pooled for the next send
         os.truncate(desc[3][1], 0)
-        again = sharing.encode_tensor(torch.ones(1 << 20), [], ns)
+        again = tensors.encode_tensor(torch.ones(1 << 20), [], ns)
         assert again[3][1] != desc[3][1]
-        assert torch.equal(sharing.decode_tensor(again, [], ns), torch.ones(1 << 20))
-        sharing.sweep(ns)
+        assert torch.equal(tensors.decode_tensor(again, [], ns), torch.ones(1 << 20))
+        tensors.sweep(ns)
         print("ok")
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import simsyft as sy
-from simsyft import sharing
+from simsyft.wire import tensors
 from simsyft.testing import outcome
 
 HUGE = 10**13  # elements: 80 TB of float64, more than any allocator here grants
@@ -92,7 +92,7 @@ def test_failed_resize_as_and_out_leave_the_tensors(bob):
 
 def test_resize_of_a_shared_memory_tensor_leaves_it_inside(bob):
     # Sent through a segment, whose storage cannot grow: torch sets the sizes, then refuses.
-    values = torch.arange(sharing.INLINE_MAX // 8 + 10, dtype=torch.float64)
+    values = torch.arange(tensors.INLINE_MAX // 8 + 10, dtype=torch.float64)
     x = values.send(bob)
     result = outcome(lambda: x.resize_(len(values) + 1000))
     assert bob.info()["views_outside_storage"] == []

@@ -17,7 +17,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from simsyft import pool, protocol, sharing
+from simsyft.wire import codec, messages, segments, tensors as wire_tensors
 from simsyft.errors import ProtocolError
 from simsyft.testing import DTYPES, tensors
 from simsyft.worker import WorkerCore
@@ -32,9 +32,9 @@ NAMESPACE = f"{os.getpid()}-proptest"  # the root conftest checks that this pid 
 
 @pytest.fixture(scope="module", autouse=True)
 def close_pool():
-    """Segments are pooled while the module runs (pool.py); none may outlive it."""
+    """Segments are pooled while the module runs (segments.py); none may outlive it."""
     yield
-    sharing.sweep(NAMESPACE)
+    wire_tensors.sweep(NAMESPACE)
 
 
 # -- strategies for wire values and messages --------------------------------------------
@@ -49,7 +49,7 @@ leaves = st.one_of(
     st.lists(st.integers(0, 4), max_size=3).map(torch.Size), st.just(torch.device("cpu")),
     st.sampled_from([torch.contiguous_format, torch.channels_last, torch.preserve_format]),
     st.just(torch.strided), st.frozensets(st.integers(0, 9), max_size=3),
-    st.builds(protocol.Ref, st.integers(1, 2**63 - 1)), small_tensors,
+    st.builds(messages.Ref, st.integers(1, 2**63 - 1)), small_tensors,
 )
 values = st.recursive(
     leaves,
@@ -74,21 +74,21 @@ def _field(cls: type, name: str, kind: type) -> st.SearchStrategy:
         return st.lists(values, max_size=3).map(tuple)
     if kind is dict:
         return st.dictionaries(st.text(max_size=6), values, max_size=3)
-    if name == "value" and cls is protocol.Store:
+    if name == "value" and cls is messages.Store:
         return small_tensors
     return values
 
 
-KINDS = sorted(protocol._KINDS.values(), key=lambda cls: cls.code)
+KINDS = sorted(codec._KINDS.values(), key=lambda cls: cls.code)
 
 
 def message_of(cls: type) -> st.SearchStrategy:
-    names = protocol._FIELDS[cls]
-    kinds = protocol._FIELD_TYPES[cls]
+    names = codec._FIELDS[cls]
+    kinds = codec._FIELD_TYPES[cls]
     return st.builds(lambda *args: cls(*args), *(_field(cls, n, k) for n, k in zip(names, kinds)))
 
 
-messages = st.sampled_from(KINDS).flatmap(message_of)
+any_message = st.sampled_from(KINDS).flatmap(message_of)
 
 
 def same(a, b) -> bool:
@@ -116,19 +116,19 @@ def same(a, b) -> bool:
         return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if isinstance(a, slice):
         return same((a.start, a.stop, a.step), (b.start, b.stop, b.step))
-    if isinstance(a, protocol.RemoteRef):
+    if isinstance(a, messages.RemoteRef):
         return (a.id, a.location, a.id_at_location, a.meta) == (b.id, b.location, b.id_at_location, b.meta)
-    if isinstance(a, protocol.Message):
-        return all(same(getattr(a, n), getattr(b, n)) for n in protocol._FIELDS[type(a)])
+    if isinstance(a, messages.Message):
+        return all(same(getattr(a, n), getattr(b, n)) for n in codec._FIELDS[type(a)])
     return a == b
 
 
 def roundtrip(msg, strict: bool = False):
-    frames = protocol.encode(msg, NAMESPACE)
+    frames = codec.encode(msg, NAMESPACE)
     try:
-        return protocol.decode(frames, strict=strict, namespace=NAMESPACE)
+        return codec.decode(frames, strict=strict, namespace=NAMESPACE)
     finally:
-        sharing.sweep(NAMESPACE)  # a frame that failed to decode must not leave its segment
+        wire_tensors.sweep(NAMESPACE)  # a frame that failed to decode must not leave its segment
 
 
 # -- round trips -------------------------------------------------------------------------
@@ -145,40 +145,40 @@ def test_every_message_kind_round_trips(kind, data, strict):
 
 def test_every_message_kind_is_covered():
     """KINDS is read from the protocol's own table: a new message kind is covered at once."""
-    assert {cls.code for cls in KINDS} == set(protocol._KINDS)
-    assert all(issubclass(cls, protocol.Message) for cls in KINDS)
+    assert {cls.code for cls in KINDS} == set(codec._KINDS)
+    assert all(issubclass(cls, messages.Message) for cls in KINDS)
 
 
 @settings(max_examples=examples(10, 50))
-@given(t=tensors(shape=st.sampled_from([(sharing.INLINE_MAX // 4 + 1,), (1, 300_000)]), dtype=torch.float32))
+@given(t=tensors(shape=st.sampled_from([(wire_tensors.INLINE_MAX // 4 + 1,), (1, 300_000)]), dtype=torch.float32))
 def test_large_tensors_round_trip_through_segments(t):
-    msg = protocol.Value(7, (1, t))
-    frames = protocol.encode(msg, NAMESPACE)
-    assert protocol.frames_size(frames) < 4096, "a large tensor went through the frames"
-    decoded = protocol.decode(frames, strict=True, namespace=NAMESPACE)
+    msg = messages.Value(7, (1, t))
+    frames = codec.encode(msg, NAMESPACE)
+    assert codec.frames_size(frames) < 4096, "a large tensor went through the frames"
+    decoded = codec.decode(frames, strict=True, namespace=NAMESPACE)
     assert same(decoded, msg)
     del decoded
-    assert pool.stats(NAMESPACE)["in_use"] == 0, "a released tensor must release its segment"
-    assert len(sharing.list_segments(NAMESPACE)) <= 2, "released segments must be reused"
+    assert segments.stats(NAMESPACE)["in_use"] == 0, "a released tensor must release its segment"
+    assert len(wire_tensors.list_segments(NAMESPACE)) <= 2, "released segments must be reused"
 
 
 # -- refusals -------------------------------------------------------------------------
 
 def refused(frames, strict=True) -> bool:
     try:
-        protocol.decode(frames, strict=strict)
+        codec.decode(frames, strict=strict)
     except ProtocolError:
         return True
     finally:
-        sharing.sweep(NAMESPACE)
+        wire_tensors.sweep(NAMESPACE)
     return False
 
 
 @settings(max_examples=examples(100, 1_000))
-@given(msg=messages, data=st.data())
+@given(msg=any_message, data=st.data())
 def test_truncated_header_is_refused(msg, data):
-    frames = protocol.encode(msg, NAMESPACE)
-    sharing.sweep(NAMESPACE)
+    frames = codec.encode(msg, NAMESPACE)
+    wire_tensors.sweep(NAMESPACE)
     cut = data.draw(st.integers(0, len(frames[0]) - 1), label="cut")
     for strict in (True, False):
         assert refused([frames[0][:cut], *frames[1:]], strict), f"a header cut at {cut} of {len(frames[0])} decoded"
@@ -187,7 +187,7 @@ def test_truncated_header_is_refused(msg, data):
 @settings(max_examples=examples(100, 1_000))
 @given(t=tensors(shape=st.lists(st.integers(1, 3), min_size=1, max_size=2).map(tuple)), data=st.data())
 def test_missing_or_wrong_size_buffers_are_refused(t, data):
-    frames = protocol.encode(protocol.Value(1, (t,)), NAMESPACE)  # pickled (a tuple): its data rides as a frame
+    frames = codec.encode(messages.Value(1, (t,)), NAMESPACE)  # pickled (a tuple): its data rides as a frame
     assert len(frames) >= 2
     buffer = frames[1]
     bad = data.draw(st.sampled_from(["drop", "short", "long"]), label="damage")
@@ -202,18 +202,18 @@ def test_missing_or_wrong_size_buffers_are_refused(t, data):
 
 def test_oversized_header_is_refused():
     header = pickle.dumps((3, 1, 2, True), protocol=5)
-    huge = header[:-1] + b"\x94" * (protocol.MAX_HEADER_BYTES - len(header) + 2) + header[-1:]
+    huge = header[:-1] + b"\x94" * (codec.MAX_HEADER_BYTES - len(header) + 2) + header[-1:]
     with pytest.raises(ProtocolError, match="exceeds the"):
-        protocol.decode([huge])
+        codec.decode([huge])
     with pytest.raises(ProtocolError, match="exceeds the"):
-        protocol.decode([huge], strict=True)
+        codec.decode([huge], strict=True)
 
 
 def raw_frames(values: tuple) -> list:
     """Frames for any tuple, written by simsyft's own encoder (so only its opcodes appear)."""
     buffers: list = []
     file = io.BytesIO()
-    protocol._Encoder(file, buffers, NAMESPACE).dump(values)
+    codec._Encoder(file, buffers, NAMESPACE).dump(values)
     return [file.getvalue(), *buffers]
 
 
@@ -227,8 +227,8 @@ def _wrong_type(kind: type) -> st.SearchStrategy:
 @settings(max_examples=examples(100, 1_000))
 @given(data=st.data())
 def test_mistyped_fields_are_refused(data):
-    cls = data.draw(st.sampled_from([c for c in KINDS if any(k is not object for k in protocol._FIELD_TYPES[c])]))
-    names, kinds = protocol._FIELDS[cls], protocol._FIELD_TYPES[cls]
+    cls = data.draw(st.sampled_from([c for c in KINDS if any(k is not object for k in codec._FIELD_TYPES[c])]))
+    names, kinds = codec._FIELDS[cls], codec._FIELD_TYPES[cls]
     fields = [data.draw(_field(cls, n, k), label=n) for n, k in zip(names, kinds)]
     typed = [i for i, k in enumerate(kinds) if k is not object]
     i = data.draw(st.sampled_from(typed), label="field")
@@ -236,15 +236,15 @@ def test_mistyped_fields_are_refused(data):
     frames = raw_frames((cls.code, *fields))
     for strict in (True, False):
         with pytest.raises(ProtocolError, match=f"{cls.__name__}.{names[i]} must be {kinds[i].__name__}"):
-            protocol.decode(frames, strict=strict)
-    sharing.sweep(NAMESPACE)
+            codec.decode(frames, strict=strict)
+    wire_tensors.sweep(NAMESPACE)
 
 
 @settings(max_examples=examples(100, 1_000))
-@given(code=st.integers().filter(lambda c: c not in protocol._KINDS), fields=st.lists(st.integers(), max_size=3))
+@given(code=st.integers().filter(lambda c: c not in codec._KINDS), fields=st.lists(st.integers(), max_size=3))
 def test_unknown_message_codes_are_refused(code, fields):
     with pytest.raises(ProtocolError, match=f"unknown message code {code}"):
-        protocol.decode(raw_frames((code, *fields)), strict=True)
+        codec.decode(raw_frames((code, *fields)), strict=True)
 
 
 @pytest.mark.parametrize("payload", [
@@ -253,7 +253,7 @@ def test_unknown_message_codes_are_refused(code, fields):
 ])
 def test_malformed_headers_are_refused(payload):
     with pytest.raises(ProtocolError):
-        protocol.decode(raw_frames(payload))
+        codec.decode(raw_frames(payload))
 
 
 class _Marker:
@@ -280,11 +280,11 @@ def test_globals_outside_the_allowlist_are_refused(module, name):
     header = pickle.dumps((module, name), protocol=5)[:-1] + b"\x93."  # STACK_GLOBAL on (module, name)
     for strict in (True, False):
         with pytest.raises(ProtocolError):
-            protocol.decode([header], strict=strict)
+            codec.decode([header], strict=strict)
 
 
 descriptors = st.tuples(
-    st.one_of(st.sampled_from([sharing.dtype_name(d) for d in DTYPES]), st.text(max_size=5), st.integers()),
+    st.one_of(st.sampled_from([wire_tensors.dtype_name(d) for d in DTYPES]), st.text(max_size=5), st.integers()),
     st.one_of(st.lists(st.integers(-2, 4), max_size=3).map(tuple), st.lists(st.integers(), max_size=2).map(tuple),
               st.text(max_size=3), st.none()),
     st.one_of(st.booleans(), st.integers(-1, 2)),
@@ -307,15 +307,15 @@ def test_forged_descriptors_decode_or_are_refused(desc, grad, buffers, tag):
     header = forge((17, 1, _Marker(pid)))
     for strict in (True, False):
         try:
-            msg = protocol.decode([header, *buffers], strict=strict)
+            msg = codec.decode([header, *buffers], strict=strict)
         except ProtocolError:
             continue
         finally:
-            sharing.sweep(NAMESPACE)
+            wire_tensors.sweep(NAMESPACE)
         if tag == "T":
             t = msg.value
             assert isinstance(t, torch.Tensor)
-            assert sharing.dtype_name(t.dtype) == desc[0] and tuple(t.shape) == tuple(int(n) for n in desc[1])
+            assert wire_tensors.dtype_name(t.dtype) == desc[0] and tuple(t.shape) == tuple(int(n) for n in desc[1])
 
 
 def mutate(frames: list, data) -> list:
@@ -341,12 +341,12 @@ def mutate(frames: list, data) -> list:
 
 
 @settings(max_examples=examples(500, 5_000))
-@given(msg=messages, data=st.data())
+@given(msg=any_message, data=st.data())
 def test_mutated_frames_decode_or_are_refused(msg, data):
     """Bit flips, inserted and deleted bytes, missing and extra frames: the worker's decoder
     (strict) answers with a Message or a ProtocolError, never anything else."""
     _, decoded = damage(msg, data)
-    assert decoded is None or isinstance(decoded, protocol.Message)
+    assert decoded is None or isinstance(decoded, messages.Message)
 
 
 # -- the worker keeps serving ---------------------------------------------------------------
@@ -358,44 +358,44 @@ DECODE_ERRORS = ("ProtocolError", "ObjectNotFoundError")
 
 def _reply(core: WorkerCore, frames):
     reply = core.handle(frames)
-    return None if reply is None else protocol.decode(reply)
+    return None if reply is None else codec.decode(reply)
 
 
 def damage(msg, data):
     """`msg`'s frames, mutated; and what the worker's decoder makes of them (None: refused)."""
-    frames = protocol.encode(msg, NAMESPACE)
-    sharing.sweep(NAMESPACE)
+    frames = codec.encode(msg, NAMESPACE)
+    wire_tensors.sweep(NAMESPACE)
     damaged = mutate(frames, data)
     try:
-        decoded = protocol.decode(damaged, strict=True)
+        decoded = codec.decode(damaged, strict=True)
     except ProtocolError:
         decoded = None
     finally:
-        sharing.sweep(NAMESPACE)
+        wire_tensors.sweep(NAMESPACE)
     return damaged, decoded
 
 
 @settings(max_examples=examples(200, 2_000))
-@given(msg=messages, data=st.data())
+@given(msg=any_message, data=st.data())
 def test_worker_core_answers_bad_frames_and_keeps_serving(msg, data):
     core = WorkerCore("bob", NAMESPACE)
     core.store[5] = torch.arange(3.0)
     damaged, decoded = damage(msg, data)
-    assume(not isinstance(decoded, (protocol.Shutdown, protocol.Clear, protocol.Free)) or decoded is None)
+    assume(not isinstance(decoded, (messages.Shutdown, messages.Clear, messages.Free)) or decoded is None)
     reply = _reply(core, damaged)
-    sharing.sweep(NAMESPACE)
+    wire_tensors.sweep(NAMESPACE)
     if decoded is None:
-        assert isinstance(reply, protocol.ErrorReply), reply
+        assert isinstance(reply, messages.ErrorReply), reply
         assert reply.type_name in DECODE_ERRORS, reply
     assert core.running
-    info = _reply(core, protocol.encode(protocol.Info(99)))
-    assert isinstance(info, protocol.Value) and info.seq == 99
-    fetched = _reply(core, protocol.encode(protocol.Fetch(100, 5, False)))
-    assert isinstance(fetched, protocol.Value) and torch.equal(fetched.value, torch.arange(3.0))
+    info = _reply(core, codec.encode(messages.Info(99)))
+    assert isinstance(info, messages.Value) and info.seq == 99
+    fetched = _reply(core, codec.encode(messages.Fetch(100, 5, False)))
+    assert isinstance(fetched, messages.Value) and torch.equal(fetched.value, torch.arange(3.0))
 
 
 @settings(max_examples=examples(100, 300))
-@given(msg=messages, data=st.data())
+@given(msg=any_message, data=st.data())
 def test_worker_process_answers_bad_frames_and_keeps_serving(simsyft_sim, msg, data):
     """A raw ZeroMQ peer sends damaged frames to a real worker: it replies with a
     ProtocolError and keeps serving this client and the pool's own connection."""
@@ -403,7 +403,7 @@ def test_worker_process_answers_bad_frames_and_keeps_serving(simsyft_sim, msg, d
 
     (bob,) = simsyft_sim.world(1)
     damaged, decoded = damage(msg, data)
-    assume(decoded is None or not isinstance(decoded, (protocol.Shutdown, protocol.Free)))
+    assume(decoded is None or not isinstance(decoded, (messages.Shutdown, messages.Free)))
     endpoint = f"ipc://{simsyft_sim.simulation.run_dir}/{bob.id}.sock"
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -411,12 +411,12 @@ def test_worker_process_answers_bad_frames_and_keeps_serving(simsyft_sim, msg, d
     try:
         sock.connect(endpoint)
         sock.send_multipart(damaged)
-        reply = protocol.decode(sock.recv_multipart())
+        reply = codec.decode(sock.recv_multipart())
         if decoded is None:
-            assert isinstance(reply, protocol.ErrorReply) and reply.type_name in DECODE_ERRORS, reply
-        sock.send_multipart(protocol.encode(protocol.Info(3)))
-        info = protocol.decode(sock.recv_multipart())
-        assert isinstance(info, protocol.Value) and info.value["name"] == bob.id
+            assert isinstance(reply, messages.ErrorReply) and reply.type_name in DECODE_ERRORS, reply
+        sock.send_multipart(codec.encode(messages.Info(3)))
+        info = codec.decode(sock.recv_multipart())
+        assert isinstance(info, messages.Value) and info.value["name"] == bob.id
     finally:
         sock.close(0)
     x = torch.arange(4.0).send(bob)

@@ -1,7 +1,7 @@
 """Sharing: any tensor survives send/get bit-exactly, with requires_grad and .grad.
 
 Any dtype, contiguous or not (transposed, stepped, expanded with a zero stride, offset),
-any size from 0 bytes to several megabytes (inline frames below sharing.INLINE_MAX,
+any size from 0 bytes to several megabytes (inline frames below wire_tensors.INLINE_MAX,
 shared-memory segments above), NaN payloads and every other bit pattern included. After
 the round trip the worker holds nothing and no segment is left behind.
 """
@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simsyft import sharing
+from simsyft.wire import tensors as wire_tensors
 from simsyft.testing import DTYPES, assert_same, tensors
 
 THOROUGH = settings.default.max_examples >= 1000  # the `thorough` profile (tests/property/conftest.py)
@@ -29,7 +29,7 @@ def sized_shapes(draw, max_bytes: int = 6 * MB):
     itemsize = draw(st.shared(st.sampled_from(DTYPES), key="dtype")).itemsize
     nbytes = draw(st.one_of(
         st.integers(0, 64),
-        st.sampled_from([sharing.INLINE_MAX - itemsize, sharing.INLINE_MAX, sharing.INLINE_MAX + itemsize]),
+        st.sampled_from([wire_tensors.INLINE_MAX - itemsize, wire_tensors.INLINE_MAX, wire_tensors.INLINE_MAX + itemsize]),
         st.integers(0, max_bytes),
     ))
     numel = nbytes // itemsize

@@ -1,7 +1,7 @@
 """Every allowlisted in-place op, given hostile arguments, leaves every stored view inside its storage.
 
 Issue 10: a failed `resize_` left its tensor viewing memory it did not have, and later ops
-read and wrote the worker's heap. The fix guards the ops that may move a view (executor.py's
+read and wrote the worker's heap. The fix guards the ops that may move a view (ops.py's
 Note [Views stay inside their storage]); this property checks the whole class from outside:
 each example stores a target, views of it and other tensors, runs one to three in-place ops
 (names ending in `_`, the in-place dunders, `__setitem__`, the property setters) with huge,
@@ -20,7 +20,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simsyft import executor
+from simsyft.wire import ops
 from simsyft.errors import WorkerCrashedError
 from simsyft.testing import DTYPES, tensors
 
@@ -35,7 +35,7 @@ def _in_place(name: str) -> bool:
     return (attr.endswith("_") and not attr.startswith("__")) or attr in _INPLACE_DUNDERS or attr == "__set__"
 
 
-INPLACE_OPS = sorted(n for n in executor.ops() if _in_place(n))
+INPLACE_OPS = sorted(n for n in ops.ops() if _in_place(n))
 
 # Sizes are tiny or far beyond memory: a mid-size one (2**31) could be granted lazily and then
 # filled by the next op, on a machine shared with others.

@@ -21,14 +21,16 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simsyft import compact, pool, protocol, sharing, testing
+from simsyft import testing
+
+from simsyft.wire import codec, compact, messages, segments, tensors
 from simsyft.errors import ProtocolError
-from simsyft.messages import Ack, Command, ErrorReply, Fetch, Message, Ref, Store, Value
+from simsyft.wire.messages import Ack, Command, ErrorReply, Fetch, Message, Ref, Store, Value
 from simsyft.worker import WorkerCore
 
 PICKLE = b"\x80"
 TAGS = {Command: b"C", Ack: b"A", Store: b"S", Value: b"V", Fetch: b"F"}
-MESSAGE_TYPES = tuple(protocol._KINDS.values())
+MESSAGE_TYPES = tuple(codec._KINDS.values())
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 NAN, INF = float("nan"), float("inf")
 
@@ -49,9 +51,9 @@ def ns():
     """A namespace of this test's own; the test must leave no segment of it behind."""
     namespace = f"{os.getpid()}-test{uuid.uuid4().hex}"
     yield namespace
-    pool.close(namespace)
-    leftover = sharing.list_segments(namespace)
-    sharing.sweep(namespace)
+    segments.close(namespace)
+    leftover = tensors.list_segments(namespace)
+    tensors.sweep(namespace)
     assert leftover == [], f"test left shared-memory segments behind: {leftover}"
 
 
@@ -79,9 +81,9 @@ def same(a, b, path="msg"):
 
 
 def compact_frames(msg):
-    """protocol.encode(msg), asserting it took msg's layout: one bytes frame starting with its tag."""
+    """codec.encode(msg), asserting it took msg's layout: one bytes frame starting with its tag."""
     assert compact.encode(msg) is not None, f"{msg!r:.200} did not qualify for a layout"
-    frames = protocol.encode(msg)
+    frames = codec.encode(msg)
     assert len(frames) == 1 and type(frames[0]) is bytes
     header = frames[0]
     assert header[:1] == TAGS[type(msg)] and header[:1] != PICKLE
@@ -90,18 +92,18 @@ def compact_frames(msg):
 
 
 def pickle_frames(msg, namespace=""):
-    """msg through the pickle path only (as protocol.encode would send it without compact.py)."""
+    """msg through the pickle path only (as codec.encode would send it without compact.py)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(compact, "encode", lambda _msg: None)
-        frames = protocol.encode(msg, namespace)
+        frames = codec.encode(msg, namespace)
     assert frames[0][:1] == PICKLE
     return frames
 
 
 def decode_both(frames, resolve=None):
     """decode and strict decode agree; returns the first."""
-    loose = protocol.decode(frames, resolve=resolve)
-    strict = protocol.decode(frames, resolve=resolve, strict=True)
+    loose = codec.decode(frames, resolve=resolve)
+    strict = codec.decode(frames, resolve=resolve, strict=True)
     same(loose, strict)
     return loose
 
@@ -118,7 +120,7 @@ def assert_compact_round_trip(msg, resolve=None):
 def assert_pickled_round_trip(msg, namespace="", expected=None):
     """msg falls back to pickle (compact.encode gives None) and still round-trips."""
     assert compact.encode(msg) is None
-    frames = protocol.encode(msg, namespace)
+    frames = codec.encode(msg, namespace)
     assert frames[0][:1] == PICKLE and not compact.is_compact(frames[0])
     decoded = decode_both(frames)
     same(decoded, msg if expected is None else expected)
@@ -144,7 +146,7 @@ def refuse(header, *fragments, direct=True):
     so does compact.decode itself (its docstring promises ProtocolError for a malformed header)."""
     for strict in (False, True):
         with pytest.raises(ProtocolError) as info:
-            protocol.decode([header], strict=strict)
+            codec.decode([header], strict=strict)
         for fragment in fragments:
             assert fragment in str(info.value), str(info.value)
     if direct and header[:1] != PICKLE:
@@ -236,7 +238,7 @@ ACK_RESULTS = [
     ("p", 2, "bfloat16", (1,) * 255, False, ""),
     ("p", 3, "uint8", (2**62, 5), False, "cpu"),
     ("n",),
-] + [("p", i, sharing.dtype_name(d), (i,), False, "cpu") for i, d in enumerate(compact._DTYPES)]
+] + [("p", i, tensors.dtype_name(d), (i,), False, "cpu") for i, d in enumerate(compact._DTYPES)]
 
 
 @pytest.mark.parametrize("result", ACK_RESULTS, ids=lambda r: repr(r)[:40])
@@ -260,7 +262,7 @@ def _store_and_value(tensor):
 def _tensors_per_dtype():
     cases = []
     for i, dtype in enumerate(compact._DTYPES):
-        name = sharing.dtype_name(dtype)
+        name = tensors.dtype_name(dtype)
         cases += [
             pytest.param(sample(dtype, seed=i), id=f"{name}-2x3"),
             pytest.param(sample(dtype, (1,), seed=i).reshape(()), id=f"{name}-0d"),
@@ -284,12 +286,12 @@ def _special_tensors():
         pytest.param(base[1:2, :], id="row-view-offset"),
         pytest.param(base[2, 3], id="0d-view"),
         pytest.param(torch.arange(2.0)[::2], id="one-element-strided"),
-        pytest.param(torch.arange(sharing.INLINE_MAX // 4, dtype=torch.float32), id="exactly-INLINE_MAX-f32"),
-        pytest.param(torch.ones(sharing.INLINE_MAX, dtype=torch.uint8), id="exactly-INLINE_MAX-u8"),
+        pytest.param(torch.arange(tensors.INLINE_MAX // 4, dtype=torch.float32), id="exactly-INLINE_MAX-f32"),
+        pytest.param(torch.ones(tensors.INLINE_MAX, dtype=torch.uint8), id="exactly-INLINE_MAX-u8"),
         pytest.param(torch.ones([1] * 40), id="40-dims"),
         pytest.param(torch.nn.Parameter(torch.arange(3.0)), id="parameter"),
     ] + [
-        pytest.param(sample(d, seed=7).requires_grad_(True), id=f"requires-grad-{sharing.dtype_name(d)}")
+        pytest.param(sample(d, seed=7).requires_grad_(True), id=f"requires-grad-{tensors.dtype_name(d)}")
         for d in FLOAT_DTYPES
     ]
 
@@ -326,8 +328,8 @@ def test_fetch_round_trips(msg):
 def test_decode_accepts_bytearray_and_memoryview_frames():
     for msg in (Command(1, "torch.add", (Ref(1), 2.0), {}, 3), Store(1, 2, torch.arange(3.0)), Fetch(1, 2)):
         header = compact_frames(msg)[0]
-        same(protocol.decode([bytearray(header)]), msg)
-        same(protocol.decode([memoryview(header)], strict=True), msg)
+        same(codec.decode([bytearray(header)]), msg)
+        same(codec.decode([memoryview(header)], strict=True), msg)
 
 
 # -- 2. fallbacks to pickle ----------------------------------------------------------
@@ -393,7 +395,7 @@ def _with_grad():
 
 def _unsupported_dtypes():
     found = []
-    for name, dtype in sorted(sharing._DTYPES.items()):
+    for name, dtype in sorted(tensors._DTYPES.items()):
         if dtype in compact._DTYPES or dtype in [d for d, _ in found]:
             continue
         try:
@@ -406,7 +408,7 @@ def _unsupported_dtypes():
         if t.is_quantized:
             continue
         found.append((dtype, t))
-    return [pytest.param(t, id=f"dtype-{sharing.dtype_name(d)}") for d, t in found]
+    return [pytest.param(t, id=f"dtype-{tensors.dtype_name(d)}") for d, t in found]
 
 
 def _fallback_tensors():
@@ -423,8 +425,8 @@ def _fallback_tensors():
         pytest.param(torch._neg_view(torch.arange(3.0)), id="neg-bit"),
         pytest.param(torch._neg_view(complex_), id="neg-bit-complex"),
         pytest.param(torch._efficientzerotensor(3), id="zerotensor"),
-        pytest.param(torch.arange(sharing.INLINE_MAX // 4 + 1, dtype=torch.float32), id="INLINE_MAX+4"),
-        pytest.param(torch.ones(sharing.INLINE_MAX + 1, dtype=torch.uint8), id="INLINE_MAX+1"),
+        pytest.param(torch.arange(tensors.INLINE_MAX // 4 + 1, dtype=torch.float32), id="INLINE_MAX+4"),
+        pytest.param(torch.ones(tensors.INLINE_MAX + 1, dtype=torch.uint8), id="INLINE_MAX+1"),
     ] + _unsupported_dtypes()
 
 
@@ -433,17 +435,17 @@ def _fallback_tensors():
 def test_tensor_falls_back_to_pickle(tensor, kind, ns):
     msg = Store(1, 2, tensor) if kind == "Store" else Value(1, tensor)
     assert compact.encode(msg) is None
-    frames = protocol.encode(msg, ns)
+    frames = codec.encode(msg, ns)
     assert frames[0][:1] == PICKLE
-    decoded = protocol.decode(frames, namespace=ns)
+    decoded = codec.decode(frames, namespace=ns)
     # A segment's descriptor is good for one decode (its ticket): the strict decode gets its own.
-    same(decoded, protocol.decode(protocol.encode(msg, ns), strict=True, namespace=ns))
+    same(decoded, codec.decode(codec.encode(msg, ns), strict=True, namespace=ns))
     testing.assert_same(decoded.value, tensor)
     assert decoded.seq == msg.seq and (kind == "Value" or decoded.id == msg.id)
 
 
 def test_dtypes_without_a_layout_are_covered():
-    names = {sharing.dtype_name(d) for d in sharing._DTYPES.values()} - set(compact._DTYPE_NAMES)
+    names = {tensors.dtype_name(d) for d in tensors._DTYPES.values()} - set(compact._DTYPE_NAMES)
     assert {"complex32", "float8_e4m3fn", "uint16"} <= names
     assert len(_unsupported_dtypes()) >= 3
 
@@ -473,9 +475,9 @@ def test_tensor_subclass_is_not_laid_out():
 
 
 def test_messages_without_a_layout_are_not_laid_out():
-    for msg in (ErrorReply(1, "m", "T", "msg", "tb", "bob"), protocol.Free((1, 2)), protocol.Info(3)):
+    for msg in (ErrorReply(1, "m", "T", "msg", "tb", "bob"), messages.Free((1, 2)), messages.Info(3)):
         assert compact.encode(msg) is None
-        assert protocol.encode(msg)[0][:1] == PICKLE
+        assert codec.encode(msg)[0][:1] == PICKLE
 
 
 def _forbidden_view():
@@ -493,7 +495,7 @@ def test_forbidden_no_grad_view_falls_back_to_pickle(kind):
     view = _forbidden_view()
     msg = Store(1, 2, view) if kind == "Store" else Value(1, view)
     assert compact.encode(msg) is None
-    frames = protocol.encode(msg)
+    frames = codec.encode(msg)
     assert frames[0][:1] == PICKLE
     decoded = decode_both(frames).value
     assert torch.equal(decoded.detach(), torch.tensor([2.0, 3.0]))
@@ -521,7 +523,7 @@ def test_decoded_tensor_owns_resizable_memory(make, kind):
     msg = Store(1, 2, original) if kind == "Store" else Value(1, original)
     frame = bytearray(compact_frames(msg)[0])
     frame_before = bytes(frame)
-    decoded = protocol.decode([frame]).value
+    decoded = codec.decode([frame]).value
     assert decoded.untyped_storage().resizable()
     numel = decoded.numel()
     decoded.resize_(numel + 1000)  # as on a local tensor: the storage grows
@@ -529,13 +531,13 @@ def test_decoded_tensor_owns_resizable_memory(make, kind):
     assert decoded.shape == (numel + 1000,)
     decoded.fill_(1)  # writing into it touches neither the original nor the frame
     assert torch.equal(original, keep) and bytes(frame) == frame_before
-    again = protocol.decode([frame]).value
+    again = codec.decode([frame]).value
     testing.assert_same(again, keep)
 
 
 def test_two_decodes_of_one_frame_do_not_share_memory():
     header = compact_frames(Value(1, torch.arange(4.0)))[0]
-    a, b = protocol.decode([header]).value, protocol.decode([header]).value
+    a, b = codec.decode([header]).value, codec.decode([header]).value
     a.add_(10)
     assert torch.equal(b, torch.arange(4.0))
     assert a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr()
@@ -543,7 +545,7 @@ def test_two_decodes_of_one_frame_do_not_share_memory():
 
 def test_decoded_requires_grad_tensor_is_a_fresh_leaf():
     x = torch.arange(3.0, requires_grad=True)
-    decoded = protocol.decode(compact_frames(Value(1, x))[0:1]).value
+    decoded = codec.decode(compact_frames(Value(1, x))[0:1]).value
     assert decoded.is_leaf and decoded.requires_grad and decoded.grad is None
     (decoded * 2).sum().backward()
     assert torch.equal(decoded.grad, torch.full((3,), 2.0)) and x.grad is None
@@ -567,14 +569,14 @@ def valid_messages():
     ]
 
 
-VALID_FRAMES = [protocol.encode(m)[0] for m in valid_messages()]
+VALID_FRAMES = [codec.encode(m)[0] for m in valid_messages()]
 FRAME_IDS = [f"{type(m).__name__}-{m.seq}" for m in valid_messages()]
 
 
 def test_valid_frames_are_all_compact():
     for msg, header in zip(valid_messages(), VALID_FRAMES):
         assert header[:1] == TAGS[type(msg)]
-        same(protocol.decode([header]), msg)
+        same(codec.decode([header]), msg)
 
 
 @pytest.mark.parametrize("header", VALID_FRAMES, ids=FRAME_IDS)
@@ -582,7 +584,7 @@ def test_every_truncation_is_refused(header):
     for cut in range(len(header)):
         for strict in (False, True):
             with pytest.raises(ProtocolError):
-                protocol.decode([header[:cut]], strict=strict)
+                codec.decode([header[:cut]], strict=strict)
         if cut:
             with pytest.raises(ProtocolError):
                 compact.decode(header[:cut], None)
@@ -596,7 +598,7 @@ def test_trailing_bytes_are_refused(header, extra):
         compact.decode(header + extra, None)
 
 
-COMMAND = protocol.encode(Command(11, "torch.add", (Ref(1), 2, 2.5, True), {}, 5, True, (8,)))[0]
+COMMAND = codec.encode(Command(11, "torch.add", (Ref(1), 2, 2.5, True), {}, 5, True, (8,)))[0]
 OP_AT = COMMAND_HEAD.size
 CODES_AT = OP_AT + len("torch.add")
 
@@ -629,9 +631,9 @@ def test_refuses_a_header_with_an_unknown_first_byte():
         refuse(first + COMMAND[1:])
 
 
-STORE = protocol.encode(Store(16, 42, torch.arange(6.0).reshape(2, 3)))[0]
-VALUE = protocol.encode(Value(16, torch.arange(6.0).reshape(2, 3)))[0]
-INT_STORE = protocol.encode(Store(16, 42, torch.arange(6).reshape(2, 3)))[0]
+STORE = codec.encode(Store(16, 42, torch.arange(6.0).reshape(2, 3)))[0]
+VALUE = codec.encode(Value(16, torch.arange(6.0).reshape(2, 3)))[0]
+INT_STORE = codec.encode(Store(16, 42, torch.arange(6).reshape(2, 3)))[0]
 
 
 @pytest.mark.parametrize("header", [STORE, VALUE], ids=["Store", "Value"])
@@ -646,12 +648,12 @@ def test_refuses_requires_grad_byte_other_than_0_or_1(header, flag):
     refuse(patched(header, 3, flag))
 
 
-@pytest.mark.parametrize("dtype", INT_DTYPES, ids=sharing.dtype_name)
+@pytest.mark.parametrize("dtype", INT_DTYPES, ids=tensors.dtype_name)
 @pytest.mark.parametrize("tag", ["S", "V"])
 def test_refuses_requires_grad_on_an_integer_tensor(dtype, tag):
-    header = protocol.encode(Store(1, 2, torch.zeros(3, dtype=dtype)))[0]
+    header = codec.encode(Store(1, 2, torch.zeros(3, dtype=dtype)))[0]
     header = tag.encode() + header[1:]
-    protocol.decode([header])  # valid as it stands
+    codec.decode([header])  # valid as it stands
     refuse(patched(header, 3, 1), "requiring grad")
 
 
@@ -679,8 +681,8 @@ def test_refuses_ndim_beyond_the_frame():
     refuse(tensor_header("S", 0, (3,), data=bytes(12))[:2] + b"\xff" + tensor_header("S", 0, (3,), data=bytes(12))[3:])
 
 
-ACK = protocol.encode(Ack(13, ("p", 42, "float32", (2, 3), True, "cpu")))[0]
-ACK_NONE = protocol.encode(Ack(15, ("n",)))[0]
+ACK = codec.encode(Ack(13, ("p", 42, "float32", (2, 3), True, "cpu")))[0]
+ACK_NONE = codec.encode(Ack(15, ("n",)))[0]
 
 
 @pytest.mark.parametrize("header", [ACK, ACK_NONE], ids=["p", "n"])
@@ -703,7 +705,7 @@ def test_refuses_an_ack_of_negative_size():
     refuse(bytes(header))
 
 
-FETCH = protocol.encode(Fetch(20, 42, True))[0]
+FETCH = codec.encode(Fetch(20, 42, True))[0]
 
 
 @pytest.mark.parametrize("remove", [2, 3, 0x80, 0xFF])
@@ -715,9 +717,9 @@ def test_refuses_fetch_remove_byte_other_than_0_or_1(remove):
 def test_refuses_a_layout_followed_by_extra_frames(header):
     for extra in ([b""], [b"\x00" * 8], [b"x", b"y"]):
         with pytest.raises(ProtocolError):
-            protocol.decode([header, *extra])
+            codec.decode([header, *extra])
         with pytest.raises(ProtocolError):
-            protocol.decode([header, *extra], strict=True)
+            codec.decode([header, *extra], strict=True)
 
 
 def test_refuses_empty_and_one_byte_headers():
@@ -746,7 +748,7 @@ def _damage(header, edits, cut, extra):
 def test_damaged_frames_are_refused_or_decode_to_a_message(index, edits, cut, extra, strict, resolve):
     header = _damage(VALID_FRAMES[index], edits, cut, extra)
     try:
-        msg = protocol.decode([header], resolve=(lambda i: ("stored", i)) if resolve else None, strict=strict)
+        msg = codec.decode([header], resolve=(lambda i: ("stored", i)) if resolve else None, strict=strict)
     except ProtocolError:
         return
     assert isinstance(msg, MESSAGE_TYPES)
@@ -762,7 +764,7 @@ def test_damaged_frames_are_refused_or_decode_to_a_message(index, edits, cut, ex
 def test_peek_seq_reads_the_seq_of_every_layout(msg):
     header = compact_frames(msg)[0]
     assert compact.peek_seq(header) == msg.seq
-    assert protocol.peek_seq([header]) == msg.seq
+    assert codec.peek_seq([header]) == msg.seq
     seq_end = 14 if type(msg) is Command else 16
     assert compact.peek_seq(header[:seq_end]) == msg.seq  # a header cut just after the seq still names it
     assert compact.peek_seq(header[:seq_end - 1]) == -1
@@ -774,12 +776,12 @@ def test_peek_seq_of_empty_short_or_foreign_headers_is_minus_one():
         assert compact.peek_seq(tag) == -1
         assert compact.peek_seq(tag + bytes(5)) == -1
     assert compact.peek_seq(b"Z" + bytes(30)) == -1
-    assert compact.peek_seq(protocol.encode(Command(5, "op", (), {"a": 1}, 1))[0]) == -1  # a pickle
+    assert compact.peek_seq(codec.encode(Command(5, "op", (), {"a": 1}, 1))[0]) == -1  # a pickle
 
 
 def _reply(frames):
     assert frames is not None
-    return protocol.decode(frames)
+    return codec.decode(frames)
 
 
 @pytest.fixture
@@ -788,7 +790,7 @@ def core():
 
 
 def test_worker_answers_a_malformed_compact_command_with_its_seq(core):
-    good = protocol.encode(Command(77, "torch.add", (Ref(1), Ref(2)), {}, 3))[0]
+    good = codec.encode(Command(77, "torch.add", (Ref(1), Ref(2)), {}, 3))[0]
     bad_headers = [
         patched(good, 1, 0xFF),  # unknown flags
         patched(good, OP_AT + 1, 0xFF),  # non-ASCII op

@@ -1,5 +1,5 @@
-"""Decoding is bounded (issue 10; protocol.py's Note [Decoding is bounded]): a hostile header costs
-work and memory in proportion to its size, nests at most protocol.MAX_DEPTH containers deep, and
+"""Decoding is bounded (issue 10; codec.py's Note [Decoding is bounded]): a hostile header costs
+work and memory in proportion to its size, nests at most codec.MAX_DEPTH containers deep, and
 is refused with a ProtocolError, by the client's decoder as by the worker's; a WorkerCore sent one
 answers with that error and keeps serving. Real messages at the limits still round-trip.
 
@@ -20,9 +20,9 @@ import tracemalloc
 import pytest
 import torch
 
-from simsyft import protocol, sharing
+from simsyft.wire import codec, messages, tensors
 from simsyft.errors import ProtocolError
-from simsyft.protocol import Ack, Command, ErrorReply, Fetch, Info, Ref, Value
+from simsyft.wire.messages import Ack, Command, ErrorReply, Fetch, Info, Ref, Value
 from simsyft.worker import WorkerCore
 from tests import hostile_frames as H
 
@@ -38,7 +38,7 @@ def strict(request):
 
 def refuse(frames, fragment, strict=False, resolve=None) -> ProtocolError:
     with pytest.raises(ProtocolError) as info:
-        protocol.decode(frames, resolve=resolve, strict=strict)
+        codec.decode(frames, resolve=resolve, strict=strict)
     assert fragment in str(info.value), str(info.value)
     return info.value
 
@@ -82,13 +82,13 @@ def test_size_over_a_small_range_is_refused_as_not_a_tuple(strict):
 
 
 def test_ranges_hold_at_most_max_range_items_between_them(strict):
-    limit = protocol.MAX_RANGE_ITEMS
+    limit = codec.MAX_RANGE_ITEMS
     ok = Command(1, GETITEM, (Ref(1), range(limit)), {}, 2)
-    assert protocol.decode(protocol.encode(ok), strict=strict).args[1] == range(limit)
-    refuse(protocol.encode(Command(1, GETITEM, (Ref(1), range(limit + 1)), {}, 2)),
+    assert codec.decode(codec.encode(ok), strict=strict).args[1] == range(limit)
+    refuse(codec.encode(Command(1, GETITEM, (Ref(1), range(limit + 1)), {}, 2)),
            "ranges in the message hold more than 65536", strict)
     half = range(limit // 2 + 1)
-    refuse(protocol.encode(Command(1, GETITEM, (Ref(1), [half, half]), {}, 2)), "more than 65536", strict)
+    refuse(codec.encode(Command(1, GETITEM, (Ref(1), [half, half]), {}, 2)), "more than 65536", strict)
     refuse([H.value(H.long_range(1 << 70))], "more than 65536", strict)  # longer than sys.maxsize
 
 
@@ -112,25 +112,25 @@ def test_a_deeply_nested_argument_is_refused(make, strict):
 
 def test_nesting_up_to_max_depth_round_trips_and_one_more_is_refused(strict):
     # The header tuple and Command.args are two levels; the arguments get the rest.
-    deepest = Command(1, GETITEM, (Ref(1), nested_list(protocol.MAX_DEPTH - 2)), {"k": [[1]]}, 2)
-    frames = protocol.encode(deepest)
-    assert protocol._check_opcodes(frames[0]) > protocol.MAX_DEPTH  # so the depth walk ran
-    decoded = protocol.decode(frames, strict=strict)
+    deepest = Command(1, GETITEM, (Ref(1), nested_list(codec.MAX_DEPTH - 2)), {"k": [[1]]}, 2)
+    frames = codec.encode(deepest)
+    assert codec._check_opcodes(frames[0]) > codec.MAX_DEPTH  # so the depth walk ran
+    decoded = codec.decode(frames, strict=strict)
     assert decoded.args == deepest.args and decoded.kwargs == deepest.kwargs
-    too_deep = Command(1, GETITEM, (Ref(1), nested_list(protocol.MAX_DEPTH - 1)), {}, 2)
-    refuse(protocol.encode(too_deep), "more than 32 deep", strict)
-    refuse(protocol.encode(Command(1, GETITEM, (Ref(1),), {"k": nested_list(protocol.MAX_DEPTH - 1)}, 2)),
+    too_deep = Command(1, GETITEM, (Ref(1), nested_list(codec.MAX_DEPTH - 1)), {}, 2)
+    refuse(codec.encode(too_deep), "more than 32 deep", strict)
+    refuse(codec.encode(Command(1, GETITEM, (Ref(1),), {"k": nested_list(codec.MAX_DEPTH - 1)}, 2)),
            "more than 32 deep", strict)
 
 
 def test_wide_shallow_messages_round_trip(strict):
     """Many containers (so the depth walk runs), none deep: real replies look like this."""
     items = tuple((i, torch.full((2,), float(i))) for i in range(200))
-    decoded = protocol.decode(protocol.encode(Value(3, items)), strict=strict)
+    decoded = codec.decode(codec.encode(Value(3, items)), strict=strict)
     assert [i for i, _ in decoded.value] == list(range(200))
     assert all(torch.equal(t, torch.full((2,), float(i))) for i, t in decoded.value)
     nested = ("q", "tuple", tuple(("q", "tuple", (("p", i, "float32", (2, 3), False, "cpu"),)) for i in range(50)))
-    assert protocol.decode(protocol.encode(Ack(4, nested)), strict=strict).result == nested
+    assert codec.decode(codec.encode(Ack(4, nested)), strict=strict).result == nested
 
 
 def test_remote_pointer_metadata_is_depth_checked(strict):
@@ -161,10 +161,10 @@ def test_the_encoder_writes_no_memo_and_shared_values_arrive_as_copies(strict):
     index = [0, 1]
     name = "a string used twice"
     msg = Command(1, GETITEM, (Ref(1), (index, index), name, name), {"again": index}, 2)
-    header = protocol.encode(msg)[0]
+    header = codec.encode(msg)[0]
     names = {op.name for op, _, _ in pickletools.genops(header)}
     assert not names & {"MEMOIZE", "BINGET", "LONG_BINGET", "PUT", "BINPUT", "LONG_BINPUT"}, names
-    decoded = protocol.decode([header], strict=strict)
+    decoded = codec.decode([header], strict=strict)
     assert decoded.args == msg.args and decoded.kwargs == msg.kwargs
     assert decoded.args[1][0] is not decoded.args[1][1]  # equal, no longer one object
 
@@ -173,7 +173,7 @@ def test_a_stock_pickle_without_memo_reads_still_decodes(strict):
     # A stock pickler writes MEMOIZE after every string and container: harmless without a read.
     header = pickle.dumps((Fetch.code, 5, 42, True), protocol=5)
     assert b"\x94" in header
-    assert protocol.decode([header], strict=strict) == Fetch(5, 42, True)
+    assert codec.decode([header], strict=strict) == Fetch(5, 42, True)
 
 
 # -- hashing inside the unpickler -------------------------------------------------------------
@@ -196,16 +196,16 @@ def test_nothing_a_peer_sent_is_hashed_unless_its_hash_is_cheap(payload, fragmen
 
 def test_dicts_and_sets_with_flat_keys_round_trip(strict):
     values = ({"a": 1, 3: "x", -5: None, b"k": [1], None: 0, 2**60: 1}, {1, "two", b"3"}, frozenset({4, 5}), {}, set())
-    decoded = protocol.decode(protocol.encode(Value(1, values)), strict=strict)
+    decoded = codec.decode(codec.encode(Value(1, values)), strict=strict)
     assert decoded.value == values and [type(v) for v in decoded.value] == [dict, set, frozenset, dict, set]
-    refuse(protocol.encode(Value(1, {(1, 2): 3})), "a dict key in the message holds a tuple", strict)
+    refuse(codec.encode(Value(1, {(1, 2): 3})), "a dict key in the message holds a tuple", strict)
 
 
 def test_the_unpickler_cannot_write_to_or_call_into_stored_tensors():
     core = WorkerCore("bob")
     core.store[5] = torch.zeros(3)
     for prelude in (H.setitem_on(5), H.additems_on(5)):
-        reply = protocol.decode(core.handle([H.info(prelude)]))
+        reply = codec.decode(core.handle([H.info(prelude)]))
         assert type(reply) is ErrorReply and reply.type_name == "ProtocolError", reply
         assert "which simsyft never sends" in reply.message
     assert torch.equal(core.store[5], torch.zeros(3)), "decoding a frame changed a stored tensor"
@@ -216,7 +216,7 @@ def test_the_unpickler_cannot_write_to_or_call_into_stored_tensors():
 def test_big_ints_are_refused_and_ints_up_to_2040_bits_round_trip(strict):
     refuse([H.value(H.big_int(1 << 20))], "which simsyft never sends", strict)
     big = (2**2000, -(2**2000))
-    assert protocol.decode(protocol.encode(Value(1, big)), strict=strict).value == big
+    assert codec.decode(codec.encode(Value(1, big)), strict=strict).value == big
 
 
 def test_one_inline_frame_feeds_one_tensor(strict):
@@ -240,11 +240,11 @@ def test_a_shape_of_non_ints_is_refused(strict):
 
 def assert_serving(core: WorkerCore) -> None:
     core.store[7] = torch.arange(4.0)
-    ack = protocol.decode(core.handle(protocol.encode(Command(50, "torch.mul", (Ref(7), 2), {}, 8))))
+    ack = codec.decode(core.handle(codec.encode(Command(50, "torch.mul", (Ref(7), 2), {}, 8))))
     assert type(ack) is Ack and ack.result[:2] == ("p", 8), ack
-    fetched = protocol.decode(core.handle(protocol.encode(Fetch(51, 8))))
+    fetched = codec.decode(core.handle(codec.encode(Fetch(51, 8))))
     assert torch.equal(fetched.value, torch.arange(4.0) * 2)
-    info = protocol.decode(core.handle(protocol.encode(Info(52))))
+    info = codec.decode(core.handle(codec.encode(Info(52))))
     assert info.value["name"] == "bob"
 
 
@@ -256,7 +256,7 @@ def test_worker_core_answers_a_hostile_frame_and_keeps_serving(name):
     core = WorkerCore("bob")
     core.store[5] = torch.arange(6.0)
     frames, fragment = H.worker_frames(5, small=True)[name]
-    reply = protocol.decode(core.handle(frames))
+    reply = codec.decode(core.handle(frames))
     assert type(reply) is ErrorReply and reply.type_name == "ProtocolError", reply
     assert fragment in reply.message, reply.message
     assert reply.seq in (1, -1)
@@ -269,18 +269,18 @@ def test_worker_core_survives_the_frames_that_crashed_it():
     rather than ending the test session."""
     script = textwrap.dedent(f"""
         import torch
-        from simsyft import protocol
-        from simsyft.protocol import Command, Ref
+        from simsyft.wire import codec, messages
+        from simsyft.wire.messages import Command, Ref
         from simsyft.worker import WorkerCore
         from tests import hostile_frames as H
         core = WorkerCore("bob")
         core.store[5] = torch.arange(6.0)
         for name in H.CRASHED_THE_PROCESS:
             frames, fragment = H.worker_frames(5)[name]
-            reply = protocol.decode(core.handle(frames))
+            reply = codec.decode(core.handle(frames))
             assert reply.type_name == "ProtocolError" and fragment in reply.message, (name, reply)
             print(name, "refused", flush=True)
-        ack = protocol.decode(core.handle(protocol.encode(Command(9, "torch.mul", (Ref(5), 2), {{}}, 6))))
+        ack = codec.decode(core.handle(codec.encode(Command(9, "torch.mul", (Ref(5), 2), {{}}, 6))))
         assert ack.result[:2] == ("p", 6), ack
         print("serving")
     """)
@@ -293,8 +293,8 @@ def test_worker_core_survives_the_frames_that_crashed_it():
 
 def test_peek_seq_reads_the_seq_of_a_hostile_frame():
     # The worker answers an undecodable frame with the seq peek_seq finds: it re-reads the frame.
-    assert protocol.peek_seq([H.command(GETITEM, [H.ref(5), H.deep_list(60_000)], seq=7)]) == 7
-    assert protocol.peek_seq([H.command(GETITEM, [H.ref(5), H.memo_dag(60)], seq=7)]) == -1  # refused opcodes
+    assert codec.peek_seq([H.command(GETITEM, [H.ref(5), H.deep_list(60_000)], seq=7)]) == 7
+    assert codec.peek_seq([H.command(GETITEM, [H.ref(5), H.memo_dag(60)], seq=7)]) == -1  # refused opcodes
 
 
 def test_a_cuda_ipc_block_feeds_one_tensor():
@@ -305,10 +305,10 @@ def test_a_cuda_ipc_block_feeds_one_tensor():
 
     used = {("c", b"handle", 0)}
     with pytest.raises(ProtocolError, match="two tensor descriptors name one CUDA IPC block"):
-        sharing._decode_cuda(data(0), torch.float32, (1,), used)
+        tensors._decode_cuda(data(0), torch.float32, (1,), used)
     if not torch.cuda.is_available():
         with pytest.raises(ProtocolError, match="no CUDA device"):
-            sharing._decode_cuda(data(512), torch.float32, (1,), used)
+            tensors._decode_cuda(data(512), torch.float32, (1,), used)
         assert ("c", b"handle", 512) in used
 
 
@@ -316,7 +316,7 @@ def test_a_search_query_is_tag_strings_so_its_set_cannot_be_flooded():
     # 2,000 ints whose hashes are all 0 make set(query) quadratic; a real query is tags.
     core = WorkerCore("bob")
     colliding = tuple(k * H.PRIME for k in range(1, 2_001))
-    reply = protocol.decode(core.handle(protocol.encode(protocol.Search(3, colliding))))
+    reply = codec.decode(core.handle(codec.encode(messages.Search(3, colliding))))
     assert type(reply) is ErrorReply and reply.type_name == "ProtocolError", reply
     assert "tuple of tag strings" in reply.message
-    assert protocol.decode(core.handle(protocol.encode(protocol.Search(4, ("#xray",))))) == Value(4, ())
+    assert codec.decode(core.handle(codec.encode(messages.Search(4, ("#xray",))))) == Value(4, ())

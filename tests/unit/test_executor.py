@@ -1,4 +1,4 @@
-"""executor.py: the op allowlist admits tensor compute and nothing else; run() equals calling torch."""
+"""ops.py: the op allowlist admits tensor compute and nothing else; run() equals calling torch."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from simsyft import executor
+from simsyft.wire import ops
 from simsyft.errors import OpNotAllowedError, ViewOutsideStorageError
 
 ALLOWED = [
@@ -95,94 +95,94 @@ NON_STRINGS = [None, 42, 1.5, b"torch.add", ("torch.add",), ["torch.add"], {"tor
 
 
 def message(name) -> str:
-    return f"{name!r} is not in simsyft's op allowlist (simsyft/executor.py)"
+    return f"{name!r} is not in simsyft's op allowlist (simsyft/wire/ops.py)"
 
 
 @pytest.mark.parametrize("name", ALLOWED)
 def test_allowlist_contains_the_usual_ops(name):
-    assert executor.is_allowed(name)
-    assert name in executor.ops()
-    assert callable(executor.lookup(name))
+    assert ops.is_allowed(name)
+    assert name in ops.ops()
+    assert callable(ops.lookup(name))
 
 
 @pytest.mark.parametrize("name", REFUSED)
 def test_lookup_refuses(name):
-    assert not executor.is_allowed(name)
-    assert name not in executor.ops()
+    assert not ops.is_allowed(name)
+    assert name not in ops.ops()
     with pytest.raises(OpNotAllowedError) as info:
-        executor.lookup(name)
+        ops.lookup(name)
     assert str(info.value) == message(name)
 
 
 @pytest.mark.parametrize("name", REFUSED)
 def test_run_refuses_without_calling_anything(name):
     with pytest.raises(OpNotAllowedError) as info:
-        executor.run(name, (torch.ones(2),), {})
+        ops.run(name, (torch.ones(2),), {})
     assert str(info.value) == message(name)
 
 
 @pytest.mark.parametrize("name", NON_STRINGS, ids=lambda v: type(v).__name__)
 def test_non_strings_are_refused(name):
     with pytest.raises(OpNotAllowedError) as info:
-        executor.lookup(name)
+        ops.lookup(name)
     assert str(info.value) == message(name)
     with pytest.raises(OpNotAllowedError) as info:
-        executor.run(name, (torch.ones(2), torch.ones(2)), {})
+        ops.run(name, (torch.ones(2), torch.ones(2)), {})
     assert str(info.value) == message(name)
 
 
 def test_the_documented_message_text():
     with pytest.raises(OpNotAllowedError) as info:
-        executor.run("torch.load", ("/etc/passwd",), {})
-    assert str(info.value) == "'torch.load' is not in simsyft's op allowlist (simsyft/executor.py)"
+        ops.run("torch.load", ("/etc/passwd",), {})
+    assert str(info.value) == "'torch.load' is not in simsyft's op allowlist (simsyft/wire/ops.py)"
 
 
 def test_op_not_allowed_is_a_permission_error():
     with pytest.raises(PermissionError):
-        executor.lookup("torch.save")
+        ops.lookup("torch.save")
 
 
 @pytest.mark.parametrize("fragment", ["save", "load", "numpy", "storage"])
 def test_no_op_name_mentions_io_or_raw_memory(fragment):
-    offenders = sorted(name for name in executor.ops() if fragment in name.lower())
+    offenders = sorted(name for name in ops.ops() if fragment in name.lower())
     assert offenders == []
 
 
 def test_underscore_names_are_only_operator_dunders_and_properties():
-    for name in executor.ops():
+    for name in ops.ops():
         attr = name.rsplit(".", 1)[-1]
         if attr in ("__get__", "__set__"):
             prop = name.removesuffix("." + attr).rsplit(".", 1)[-1]
             assert not prop.startswith("_"), name
         elif attr.startswith("_"):
-            assert name.startswith("torch.Tensor.") and attr in executor.OPERATOR_DUNDERS, name
+            assert name.startswith("torch.Tensor.") and attr in ops.OPERATOR_DUNDERS, name
 
 
 def test_every_op_lives_in_a_torch_namespace():
-    assert all(name.startswith("torch.") for name in executor.ops())
-    assert len(executor.ops()) > 500  # "the usual ops": the table is torch's tensor API, not a handful
+    assert all(name.startswith("torch.") for name in ops.ops())
+    assert len(ops.ops()) > 500  # "the usual ops": the table is torch's tensor API, not a handful
 
 
 def test_ops_is_a_snapshot_callers_cannot_change():
-    ops = executor.ops()
-    assert isinstance(ops, frozenset)
+    names = ops.ops()
+    assert isinstance(names, frozenset)
     with pytest.raises(AttributeError):
-        ops.add("torch.load")  # type: ignore[attr-defined]
-    assert not executor.is_allowed("torch.load")
+        names.add("torch.load")  # type: ignore[attr-defined]
+    assert not ops.is_allowed("torch.load")
 
 
 @pytest.mark.parametrize("func", [torch.add, torch.Tensor.add, torch.Tensor.sum, F.relu, torch.max, torch.Tensor.__add__])
 def test_op_name_round_trips_through_lookup(func):
-    name = executor.op_name(func)
-    assert isinstance(name, str) and executor.is_allowed(name)
-    assert executor.lookup(name) is func
+    name = ops.op_name(func)
+    assert isinstance(name, str) and ops.is_allowed(name)
+    assert ops.lookup(name) is func
 
 
 def test_op_name_of_known_functions():
-    assert executor.op_name(torch.add) == "torch.add"
-    assert executor.op_name(torch.Tensor.sum) == "torch.Tensor.sum"
-    assert executor.op_name(torch.Tensor.grad.__get__) == "torch.Tensor.grad.__get__"
-    assert executor.op_name(F.relu) == "torch.nn.functional.relu"
+    assert ops.op_name(torch.add) == "torch.add"
+    assert ops.op_name(torch.Tensor.sum) == "torch.Tensor.sum"
+    assert ops.op_name(torch.Tensor.grad.__get__) == "torch.Tensor.grad.__get__"
+    assert ops.op_name(F.relu) == "torch.nn.functional.relu"
 
 
 # -- run() equals torch -------------------------------------------------------
@@ -212,7 +212,7 @@ CASES = {
 def test_run_equals_calling_torch(case):
     name, make_args, kwargs, direct = case
     x = _x()
-    got = executor.run(name, make_args(x), dict(kwargs))
+    got = ops.run(name, make_args(x), dict(kwargs))
     expected = direct(_x())
     assert type(got) is type(expected)
     assert got.dtype == expected.dtype and torch.equal(got, expected)
@@ -220,11 +220,11 @@ def test_run_equals_calling_torch(case):
 
 def test_run_multi_output_ops():
     x = _x()
-    values, indices = executor.run("torch.max", (x,), {"dim": 1})
+    values, indices = ops.run("torch.max", (x,), {"dim": 1})
     expected = torch.max(x, dim=1)
-    assert type(executor.run("torch.max", (x,), {"dim": 1})) is type(expected)
+    assert type(ops.run("torch.max", (x,), {"dim": 1})) is type(expected)
     assert torch.equal(values, expected.values) and torch.equal(indices, expected.indices)
-    parts = executor.run("torch.functional.split", (x, 2), {"dim": 1})
+    parts = ops.run("torch.functional.split", (x, 2), {"dim": 1})
     assert isinstance(parts, tuple) and len(parts) == 2
     assert all(torch.equal(a, b) for a, b in zip(parts, torch.split(x, 2, dim=1)))
 
@@ -232,27 +232,27 @@ def test_run_multi_output_ops():
 def test_run_in_place_returns_the_same_object():
     x = _x()
     before = x.clone()
-    out = executor.run("torch.Tensor.add_", (x, 1), {})
+    out = ops.run("torch.Tensor.add_", (x, 1), {})
     assert out is x and torch.equal(x, before + 1)
-    executor.run("torch.Tensor.__setitem__", (x, (0, 0), 100.0), {})
+    ops.run("torch.Tensor.__setitem__", (x, (0, 0), 100.0), {})
     assert x[0, 0].item() == 100.0
 
 
 def test_run_backward_and_grad_accessors():
     w = torch.ones(3, requires_grad=True)
-    loss = executor.run("torch.Tensor.sum", (executor.run("torch.mul", (w, torch.tensor([1.0, 2.0, 3.0])), {}),), {})
-    assert executor.run("torch.Tensor.backward", (loss,), {}) is None
-    grad = executor.run("torch.Tensor.grad.__get__", (w,), {})
+    loss = ops.run("torch.Tensor.sum", (ops.run("torch.mul", (w, torch.tensor([1.0, 2.0, 3.0])), {}),), {})
+    assert ops.run("torch.Tensor.backward", (loss,), {}) is None
+    grad = ops.run("torch.Tensor.grad.__get__", (w,), {})
     assert torch.equal(grad, torch.tensor([1.0, 2.0, 3.0]))
-    executor.run("torch.Tensor.grad.__set__", (w, None), {})
+    ops.run("torch.Tensor.grad.__set__", (w, None), {})
     assert w.grad is None
 
 
 def test_run_propagates_torch_errors_unchanged():
     with pytest.raises(RuntimeError, match="size of tensor a"):
-        executor.run("torch.add", (torch.ones(2), torch.ones(3)), {})
+        ops.run("torch.add", (torch.ones(2), torch.ones(3)), {})
     with pytest.raises(TypeError):
-        executor.run("torch.add", (torch.ones(2),), {"no_such_kwarg": 1})
+        ops.run("torch.add", (torch.ones(2),), {"no_such_kwarg": 1})
 
 
 # -- Note [Views stay inside their storage] ------------------------------------------------
@@ -272,20 +272,20 @@ UNGUARDED = [  # they move no view: the common case pays only a set lookup
 
 @pytest.mark.parametrize("name", GUARDED)
 def test_ops_that_may_move_a_view_are_guarded(name):
-    assert executor.is_guarded(name)
+    assert ops.is_guarded(name)
 
 
 @pytest.mark.parametrize("name", UNGUARDED)
 def test_ops_that_move_no_view_are_not_guarded(name):
-    assert not executor.is_guarded(name)
+    assert not ops.is_guarded(name)
 
 
 def test_every_op_torch_tags_inplace_view_is_guarded():
-    for name in executor.ops():
+    for name in ops.ops():
         packet = getattr(torch.ops.aten, name.rsplit(".", 1)[-1], None)
         if isinstance(packet, torch._ops.OpOverloadPacket) and any(
                 torch.Tag.inplace_view in getattr(packet, o).tags for o in packet.overloads()):
-            assert executor.is_guarded(name), name
+            assert ops.is_guarded(name), name
 
 
 def _outside(t, size=10**13):
@@ -309,14 +309,14 @@ def _outside(t, size=10**13):
 ], ids=["plain", "strided-view", "empty", "scalar", "expanded", "empty-offset", "sparse", "failed-resize",
         "overflowing-stride", "last-element", "one-past-the-end"])
 def test_inside_storage(make, inside):
-    assert executor.inside_storage(make()) is inside
+    assert ops.inside_storage(make()) is inside
 
 
 def test_negative_sizes_are_outside():
     t = torch.zeros(3)
     with pytest.raises(RuntimeError):
         t.resize_(-2)
-    assert t.shape == (-2,) and not executor.inside_storage(t)
+    assert t.shape == (-2,) and not ops.inside_storage(t)
     t.set_(torch.zeros(3).untyped_storage())
 
 
@@ -338,17 +338,17 @@ def test_a_failed_op_puts_the_tensor_back_and_raises_torchs_error(name, make_arg
     before = (target.shape, target.stride(), target.storage_offset(), target._version)
     local = target.detach().clone()
     with pytest.raises(RuntimeError) as info:
-        executor.run(name, args, kwargs)
+        ops.run(name, args, kwargs)
     assert type(info.value) is RuntimeError  # torch's own error, unchanged
     assert any(note.startswith(f"simsyft: {name} failed after moving") for note in info.value.__notes__)
     assert (target.shape, target.stride(), target.storage_offset(), target._version) == before
-    assert executor.inside_storage(target) and torch.equal(target, local)
+    assert ops.inside_storage(target) and torch.equal(target, local)
 
 
 def test_an_op_that_returns_outside_is_refused_and_the_tensor_put_back():
     x = torch.arange(3, dtype=torch.float32)
     with pytest.raises(ViewOutsideStorageError) as info:
-        executor.run("torch.Tensor.as_strided_", (x, (3,), (2**62,)), {})
+        ops.run("torch.Tensor.as_strided_", (x, (3,), (2**62,)), {})
     assert isinstance(info.value, RuntimeError)
     assert str(info.value) == (
         "torch.Tensor.as_strided_ left a tensor viewing memory outside its storage: sizes [3], strides "
@@ -359,13 +359,13 @@ def test_an_op_that_returns_outside_is_refused_and_the_tensor_put_back():
 
 def test_ops_that_succeed_inside_are_unchanged():
     x = torch.zeros(2, 3)
-    assert executor.run("torch.Tensor.t_", (x,), {}) is x and x.shape == (3, 2)
-    assert executor.run("torch.Tensor.resize_", (x, 10), {}) is x and x.shape == (10,)
+    assert ops.run("torch.Tensor.t_", (x,), {}) is x and x.shape == (3, 2)
+    assert ops.run("torch.Tensor.resize_", (x, 10), {}) is x and x.shape == (10,)
     out = torch.zeros(1)
     with pytest.warns(UserWarning, match="resized"):
-        assert executor.run("torch.add", (torch.ones(4), 1), {"out": out}) is out
+        assert ops.run("torch.add", (torch.ones(4), 1), {"out": out}) is out
     assert torch.equal(out, torch.full((4,), 2.0))
-    view = executor.run("torch.Tensor.as_strided", (torch.arange(4.0), (2,), (2,), 1), {})
+    view = ops.run("torch.Tensor.as_strided", (torch.arange(4.0), (2,), (2,), 1), {})
     assert torch.equal(view, torch.tensor([1.0, 3.0]))
 
 
@@ -374,9 +374,9 @@ def test_an_unguarded_op_that_left_a_view_outside_is_emptied(monkeypatch):
     # emptied rather than left outside. torch's tags leave no such op today; this one is made up.
     def careless(t, n):
         t.resize_(n)
-    monkeypatch.setitem(executor._TABLE, "torch.Tensor.careless", careless)
+    monkeypatch.setitem(ops._TABLE, "torch.Tensor.careless", careless)
     x = torch.zeros(3)
     with pytest.raises(RuntimeError) as info:
-        executor.run("torch.Tensor.careless", (x, 10**13), {})
+        ops.run("torch.Tensor.careless", (x, 10**13), {})
     assert "was emptied (no earlier geometry known)" in info.value.__notes__[0]
-    assert x.shape == (0,) and executor.inside_storage(x)
+    assert x.shape == (0,) and ops.inside_storage(x)

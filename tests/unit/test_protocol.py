@@ -1,4 +1,4 @@
-"""protocol.py: every message kind round-trips; the decoder refuses bad frames with ProtocolError."""
+"""codec.py: every message kind round-trips; the decoder refuses bad frames with ProtocolError."""
 
 from __future__ import annotations
 
@@ -13,14 +13,12 @@ import uuid
 import pytest
 import torch
 
-from simsyft import pool, protocol, sharing
+from simsyft.wire import codec, messages, segments, tensors
 from simsyft.errors import ObjectNotFoundError, ProtocolError
-from simsyft.protocol import (
-    Ack, Aliases, Clear, Command, ErrorReply, Fetch, Free, Info, Objects, Ref, Search, Shutdown, Store, Value,
-)
+from simsyft.wire.messages import Ack, Aliases, Clear, Command, ErrorReply, Fetch, Free, Info, Objects, Ref, Search, Shutdown, Store, Value
 
 # A float32 tensor just over the inline limit travels through a shared-memory segment.
-SHM_NUMEL = sharing.INLINE_MAX // 4 + 1
+SHM_NUMEL = tensors.INLINE_MAX // 4 + 1
 
 
 # -- helpers ------------------------------------------------------------------
@@ -30,9 +28,9 @@ def ns():
     """A namespace of this test's own; the test must leave no segment of it behind."""
     namespace = f"{os.getpid()}-test{uuid.uuid4().hex}"
     yield namespace
-    pool.close(namespace)  # this process's pooled segments (none may be left lent out)
-    leftover = sharing.list_segments(namespace)
-    sharing.sweep(namespace)
+    segments.close(namespace)  # this process's pooled segments (none may be left lent out)
+    leftover = tensors.list_segments(namespace)
+    tensors.sweep(namespace)
     assert leftover == [], f"test left shared-memory segments behind: {leftover}"
 
 
@@ -55,7 +53,7 @@ def assert_same(a, b):
         assert list(a) == list(b)
         for key in a:
             assert_same(a[key], b[key])
-    elif isinstance(a, protocol.Message):
+    elif isinstance(a, messages.Message):
         for field in dataclasses.fields(a):
             assert_same(getattr(a, field.name), getattr(b, field.name))
     else:
@@ -87,8 +85,8 @@ def tensor_header(desc) -> bytes:
 
 
 def roundtrip(msg, namespace, resolve=None):
-    frames = protocol.encode(msg, namespace)
-    return protocol.decode(frames, resolve=resolve, namespace=namespace)
+    frames = codec.encode(msg, namespace)
+    return codec.decode(frames, resolve=resolve, namespace=namespace)
 
 
 # -- round trips --------------------------------------------------------------
@@ -172,14 +170,14 @@ def test_the_named_kinds_are_covered():
 _SAMPLES = {int: 7, str: "text", tuple: (1, (2, "x"), Ref(3)), dict: {"k": [1, None]}, bool: False}
 
 
-@pytest.mark.parametrize("cls", sorted(protocol._KINDS.values(), key=lambda c: c.code), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", sorted(codec._KINDS.values(), key=lambda c: c.code), ids=lambda c: c.__name__)
 def test_every_registered_kind_round_trips(cls, ns):
     # Built from the field-type table, so a kind added later is covered without editing this file.
-    values = [_SAMPLES.get(t, torch.arange(3.0)) for t in protocol._FIELD_TYPES[cls]]
+    values = [_SAMPLES.get(t, torch.arange(3.0)) for t in codec._FIELD_TYPES[cls]]
     msg = cls(*values)
-    frames = protocol.encode(msg, ns)
-    assert protocol.frames_size(frames) > 0
-    decoded = protocol.decode(frames)
+    frames = codec.encode(msg, ns)
+    assert codec.frames_size(frames) > 0
+    decoded = codec.decode(frames)
     assert type(decoded) is cls and decoded.code == cls.code
     assert_same(msg, decoded)
 
@@ -193,12 +191,12 @@ def test_shared_memory_tensors_round_trip(kind, make, ns):
         "Value": lambda: Value(1, ((7, t),)),
         "Command": lambda: Command(1, "torch.add", (t, Ref(3)), {"other": t}, 5),
     }[kind]()
-    frames = protocol.encode(msg, ns)
-    assert len(sharing.list_segments(ns)) >= 1  # the data went to a segment
-    assert protocol.frames_size(frames) < 4096
-    decoded = protocol.decode(frames, namespace=ns)
+    frames = codec.encode(msg, ns)
+    assert len(tensors.list_segments(ns)) >= 1  # the data went to a segment
+    assert codec.frames_size(frames) < 4096
+    decoded = codec.decode(frames, namespace=ns)
     assert_same(msg, decoded)
-    assert pool.stats(ns)["in_use"] >= 1  # decoded over the segments, not copied out of them
+    assert segments.stats(ns)["in_use"] >= 1  # decoded over the segments, not copied out of them
 
 
 def test_tensor_with_grad_in_shared_memory(ns):
@@ -213,18 +211,18 @@ def test_tensor_with_grad_in_shared_memory(ns):
 def test_inline_tensor_travels_as_a_frame(ns):
     # A tuple of tensors is pickled (compact.py only lays out a lone tensor): its bytes ride as frames.
     t = torch.arange(10, dtype=torch.int16)
-    frames = protocol.encode(Value(1, (t,)), ns)
+    frames = codec.encode(Value(1, (t,)), ns)
     assert len(frames) == 2 and bytes(frames[1]) == t.numpy().tobytes()
-    assert sharing.list_segments(ns) == []
+    assert tensors.list_segments(ns) == []
 
 
 def test_decode_accepts_memoryviews_and_bytearrays(ns):
-    frames = protocol.encode(Value(1, (torch.arange(5.0),)), ns)
-    decoded = protocol.decode([memoryview(frames[0]), bytearray(frames[1])])
+    frames = codec.encode(Value(1, (torch.arange(5.0),)), ns)
+    decoded = codec.decode([memoryview(frames[0]), bytearray(frames[1])])
     assert torch.equal(decoded.value[0], torch.arange(5.0))
-    frames = protocol.encode(Value(1, torch.arange(5.0)), ns)  # the compact layout
-    assert torch.equal(protocol.decode([memoryview(frames[0])]).value, torch.arange(5.0))
-    assert torch.equal(protocol.decode([bytearray(frames[0])]).value, torch.arange(5.0))
+    frames = codec.encode(Value(1, torch.arange(5.0)), ns)  # the compact layout
+    assert torch.equal(codec.decode([memoryview(frames[0])]).value, torch.arange(5.0))
+    assert torch.equal(codec.decode([bytearray(frames[0])]).value, torch.arange(5.0))
 
 
 def test_memory_formats_and_layouts_decode_to_the_torch_singletons(ns):
@@ -249,7 +247,7 @@ def test_resolve_turns_refs_into_store_objects(ns):
         return store[object_id]
 
     msg = Command(1, "torch.add", (Ref(4), (Ref(5), 1)), {"other": Ref(6)}, 7)
-    decoded = protocol.decode(protocol.encode(msg, ns), resolve=resolve)
+    decoded = codec.decode(codec.encode(msg, ns), resolve=resolve)
     assert decoded.args[0] is store[4]
     assert decoded.args[1][0] is store[5] and decoded.args[1][1] == 1
     assert decoded.kwargs["other"] is store[6]
@@ -261,9 +259,9 @@ def test_resolver_errors_propagate_unchanged(ns):
     def resolve(object_id):
         raise ObjectNotFoundError(f"worker 'bob' has no object {object_id}")
 
-    frames = protocol.encode(Command(1, "torch.neg", (Ref(4),), {}, 2), ns)
+    frames = codec.encode(Command(1, "torch.neg", (Ref(4),), {}, 2), ns)
     with pytest.raises(ObjectNotFoundError) as info:
-        protocol.decode(frames, resolve=resolve)
+        codec.decode(frames, resolve=resolve)
     assert str(info.value) == "worker 'bob' has no object 4"
 
 
@@ -271,15 +269,15 @@ def test_other_resolver_errors_become_protocol_errors(ns):
     def resolve(object_id):
         raise KeyError(object_id)
 
-    frames = protocol.encode(Command(1, "torch.neg", (Ref(4),), {}, 2), ns)
+    frames = codec.encode(Command(1, "torch.neg", (Ref(4),), {}, 2), ns)
     with pytest.raises(ProtocolError, match="undecodable message header .KeyError: 4."):
-        protocol.decode(frames, resolve=resolve)
+        codec.decode(frames, resolve=resolve)
 
 
 def test_fetch_id_is_not_a_ref():
     # Sanity for the test above: a plain int field must decode without calling resolve.
     called = []
-    decoded = protocol.decode(protocol.encode(Fetch(1, 4)), resolve=called.append)
+    decoded = codec.decode(codec.encode(Fetch(1, 4)), resolve=called.append)
     assert decoded == Fetch(1, 4) and called == []
 
 
@@ -290,21 +288,21 @@ def test_repr_is_readable():
 
 
 def test_frames_size_counts_bytes():
-    assert protocol.frames_size([]) == 0
-    assert protocol.frames_size([b"abc", b"", bytearray(5), memoryview(b"12345678")]) == 16
-    frames = protocol.encode(Value(1, torch.zeros(100, dtype=torch.float64)))
-    assert protocol.frames_size(frames) == sum(len(f) for f in frames)
-    assert protocol.frames_size(frames) > 800  # the 800 data bytes travel inline
+    assert codec.frames_size([]) == 0
+    assert codec.frames_size([b"abc", b"", bytearray(5), memoryview(b"12345678")]) == 16
+    frames = codec.encode(Value(1, torch.zeros(100, dtype=torch.float64)))
+    assert codec.frames_size(frames) == sum(len(f) for f in frames)
+    assert codec.frames_size(frames) > 800  # the 800 data bytes travel inline
 
 
 def test_a_64mb_tensor_costs_only_a_few_kb_of_frames(ns):
     t = torch.ones(16 * 1024 * 1024, dtype=torch.float32)  # 64 MiB
-    frames = protocol.encode(Value(1, t), ns)
+    frames = codec.encode(Value(1, t), ns)
     try:
-        assert protocol.frames_size(frames) < 4 * 1024
-        assert len(sharing.list_segments(ns)) == 1
+        assert codec.frames_size(frames) < 4 * 1024
+        assert len(tensors.list_segments(ns)) == 1
     finally:
-        decoded = protocol.decode(frames, namespace=ns)
+        decoded = codec.decode(frames, namespace=ns)
     assert decoded.value.shape == t.shape and bool(decoded.value.eq(1).all())
 
 
@@ -312,7 +310,7 @@ def test_a_64mb_tensor_costs_only_a_few_kb_of_frames(ns):
 
 def refuse(frames, *fragments, namespace=""):
     with pytest.raises(ProtocolError) as info:
-        protocol.decode(frames, namespace=namespace)
+        codec.decode(frames, namespace=namespace)
     for fragment in fragments:
         assert fragment in str(info.value), str(info.value)
     return info.value
@@ -334,7 +332,7 @@ def test_refuses_empty_header():
 @pytest.mark.parametrize("kwargs, fragment", [({}, "Command frame"), ({"alpha": 2}, "undecodable message header")],
                          ids=["compact", "pickle"])
 def test_refuses_truncated_header(cut, kwargs, fragment):
-    header = protocol.encode(Command(1, "torch.add", (Ref(1), 2), kwargs, 3))[0]
+    header = codec.encode(Command(1, "torch.add", (Ref(1), 2), kwargs, 3))[0]
     refuse([header[:cut]], fragment)
 
 
@@ -361,7 +359,7 @@ def test_a_tiny_header_cannot_make_the_decoder_allocate_much():
     tracemalloc.start()
     try:
         with pytest.raises(ProtocolError, match="opcode .* which simsyft never sends"):
-            protocol.decode([header], strict=True)
+            codec.decode([header], strict=True)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -452,19 +450,19 @@ def test_refuses_wrong_field_types(values, expected):
 
 
 def test_refuses_oversized_header(monkeypatch):
-    frames = protocol.encode(Command(1, "torch.add", (Ref(1), "x" * 200), {}, 2))
-    monkeypatch.setattr(protocol, "MAX_HEADER_BYTES", 100)
+    frames = codec.encode(Command(1, "torch.add", (Ref(1), "x" * 200), {}, 2))
+    monkeypatch.setattr(codec, "MAX_HEADER_BYTES", 100)
     refuse(frames, f"header of {len(frames[0])} bytes exceeds the 100-byte limit")
 
 
 def test_header_at_the_limit_is_accepted(monkeypatch):
-    frames = protocol.encode(Fetch(1, 2))
-    monkeypatch.setattr(protocol, "MAX_HEADER_BYTES", len(frames[0]))
-    assert protocol.decode(frames) == Fetch(1, 2)
+    frames = codec.encode(Fetch(1, 2))
+    monkeypatch.setattr(codec, "MAX_HEADER_BYTES", len(frames[0]))
+    assert codec.decode(frames) == Fetch(1, 2)
 
 
 def test_refuses_a_descriptor_naming_a_missing_frame():
-    frames = protocol.encode(Value(1, (torch.ones(3),)))  # a tuple is pickled, its tensor a frame
+    frames = codec.encode(Value(1, (torch.ones(3),)))  # a tuple is pickled, its tensor a frame
     refuse(frames[:1], "missing frame 0")
     refuse([tensor_header(("float32", (3,), False, ("i", 5), None)), b"\0" * 12], "missing frame 5")
     refuse([tensor_header(("float32", (3,), False, ("i", -1), None)), b"\0" * 12], "missing frame -1")
@@ -473,7 +471,7 @@ def test_refuses_a_descriptor_naming_a_missing_frame():
 
 @pytest.mark.parametrize("nbytes", [0, 11, 13, 1000])
 def test_refuses_a_frame_with_the_wrong_byte_count(nbytes):
-    header = protocol.encode(Value(1, (torch.ones(3),)))[0]
+    header = codec.encode(Value(1, (torch.ones(3),)))[0]
     refuse([header, b"\0" * nbytes], f"tensor data has {nbytes} bytes", "need 12")
 
 
@@ -518,7 +516,7 @@ def _segment_desc(path, nbytes, ticket=1):
 
 
 def _segment_path(namespace, token="0" * 16):
-    return os.path.join(sharing.SHM_DIR, f"{sharing.segment_prefix(namespace)}{os.getpid()}_{token}")
+    return os.path.join(tensors.SHM_DIR, f"{tensors.segment_prefix(namespace)}{os.getpid()}_{token}")
 
 
 def test_refuses_a_segment_path_outside_shm(tmp_path):
@@ -530,7 +528,7 @@ def test_refuses_a_segment_path_outside_shm(tmp_path):
 
 @pytest.mark.parametrize("name", ["notsimsyft_{u}", "simsyft_{u}", "simsyft_{u}_1", "simsyft_{u}_1_x", "simsyft_{u}_1_2.bak"])
 def test_refuses_a_shm_file_not_named_like_a_segment(name):
-    victim = os.path.join(sharing.SHM_DIR, name.format(u=f"{os.getpid()}-test{uuid.uuid4().hex}"))
+    victim = os.path.join(tensors.SHM_DIR, name.format(u=f"{os.getpid()}-test{uuid.uuid4().hex}"))
     with open(victim, "wb") as f:
         f.write(b"\1" * 64)
     try:
@@ -552,8 +550,8 @@ def test_refuses_a_missing_segment(ns):
 
 
 def test_refuses_a_segment_of_a_closed_simulation(ns):
-    frames = protocol.encode(Value(1, big_tensor()), ns)
-    sharing.sweep(ns)
+    frames = codec.encode(Value(1, big_tensor()), ns)
+    tensors.sweep(ns)
     refuse(frames, "does not exist", namespace=ns)
 
 
@@ -562,7 +560,7 @@ def test_refuses_a_segment_of_the_wrong_size(ns):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.write(fd, b"\0" * 32)
     os.close(fd)
-    refuse([tensor_header(_segment_desc(path, 64))], "has 32 bytes", f"says {pool.HEADER + 64}", namespace=ns)
+    refuse([tensor_header(_segment_desc(path, 64))], "has 32 bytes", f"says {segments.HEADER + 64}", namespace=ns)
     refuse([tensor_header(("uint8", (64,), False, ("s", path, 32, 1), None))], "holds 32 bytes", "needs 64",
            namespace=ns)
     assert os.path.exists(path)  # refused before mapping: not consumed
@@ -570,13 +568,13 @@ def test_refuses_a_segment_of_the_wrong_size(ns):
 
 
 def test_default_namespace_round_trips_a_large_tensor():
-    before = set(sharing.list_segments())
-    frames = protocol.encode(Value(1, big_tensor()))
+    before = set(tensors.list_segments())
+    frames = codec.encode(Value(1, big_tensor()))
     try:
-        decoded = protocol.decode(frames)
+        decoded = codec.decode(frames)
         assert torch.equal(decoded.value, big_tensor())
     finally:
-        pool.close("")
-        for name in set(sharing.list_segments()) - before:
+        segments.close("")
+        for name in set(tensors.list_segments()) - before:
             if f"_{os.getpid()}_" in name:
-                os.unlink(os.path.join(sharing.SHM_DIR, name))
+                os.unlink(os.path.join(tensors.SHM_DIR, name))

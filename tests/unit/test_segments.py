@@ -1,4 +1,4 @@
-"""Segment hardening (pool.py, Note [Segment ownership]): names no one can pre-create, receivers that
+"""Segment hardening (segments.py, Note [Segment ownership]): names no one can pre-create, receivers that
 open only their own simulation's safe files, one-use tickets, receipts that can be undone, a budget
 that never drops a segment being received, and failed transfers that leave everything where it was.
 
@@ -17,12 +17,14 @@ import uuid
 import pytest
 import torch
 
-from simsyft import pool, protocol, sharing, simulation
+from simsyft import simulation
+
+from simsyft.wire import codec, messages, segments, tensors
 from simsyft.errors import ObjectNotFoundError, ProtocolError
-from simsyft.protocol import Export, Import, Ref
+from simsyft.wire.messages import Export, Import, Ref
 from simsyft.testing import in_process_worker
 
-BIG = sharing.INLINE_MAX // 4 + 100  # float32 elements: just over the inline limit, so a segment
+BIG = tensors.INLINE_MAX // 4 + 100  # float32 elements: just over the inline limit, so a segment
 
 
 def new_namespace() -> str:
@@ -35,9 +37,9 @@ def ns():
     namespace = new_namespace()
     yield namespace
     gc.collect()
-    pool.close(namespace)
-    leftover = sharing.list_segments(namespace)
-    sharing.sweep(namespace)
+    segments.close(namespace)
+    leftover = tensors.list_segments(namespace)
+    tensors.sweep(namespace)
     assert leftover == [], f"test left shared-memory segments behind: {leftover}"
 
 
@@ -52,11 +54,11 @@ def path_of(desc: tuple) -> str:
 def plant(namespace: str, capacity: int = 8192, *, size: int | None = None, mode: int = 0o600,
           ticket: int = 77, fill: int = 5) -> str:
     """A segment file another process of `namespace` could have made (not mapped by this one)."""
-    path = os.path.join(sharing.SHM_DIR, f"{sharing.segment_prefix(namespace)}{os.getpid() + 1}_{secrets.token_hex(8)}")
+    path = os.path.join(tensors.SHM_DIR, f"{tensors.segment_prefix(namespace)}{os.getpid() + 1}_{secrets.token_hex(8)}")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        header = bytearray(pool.HEADER)
-        header[0:4] = pool.BUSY.to_bytes(4, "little")
+        header = bytearray(segments.HEADER)
+        header[0:4] = segments.BUSY.to_bytes(4, "little")
         header[8:16] = ticket.to_bytes(8, "little")
         os.write(fd, bytes(header) + bytes([fill]) * capacity)
         if size is not None:
@@ -74,31 +76,31 @@ def desc_for(path: str, nbytes: int = 8192, capacity: int = 8192, ticket: int = 
 # -- names ---------------------------------------------------------------------
 
 def test_names_carry_an_unguessable_part(ns):
-    descs = [sharing.encode_tensor(big(i), [], ns) for i in range(3)]
+    descs = [tensors.encode_tensor(big(i), [], ns) for i in range(3)]
     names = [os.path.basename(path_of(d)) for d in descs]
     for name in names:
-        match = pool.SEGMENT_RE.fullmatch(name)
+        match = segments.SEGMENT_RE.fullmatch(name)
         assert match, name
         assert match["namespace"] == ns and match["pid"] == str(os.getpid())
         assert re.fullmatch(r"[0-9a-f]{16}", match["token"])
         assert name.startswith(f"simsyft_{ns}_{os.getpid()}_")  # the sweep and the leak check rely on it
-    assert len({pool.SEGMENT_RE.fullmatch(n)["token"] for n in names}) == 3
+    assert len({segments.SEGMENT_RE.fullmatch(n)["token"] for n in names}) == 3
     sim_ns = f"{os.getpid()}-{secrets.token_hex(4)}"  # a simulation's namespace: the dead-owner sweep reads it
-    name = f"{sharing.segment_prefix(sim_ns)}{os.getpid()}_{secrets.token_hex(8)}"
-    assert simulation._SHM_RE.match(name).group(2) == str(os.getpid()) and pool.SEGMENT_RE.fullmatch(name)
+    name = f"{tensors.segment_prefix(sim_ns)}{os.getpid()}_{secrets.token_hex(8)}"
+    assert simulation._SHM_RE.match(name).group(2) == str(os.getpid()) and segments.SEGMENT_RE.fullmatch(name)
     for d in descs:
-        sharing.decode_tensor(d, [], ns)
+        tensors.decode_tensor(d, [], ns)
 
 
 def test_names_the_old_scheme_would_pick_do_not_block_a_send(ns):
     # Another user can see the namespace and create simsyft_<ns>_<pid>_<n> for every small n.
-    planted = [os.path.join(sharing.SHM_DIR, f"{sharing.segment_prefix(ns)}{os.getpid()}_{n}") for n in range(2048)]
+    planted = [os.path.join(tensors.SHM_DIR, f"{tensors.segment_prefix(ns)}{os.getpid()}_{n}") for n in range(2048)]
     for path in planted:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
-        desc = sharing.encode_tensor(big(), [], ns)
+        desc = tensors.encode_tensor(big(), [], ns)
         assert path_of(desc) not in planted
-        assert torch.equal(sharing.decode_tensor(desc, [], ns), big())
+        assert torch.equal(tensors.decode_tensor(desc, [], ns), big())
     finally:
         for path in planted:
             os.unlink(path)
@@ -106,15 +108,15 @@ def test_names_the_old_scheme_would_pick_do_not_block_a_send(ns):
 
 def test_a_taken_name_makes_the_creator_draw_another(ns, monkeypatch):
     taken = "ab" * 8
-    squatter = os.path.join(sharing.SHM_DIR, f"{sharing.segment_prefix(ns)}{os.getpid()}_{taken}")
+    squatter = os.path.join(tensors.SHM_DIR, f"{tensors.segment_prefix(ns)}{os.getpid()}_{taken}")
     with open(squatter, "wb") as f:
         f.write(b"not yours")
     draws = iter([taken, "cd" * 8])
-    monkeypatch.setattr(pool, "_token", lambda: next(draws))
+    monkeypatch.setattr(segments, "_token", lambda: next(draws))
     try:
-        desc = sharing.encode_tensor(big(), [], ns)
+        desc = tensors.encode_tensor(big(), [], ns)
         assert os.path.basename(path_of(desc)).endswith("_" + "cd" * 8)
-        assert torch.equal(sharing.decode_tensor(desc, [], ns), big())
+        assert torch.equal(tensors.decode_tensor(desc, [], ns), big())
         with open(squatter, "rb") as f:
             assert f.read() == b"not yours"  # left alone
     finally:
@@ -125,7 +127,7 @@ def test_a_taken_name_makes_the_creator_draw_another(ns, monkeypatch):
 
 def test_a_planted_segment_of_our_simulation_opens(ns):
     path = plant(ns)
-    out = sharing.decode_tensor(desc_for(path), [], ns)
+    out = tensors.decode_tensor(desc_for(path), [], ns)
     assert out.shape == (8192,) and bool(out.eq(5).all())
     del out
     os.unlink(path)
@@ -134,15 +136,15 @@ def test_a_planted_segment_of_our_simulation_opens(ns):
 def test_refuses_a_segment_of_another_simulation(ns):
     other = new_namespace()
     try:
-        desc = sharing.encode_tensor(big(), [], other)
+        desc = tensors.encode_tensor(big(), [], other)
         with pytest.raises(ProtocolError, match="belongs to simulation .*not to this one"):
-            sharing.decode_tensor(desc, [], ns)
+            tensors.decode_tensor(desc, [], ns)
         with pytest.raises(ProtocolError, match="belongs to simulation"):
-            sharing.decode_tensor(desc, [])  # the default namespace receives no simulation's segment
-        assert torch.equal(sharing.decode_tensor(desc, [], other), big())  # refused before anything: still good
+            tensors.decode_tensor(desc, [])  # the default namespace receives no simulation's segment
+        assert torch.equal(tensors.decode_tensor(desc, [], other), big())  # refused before anything: still good
     finally:
         gc.collect()
-        sharing.sweep(other)
+        tensors.sweep(other)
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a file to another user")
@@ -150,7 +152,7 @@ def test_refuses_a_segment_owned_by_another_user(ns):
     path = plant(ns)
     os.chown(path, 65534, 65534)
     with pytest.raises(ProtocolError, match="owned by uid 65534"):
-        sharing.decode_tensor(desc_for(path), [], ns)
+        tensors.decode_tensor(desc_for(path), [], ns)
     os.unlink(path)
 
 
@@ -158,35 +160,35 @@ def test_refuses_a_segment_owned_by_another_user(ns):
 def test_refuses_a_segment_others_can_read_or_write(ns, mode):
     path = plant(ns, mode=mode)
     with pytest.raises(ProtocolError, match=f"mode {mode:o} lets other users"):
-        sharing.decode_tensor(desc_for(path), [], ns)
+        tensors.decode_tensor(desc_for(path), [], ns)
     os.unlink(path)
 
 
 def test_refuses_a_symbolic_link(ns):
     target = plant(ns)
-    link = os.path.join(sharing.SHM_DIR, f"{sharing.segment_prefix(ns)}{os.getpid() + 1}_{secrets.token_hex(8)}")
+    link = os.path.join(tensors.SHM_DIR, f"{tensors.segment_prefix(ns)}{os.getpid() + 1}_{secrets.token_hex(8)}")
     os.symlink(target, link)
     try:
         with pytest.raises(ProtocolError, match="symbolic link"):
-            sharing.decode_tensor(desc_for(link), [], ns)
+            tensors.decode_tensor(desc_for(link), [], ns)
     finally:
         os.unlink(link)
         os.unlink(target)
 
 
 def test_refuses_a_segment_of_the_wrong_size(ns):
-    path = plant(ns, size=pool.HEADER + 4096)
-    with pytest.raises(ProtocolError, match=f"has {pool.HEADER + 4096} bytes, its descriptor says {pool.HEADER + 8192}"):
-        sharing.decode_tensor(desc_for(path), [], ns)
+    path = plant(ns, size=segments.HEADER + 4096)
+    with pytest.raises(ProtocolError, match=f"has {segments.HEADER + 4096} bytes, its descriptor says {segments.HEADER + 8192}"):
+        tensors.decode_tensor(desc_for(path), [], ns)
     os.unlink(path)
 
 
 def test_refuses_a_fifo(ns):
-    path = os.path.join(sharing.SHM_DIR, f"{sharing.segment_prefix(ns)}{os.getpid() + 1}_{secrets.token_hex(8)}")
+    path = os.path.join(tensors.SHM_DIR, f"{tensors.segment_prefix(ns)}{os.getpid() + 1}_{secrets.token_hex(8)}")
     os.mkfifo(path, 0o600)
     try:
         with pytest.raises(ProtocolError, match="not a regular file"):
-            sharing.decode_tensor(desc_for(path), [], ns)
+            tensors.decode_tensor(desc_for(path), [], ns)
     finally:
         os.unlink(path)
 
@@ -194,86 +196,86 @@ def test_refuses_a_fifo(ns):
 # -- tickets: a descriptor is good for one receipt ------------------------------
 
 def test_a_replayed_descriptor_is_refused(ns):
-    desc = sharing.encode_tensor(big(), [], ns)
-    first = sharing.decode_tensor(desc, [], ns)
+    desc = tensors.encode_tensor(big(), [], ns)
+    first = tensors.decode_tensor(desc, [], ns)
     with pytest.raises(ProtocolError, match="ticket does not match"):
-        sharing.decode_tensor(desc, [], ns)
+        tensors.decode_tensor(desc, [], ns)
     assert torch.equal(first, big())
 
 
 def test_a_forged_ticket_is_refused_and_the_real_one_still_works(ns):
-    desc = sharing.encode_tensor(big(), [], ns)
+    desc = tensors.encode_tensor(big(), [], ns)
     data = desc[3]
     for forged in (data[3] ^ 1, 0, "77"):
         with pytest.raises(ProtocolError, match="ticket"):
-            sharing.decode_tensor((*desc[:3], (*data[:3], forged), None), [], ns)
-    assert torch.equal(sharing.decode_tensor(desc, [], ns), big())
+            tensors.decode_tensor((*desc[:3], (*data[:3], forged), None), [], ns)
+    assert torch.equal(tensors.decode_tensor(desc, [], ns), big())
 
 
 def test_an_undone_receipt_leaves_the_segment_as_it_was_sent(ns):
-    desc = sharing.encode_tensor(big(), [], ns)
-    mark = sharing.receiving()
-    partial = sharing.decode_tensor(desc, [], ns)
-    sharing.received(mark, ok=False)
-    seg = pool._MAPPED[path_of(desc)]
+    desc = tensors.encode_tensor(big(), [], ns)
+    mark = tensors.receiving()
+    partial = tensors.decode_tensor(desc, [], ns)
+    tensors.received(mark, ok=False)
+    seg = segments._MAPPED[path_of(desc)]
     del partial
     gc.collect()
-    assert seg.state.value == pool.BUSY  # our tensor over it went, but it was never ours
-    again = sharing.decode_tensor(desc, [], ns)  # re-armed: its receiver can still take it
+    assert seg.state.value == segments.BUSY  # our tensor over it went, but it was never ours
+    again = tensors.decode_tensor(desc, [], ns)  # re-armed: its receiver can still take it
     assert torch.equal(again, big())
     del again
     gc.collect()
-    assert seg.state.value == pool.FREE
+    assert seg.state.value == segments.FREE
 
 
 def test_a_settled_receipt_frees_a_tensor_released_before_it_ended(ns):
-    desc = sharing.encode_tensor(big(), [], ns)
-    mark = sharing.receiving()
-    sharing.decode_tensor(desc, [], ns)  # dropped at once, while pending
-    sharing.received(mark)
-    assert pool._MAPPED[path_of(desc)].state.value == pool.FREE and pool.lost(ns) == []
+    desc = tensors.encode_tensor(big(), [], ns)
+    mark = tensors.receiving()
+    tensors.decode_tensor(desc, [], ns)  # dropped at once, while pending
+    tensors.received(mark)
+    assert segments._MAPPED[path_of(desc)].state.value == segments.FREE and segments.lost(ns) == []
 
 
 # -- the budget never drops what is being received --------------------------------
 
 def test_a_segment_over_the_budget_is_received(ns, monkeypatch):
-    monkeypatch.setattr(pool, "IDLE_MAX", 4096)  # smaller than the segment, as 2 GiB is than 2.1 GiB
+    monkeypatch.setattr(segments, "IDLE_MAX", 4096)  # smaller than the segment, as 2 GiB is than 2.1 GiB
     path = plant(ns, capacity=65536)
-    out = sharing.decode_tensor(desc_for(path, 65536, 65536), [], ns)
+    out = tensors.decode_tensor(desc_for(path, 65536, 65536), [], ns)
     assert out.shape == (65536,) and bool(out.eq(5).all())
     del out
     gc.collect()
-    assert path not in pool._MAPPED  # released: now over the budget, so unmapped
+    assert path not in segments._MAPPED  # released: now over the budget, so unmapped
     os.unlink(path)
 
 
 def test_our_segment_in_flight_is_never_trimmed(ns, monkeypatch):
-    monkeypatch.setattr(pool, "IDLE_MAX", 0)
-    desc = sharing.encode_tensor(big(), [], ns)
+    monkeypatch.setattr(segments, "IDLE_MAX", 0)
+    desc = tensors.encode_tensor(big(), [], ns)
     other = new_namespace()
     try:
-        sharing.decode_tensor(sharing.encode_tensor(big(1), [], other), [], other)  # trims, with nothing idle allowed
-        assert torch.equal(sharing.decode_tensor(desc, [], ns), big())
+        tensors.decode_tensor(tensors.encode_tensor(big(1), [], other), [], other)  # trims, with nothing idle allowed
+        assert torch.equal(tensors.decode_tensor(desc, [], ns), big())
     finally:
         gc.collect()
-        sharing.sweep(other)
+        tensors.sweep(other)
 
 
 # -- a shrunk segment is detected, never read --------------------------------------
 
 def test_a_shrunk_segment_is_detected_and_its_header_left_alone(ns):
-    desc = sharing.encode_tensor(big(), [], ns)
-    out = sharing.decode_tensor(desc, [], ns)
-    seg = pool._MAPPED[path_of(desc)]
-    assert sharing.shrunk(out) is None and sharing.shrunk(torch.ones(3)) is None
+    desc = tensors.encode_tensor(big(), [], ns)
+    out = tensors.decode_tensor(desc, [], ns)
+    seg = segments._MAPPED[path_of(desc)]
+    assert tensors.shrunk(out) is None and tensors.shrunk(torch.ones(3)) is None
     os.truncate(path_of(desc), 4096)  # the header page survives: even old code could not crash here
-    assert sharing.shrunk(out) is seg and seg.broken
+    assert tensors.shrunk(out) is seg and seg.broken
     del out
     gc.collect()
-    assert seg.state.value == pool.BUSY  # a shrunk segment's header is not written again
-    again = sharing.encode_tensor(big(2), [], ns)
+    assert seg.state.value == segments.BUSY  # a shrunk segment's header is not written again
+    again = tensors.encode_tensor(big(2), [], ns)
     assert path_of(again) != path_of(desc)  # nor is it reused
-    sharing.decode_tensor(again, [], ns)
+    tensors.decode_tensor(again, [], ns)
 
 
 # -- failed transfers leave everything where it was (in-process worker) -------------
@@ -296,9 +298,9 @@ def test_a_refused_request_does_not_leak_the_client_segment(bob):
     connection = bob.connection
     with pytest.raises(ObjectNotFoundError):
         # The missing reference fails before the worker reaches the tensor: it never received it.
-        connection.request(lambda seq, free: protocol.Command(seq, "torch.add", (Ref(123), big()), {}, 9, True, free),
+        connection.request(lambda seq, free: messages.Command(seq, "torch.add", (Ref(123), big()), {}, 9, True, free),
                            carries_free=True)
-    assert pool.lost(connection.namespace) == []
+    assert segments.lost(connection.namespace) == []
     assert torch.equal(big(3).send(bob).get(), big(3))
 
 
@@ -323,15 +325,15 @@ def test_a_get_the_client_cannot_take_leaves_the_object(bob, monkeypatch, where,
     p = x if result == "sent" else x * 2  # sent: the segment is handed back; computed: the worker's own
     expected = big() if result == "sent" else big() * 2
     if where == "open":
-        fail_once(monkeypatch, pool, "receive")
+        fail_once(monkeypatch, segments, "receive")
     else:
-        fail_once(monkeypatch, sharing, "_contiguous_stride")  # after the segment was received
+        fail_once(monkeypatch, tensors, "_contiguous_stride")  # after the segment was received
     with pytest.raises(ProtocolError, match="still on the worker"):
         p.get()
     assert p.id_at_location in bob._objects
     assert [q.id_at_location for q in bob.search("#kept")] == [x.id_at_location]
     assert torch.equal(p.get(), expected)
-    assert pool.lost(bob.connection.namespace) == []
+    assert segments.lost(bob.connection.namespace) == []
 
 
 def test_a_failed_import_stores_nothing_and_the_source_can_take_it_back(bob, alice):
@@ -353,11 +355,11 @@ def test_a_worker_to_worker_get_that_fails_leaves_the_object(bob, monkeypatch):
     x = big().send(bob)
     connection = bob.connection
     meta = ("float32", (BIG,), False, "cpu")
-    connection.request(lambda seq: protocol.StorePointer(seq, 42, "bob", x.id_at_location, meta))
-    fail_once(monkeypatch, sharing, "_contiguous_stride")
+    connection.request(lambda seq: messages.StorePointer(seq, 42, "bob", x.id_at_location, meta))
+    fail_once(monkeypatch, tensors, "_contiguous_stride")
     with pytest.raises(ProtocolError, match="still on the worker"):
-        connection.request(lambda seq: protocol.RemoteGet(seq, 42))
-    peek = lambda object_id: connection.request(lambda seq: protocol.Fetch(seq, object_id, False)).value  # noqa: E731
+        connection.request(lambda seq: messages.RemoteGet(seq, 42))
+    peek = lambda object_id: connection.request(lambda seq: messages.Fetch(seq, object_id, False)).value  # noqa: E731
     assert torch.equal(peek(x.id_at_location), big())  # still there
-    connection.request(lambda seq: protocol.RemoteGet(seq, 42))
+    connection.request(lambda seq: messages.RemoteGet(seq, 42))
     assert list(bob._objects) == [42] and torch.equal(bob._objects[42], big())

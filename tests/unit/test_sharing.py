@@ -1,4 +1,4 @@
-"""sharing.py: tensors cross bit-exact, inline or through a segment, and no segment outlives its decode."""
+"""tensors.py: tensors cross bit-exact, inline or through a segment, and no segment outlives its decode."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import uuid
 import pytest
 import torch
 
-from simsyft import pool, sharing
+from simsyft.wire import segments, tensors
 from simsyft.errors import ProtocolError
 
 DTYPES = [
@@ -29,9 +29,9 @@ def ns():
     """A namespace of this test's own; the test must leave no segment of it behind."""
     namespace = new_namespace()
     yield namespace
-    pool.close(namespace)  # this process's pooled segments (none may be left lent out)
-    leftover = sharing.list_segments(namespace)
-    sharing.sweep(namespace)
+    segments.close(namespace)  # this process's pooled segments (none may be left lent out)
+    leftover = tensors.list_segments(namespace)
+    tensors.sweep(namespace)
     assert leftover == [], f"test left shared-memory segments behind: {leftover}"
 
 
@@ -39,7 +39,7 @@ def numel_for(size: str, dtype: torch.dtype) -> int:
     """Just under/over the inline limit: exercises both paths at their boundary."""
     if size == "inline":
         return 37
-    return sharing.INLINE_MAX // dtype.itemsize + 5
+    return tensors.INLINE_MAX // dtype.itemsize + 5
 
 
 def random_tensor(shape, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
@@ -66,45 +66,45 @@ def assert_bit_exact(a: torch.Tensor, b: torch.Tensor) -> None:
 
 def roundtrip(t: torch.Tensor, namespace: str) -> torch.Tensor:
     buffers: list = []
-    desc = sharing.encode_tensor(t, buffers, namespace)
-    return sharing.decode_tensor(desc, buffers, namespace)
+    desc = tensors.encode_tensor(t, buffers, namespace)
+    return tensors.decode_tensor(desc, buffers, namespace)
 
 
 # -- bit-exactness ------------------------------------------------------------
 
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("dtype", DTYPES, ids=sharing.dtype_name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=tensors.dtype_name)
 def test_every_dtype_is_bit_exact(dtype, size, ns):
     t = random_tensor((numel_for(size, dtype),), dtype, seed=DTYPES.index(dtype))
     buffers: list = []
-    desc = sharing.encode_tensor(t, buffers, ns)
+    desc = tensors.encode_tensor(t, buffers, ns)
     location = desc[3][0]
     assert location == ("i" if size == "inline" else "s")
-    assert len(sharing.list_segments(ns)) == (1 if size == "shm" else 0)
-    out = sharing.decode_tensor(desc, buffers, ns)
+    assert len(tensors.list_segments(ns)) == (1 if size == "shm" else 0)
+    out = tensors.decode_tensor(desc, buffers, ns)
     assert_bit_exact(t, out)
     assert out.is_contiguous() and not out.requires_grad
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=sharing.dtype_name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=tensors.dtype_name)
 def test_descriptor_names_dtype_and_shape(dtype, ns):
     t = random_tensor((2, 3), dtype)
-    desc = sharing.encode_tensor(t, [], ns)
-    assert desc[0] == sharing.dtype_name(dtype) and desc[1] == (2, 3) and desc[2] is False and desc[4] is None
-    assert sharing.dtype_from_name(desc[0]) is dtype
+    desc = tensors.encode_tensor(t, [], ns)
+    assert desc[0] == tensors.dtype_name(dtype) and desc[1] == (2, 3) and desc[2] is False and desc[4] is None
+    assert tensors.dtype_from_name(desc[0]) is dtype
 
 
 def test_inline_boundary_is_inline_max_bytes(ns):
-    at_limit = torch.zeros(sharing.INLINE_MAX, dtype=torch.uint8)
-    over = torch.zeros(sharing.INLINE_MAX + 1, dtype=torch.uint8)
+    at_limit = torch.zeros(tensors.INLINE_MAX, dtype=torch.uint8)
+    over = torch.zeros(tensors.INLINE_MAX + 1, dtype=torch.uint8)
     buffers: list = []
-    assert sharing.encode_tensor(at_limit, buffers, ns)[3] == ("i", 0)
-    desc = sharing.encode_tensor(over, buffers, ns)
-    assert desc[3][0] == "s" and desc[3][2] >= sharing.INLINE_MAX + 1
-    sharing.decode_tensor(desc, buffers, ns)
+    assert tensors.encode_tensor(at_limit, buffers, ns)[3] == ("i", 0)
+    desc = tensors.encode_tensor(over, buffers, ns)
+    assert desc[3][0] == "s" and desc[3][2] >= tensors.INLINE_MAX + 1
+    tensors.decode_tensor(desc, buffers, ns)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.bool, torch.complex64], ids=sharing.dtype_name)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.bool, torch.complex64], ids=tensors.dtype_name)
 def test_zero_dim(dtype, ns):
     t = random_tensor((), dtype, seed=3)
     out = roundtrip(t, ns)
@@ -113,13 +113,13 @@ def test_zero_dim(dtype, ns):
 
 
 @pytest.mark.parametrize("shape", [(0,), (0, 3), (4, 0, 2)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.int8, torch.bool], ids=sharing.dtype_name)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int8, torch.bool], ids=tensors.dtype_name)
 def test_empty(shape, dtype, ns):
     t = torch.empty(shape, dtype=dtype)
     buffers: list = []
-    desc = sharing.encode_tensor(t, buffers, ns)
-    assert sharing.list_segments(ns) == []  # no zero-byte files in /dev/shm
-    out = sharing.decode_tensor(desc, buffers, ns)
+    desc = tensors.encode_tensor(t, buffers, ns)
+    assert tensors.list_segments(ns) == []  # no zero-byte files in /dev/shm
+    out = tensors.decode_tensor(desc, buffers, ns)
     assert out.shape == shape and out.dtype == dtype and out.numel() == 0
 
 
@@ -135,17 +135,17 @@ NON_CONTIGUOUS = {
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("view", NON_CONTIGUOUS.values(), ids=NON_CONTIGUOUS.keys())
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.int32], ids=sharing.dtype_name)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.int32], ids=tensors.dtype_name)
 def test_non_contiguous(dtype, view, size, ns):
     # The shm base is 4x the limit, so even a view of every third element goes through a segment.
-    numel = 8 * (sharing.INLINE_MAX // dtype.itemsize // 2 + 3) if size == "shm" else 8 * 9
+    numel = 8 * (tensors.INLINE_MAX // dtype.itemsize // 2 + 3) if size == "shm" else 8 * 9
     base = random_tensor((numel,), dtype, seed=7)
     t = view(base)
     out = roundtrip(t, ns)
     assert_bit_exact(t, out)
     assert out.is_contiguous()
     if size == "shm":
-        assert t.numel() * dtype.itemsize > sharing.INLINE_MAX  # the case really went through a segment
+        assert t.numel() * dtype.itemsize > tensors.INLINE_MAX  # the case really went through a segment
 
 
 # -- autograd state -----------------------------------------------------------
@@ -156,9 +156,9 @@ def test_requires_grad_and_grad_survive(size, ns):
     x = torch.randn(n).requires_grad_(True)
     x.grad = torch.randn(n)
     buffers: list = []
-    desc = sharing.encode_tensor(x, buffers, ns)
+    desc = tensors.encode_tensor(x, buffers, ns)
     assert desc[2] is True and desc[4] is not None
-    out = sharing.decode_tensor(desc, buffers, ns)
+    out = tensors.decode_tensor(desc, buffers, ns)
     assert out.requires_grad and out.is_leaf
     assert_bit_exact(x, out)
     assert out.grad is not None
@@ -205,9 +205,9 @@ def test_decoded_tensor_owns_its_memory(size, ns):
     src = torch.arange(n, dtype=torch.float32)
     expected = src.clone()
     buffers: list = []
-    desc = sharing.encode_tensor(src, buffers, ns)
+    desc = tensors.encode_tensor(src, buffers, ns)
     src.fill_(-1)  # after encode: must not reach the decoded tensor
-    out = sharing.decode_tensor(desc, buffers, ns)
+    out = tensors.decode_tensor(desc, buffers, ns)
     assert torch.equal(out, expected)
     out.fill_(42)  # and the decoded tensor's writes do not reach the source
     assert bool(src.eq(-1).all())
@@ -217,9 +217,9 @@ def test_decoded_tensor_owns_its_memory(size, ns):
 def test_decoded_tensor_does_not_alias_a_mutable_frame(ns):
     src = torch.arange(8, dtype=torch.int32)
     buffers: list = []
-    desc = sharing.encode_tensor(src, buffers, ns)
+    desc = tensors.encode_tensor(src, buffers, ns)
     frame = bytearray(buffers[0])  # a receiver's frame may be a mutable buffer
-    out = sharing.decode_tensor(desc, [frame], ns)
+    out = tensors.decode_tensor(desc, [frame], ns)
     frame[:] = b"\xff" * len(frame)
     assert torch.equal(out, src)
     out.zero_()
@@ -228,14 +228,14 @@ def test_decoded_tensor_does_not_alias_a_mutable_frame(ns):
 
 def test_two_decodes_of_one_inline_descriptor_are_independent(ns):
     buffers: list = []
-    desc = sharing.encode_tensor(torch.ones(4), buffers, ns)
-    a = sharing.decode_tensor(desc, buffers, ns)
-    b = sharing.decode_tensor(desc, buffers, ns)
+    desc = tensors.encode_tensor(torch.ones(4), buffers, ns)
+    a = tensors.decode_tensor(desc, buffers, ns)
+    b = tensors.decode_tensor(desc, buffers, ns)
     a.zero_()
     assert torch.equal(b, torch.ones(4))
 
 
-# -- segment lifetime: Note [Segment ownership] (pool.py) ----------------------
+# -- segment lifetime: Note [Segment ownership] (segments.py) ----------------------
 
 def release(*tensors):
     """Drop the caller's tensors; their segments go FREE once their memory is collected."""
@@ -246,98 +246,98 @@ def release(*tensors):
 def test_a_segment_is_pooled_and_reused_after_release(ns):
     t = random_tensor((numel_for("shm", torch.float32),), torch.float32)
     buffers: list = []
-    desc = sharing.encode_tensor(t, buffers, ns)
+    desc = tensors.encode_tensor(t, buffers, ns)
     assert buffers == []  # nothing inline
     path = desc[3][1]
-    assert os.path.dirname(path) == sharing.SHM_DIR
-    assert os.path.basename(path).startswith(sharing.segment_prefix(ns))
-    assert sharing.list_segments(ns) == [os.path.basename(path)]
-    assert os.path.getsize(path) == pool.HEADER + desc[3][2] and desc[3][2] >= t.numel() * 4
-    out = sharing.decode_tensor(desc, buffers, ns)
+    assert os.path.dirname(path) == tensors.SHM_DIR
+    assert os.path.basename(path).startswith(tensors.segment_prefix(ns))
+    assert tensors.list_segments(ns) == [os.path.basename(path)]
+    assert os.path.getsize(path) == segments.HEADER + desc[3][2] and desc[3][2] >= t.numel() * 4
+    out = tensors.decode_tensor(desc, buffers, ns)
     assert_bit_exact(t, out)
-    seg = pool._MAPPED[path]
-    assert out.data_ptr() == ctypes.addressof(seg.state) + pool.HEADER  # built over the mapping: no copy
-    assert seg.state.value == pool.BUSY and seg.uses == 1
-    again = sharing.encode_tensor(t, [], ns)
+    seg = segments._MAPPED[path]
+    assert out.data_ptr() == ctypes.addressof(seg.state) + segments.HEADER  # built over the mapping: no copy
+    assert seg.state.value == segments.BUSY and seg.uses == 1
+    again = tensors.encode_tensor(t, [], ns)
     assert again[3][1] != path  # held by `out`: never handed out twice
-    sharing.decode_tensor(again, [], ns)  # released at once
+    tensors.decode_tensor(again, [], ns)  # released at once
     out2 = out
     del out
     gc.collect()
-    assert seg.state.value == pool.BUSY  # out2 still holds it
+    assert seg.state.value == segments.BUSY  # out2 still holds it
     del out2
     gc.collect()
-    assert seg.state.value == pool.FREE and seg.uses == 0
-    third = sharing.encode_tensor(t * 2, [], ns)
+    assert seg.state.value == segments.FREE and seg.uses == 0
+    third = tensors.encode_tensor(t * 2, [], ns)
     assert third[3][1] in (path, again[3][1])  # a free one of the right size is reused
-    assert_bit_exact(t * 2, sharing.decode_tensor(third, [], ns))
+    assert_bit_exact(t * 2, tensors.decode_tensor(third, [], ns))
 
 
 def test_a_segment_in_flight_is_not_reused(ns):
     big = torch.zeros(numel_for("shm", torch.uint8), dtype=torch.uint8)
-    descs = [sharing.encode_tensor(big, [], ns) for _ in range(3)]
-    assert len({d[3][1] for d in descs}) == 3 and len(sharing.list_segments(ns)) == 3
+    descs = [tensors.encode_tensor(big, [], ns) for _ in range(3)]
+    assert len({d[3][1] for d in descs}) == 3 and len(tensors.list_segments(ns)) == 3
     for d in descs:
-        sharing.decode_tensor(d, [], ns)
+        tensors.decode_tensor(d, [], ns)
 
 
 def test_tensor_and_grad_travel_in_separate_segments(ns):
     n = numel_for("shm", torch.float32)
     x = torch.randn(n, requires_grad=True)
     x.grad = torch.randn(n)
-    desc = sharing.encode_tensor(x, [], ns)
-    assert desc[3][1] != desc[4][3][1] and len(sharing.list_segments(ns)) == 2
-    out = sharing.decode_tensor(desc, [], ns)
+    desc = tensors.encode_tensor(x, [], ns)
+    assert desc[3][1] != desc[4][3][1] and len(tensors.list_segments(ns)) == 2
+    out = tensors.decode_tensor(desc, [], ns)
     assert torch.equal(out.grad, x.grad) and torch.equal(out.detach(), x.detach())
 
 
 def test_handover_gives_the_segment_itself(ns):
     t = torch.arange(numel_for("shm", torch.float32), dtype=torch.float32)
-    held = sharing.decode_tensor(sharing.encode_tensor(t, [], ns), [], ns)
+    held = tensors.decode_tensor(tensors.encode_tensor(t, [], ns), [], ns)
     address = held.data_ptr()
-    handed = sharing.handover(held)
+    handed = tensors.handover(held)
     assert handed is not None
     del held
     gc.collect()
     desc = handed.describe([], ns)
-    seg = pool._MAPPED[desc[3][1]]
-    assert seg.state.value == pool.BUSY  # our tensor went, but the segment was given away
-    back = sharing.decode_tensor(desc, [], ns)
+    seg = segments._MAPPED[desc[3][1]]
+    assert seg.state.value == segments.BUSY  # our tensor went, but the segment was given away
+    back = tensors.decode_tensor(desc, [], ns)
     assert back.data_ptr() == address and torch.equal(back, t)
     del back
     gc.collect()
-    assert seg.state.value == pool.FREE
+    assert seg.state.value == segments.FREE
 
 
 def test_handover_refuses_shared_memory(ns):
-    held = sharing.decode_tensor(sharing.encode_tensor(torch.zeros(numel_for("shm", torch.float32)), [], ns), [], ns)
+    held = tensors.decode_tensor(tensors.encode_tensor(torch.zeros(numel_for("shm", torch.float32)), [], ns), [], ns)
     view = held[1:]
-    assert sharing.handover(held) is None  # a view shares the memory
-    assert sharing.handover(view) is None  # not the whole segment
+    assert tensors.handover(held) is None  # a view shares the memory
+    assert tensors.handover(view) is None  # not the whole segment
     del view
-    assert sharing.handover(torch.zeros(4)) is None  # not in a segment at all
-    handed = sharing.handover(held)
+    assert tensors.handover(torch.zeros(4)) is None  # not in a segment at all
+    handed = tensors.handover(held)
     assert handed is not None
-    sharing.take_back(handed)  # the worker's tensor lived on: the segment stays ours
-    assert sharing.handover(held) is not None
+    tensors.take_back(handed)  # the worker's tensor lived on: the segment stays ours
+    assert tensors.handover(held) is not None
 
 
 def test_idle_segments_beyond_the_budget_are_unlinked(ns, monkeypatch):
-    monkeypatch.setattr(pool, "IDLE_MAX", 0)
-    desc = sharing.encode_tensor(torch.zeros(numel_for("shm", torch.float32)), [], ns)
-    out = sharing.decode_tensor(desc, [], ns)
-    assert len(sharing.list_segments(ns)) == 1
+    monkeypatch.setattr(segments, "IDLE_MAX", 0)
+    desc = tensors.encode_tensor(torch.zeros(numel_for("shm", torch.float32)), [], ns)
+    out = tensors.decode_tensor(desc, [], ns)
+    assert len(tensors.list_segments(ns)) == 1
     release(out)
     del out
     gc.collect()
-    assert sharing.list_segments(ns) == []
+    assert tensors.list_segments(ns) == []
 
 
 def test_close_unlinks_our_segments_and_keeps_live_tensors(ns):
     t = torch.arange(numel_for("shm", torch.float32), dtype=torch.float32)
-    out = sharing.decode_tensor(sharing.encode_tensor(t, [], ns), [], ns)
-    pool.close(ns)
-    assert sharing.list_segments(ns) == [] and pool.stats(ns)["mapped"] == 0
+    out = tensors.decode_tensor(tensors.encode_tensor(t, [], ns), [], ns)
+    segments.close(ns)
+    assert tensors.list_segments(ns) == [] and segments.stats(ns)["mapped"] == 0
     assert torch.equal(out, t)  # the mapping lives as long as the tensor
     del out
     gc.collect()
@@ -345,10 +345,10 @@ def test_close_unlinks_our_segments_and_keeps_live_tensors(ns):
 
 def test_a_removed_segment_cannot_be_decoded(ns):
     buffers: list = []
-    desc = sharing.encode_tensor(torch.zeros(numel_for("shm", torch.float32)), buffers, ns)
-    pool.close(ns)
+    desc = tensors.encode_tensor(torch.zeros(numel_for("shm", torch.float32)), buffers, ns)
+    segments.close(ns)
     with pytest.raises(ProtocolError, match="does not exist"):
-        sharing.decode_tensor(desc, buffers, ns)
+        tensors.decode_tensor(desc, buffers, ns)
 
 
 
@@ -358,61 +358,61 @@ def test_sweep_removes_only_its_namespace():
     try:
         for namespace, count in ((a, 2), (b, 1), (a_longer, 1)):
             for _ in range(count):
-                sharing.encode_tensor(torch.zeros(sharing.INLINE_MAX + 1, dtype=torch.uint8), [], namespace)
-        assert len(sharing.list_segments(a)) == 2
-        assert sharing.sweep(a) == 2
-        assert sharing.list_segments(a) == []
-        assert len(sharing.list_segments(b)) == 1
-        assert len(sharing.list_segments(a_longer)) == 1
-        assert sharing.sweep(a) == 0  # idempotent
+                tensors.encode_tensor(torch.zeros(tensors.INLINE_MAX + 1, dtype=torch.uint8), [], namespace)
+        assert len(tensors.list_segments(a)) == 2
+        assert tensors.sweep(a) == 2
+        assert tensors.list_segments(a) == []
+        assert len(tensors.list_segments(b)) == 1
+        assert len(tensors.list_segments(a_longer)) == 1
+        assert tensors.sweep(a) == 0  # idempotent
     finally:
-        swept = sharing.sweep(b) + sharing.sweep(a_longer)
-        sharing.sweep(a)
+        swept = tensors.sweep(b) + tensors.sweep(a_longer)
+        tensors.sweep(a)
     assert swept == 2
-    assert sharing.list_segments(b) == sharing.list_segments(a_longer) == []
+    assert tensors.list_segments(b) == tensors.list_segments(a_longer) == []
 
 
 def test_sweep_of_an_unused_namespace_is_zero():
-    assert sharing.sweep(new_namespace()) == 0
+    assert tensors.sweep(new_namespace()) == 0
 
 
 def test_list_segments(ns):
     other = new_namespace()
     try:
-        descs = [sharing.encode_tensor(torch.zeros(sharing.INLINE_MAX + 1, dtype=torch.uint8), [], ns) for _ in range(2)]
-        sharing.encode_tensor(torch.zeros(sharing.INLINE_MAX + 1, dtype=torch.uint8), [], other)
-        mine = sharing.list_segments(ns)
+        descs = [tensors.encode_tensor(torch.zeros(tensors.INLINE_MAX + 1, dtype=torch.uint8), [], ns) for _ in range(2)]
+        tensors.encode_tensor(torch.zeros(tensors.INLINE_MAX + 1, dtype=torch.uint8), [], other)
+        mine = tensors.list_segments(ns)
         assert mine == sorted(os.path.basename(d[3][1]) for d in descs)
-        assert all(name.startswith(sharing.segment_prefix(ns)) for name in mine)
-        everything = sharing.list_segments()
+        assert all(name.startswith(tensors.segment_prefix(ns)) for name in mine)
+        everything = tensors.list_segments()
         assert set(mine) <= set(everything)
-        assert set(sharing.list_segments(other)) <= set(everything)
+        assert set(tensors.list_segments(other)) <= set(everything)
         assert all(name.startswith("simsyft_") for name in everything)
         assert everything == sorted(everything)
         for d in descs:
-            sharing.decode_tensor(d, [], ns)
-        assert sharing.list_segments(ns) == mine  # pooled until the simulation ends
+            tensors.decode_tensor(d, [], ns)
+        assert tensors.list_segments(ns) == mine  # pooled until the simulation ends
     finally:
-        sharing.sweep(other)
+        tensors.sweep(other)
 
 
 def test_segment_prefix():
-    assert sharing.segment_prefix("123-ab") == "simsyft_123-ab_"
+    assert tensors.segment_prefix("123-ab") == "simsyft_123-ab_"
 
 
 def test_dtype_names_round_trip():
     for dtype in DTYPES:
-        assert sharing.dtype_from_name(sharing.dtype_name(dtype)) is dtype
+        assert tensors.dtype_from_name(tensors.dtype_name(dtype)) is dtype
     with pytest.raises(ProtocolError, match="unknown dtype 'float31'"):
-        sharing.dtype_from_name("float31")
+        tensors.dtype_from_name("float31")
     with pytest.raises(ProtocolError, match="unknown dtype"):
-        sharing.dtype_from_name(None)
+        tensors.dtype_from_name(None)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_cuda_descriptor_refused_without_cuda():
     data = ("c", (1,), 0, 0, b"handle", 4, 0, b"ref", 0, b"event", False)
     with pytest.raises(ProtocolError, match="no CUDA device"):
-        sharing.decode_tensor(("float32", (1,), False, data, None), [])
+        tensors.decode_tensor(("float32", (1,), False, data, None), [])
     with pytest.raises(ProtocolError, match="malformed CUDA IPC descriptor"):
-        sharing.decode_tensor(("float32", (1,), False, ("c", (1,), "0", 0, b"h", 4, 0, b"r", 0, b"e", False), None), [])
+        tensors.decode_tensor(("float32", (1,), False, ("c", (1,), "0", 0, b"h", 4, 0, b"r", 0, b"e", False), None), [])

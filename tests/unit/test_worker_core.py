@@ -9,10 +9,8 @@ import uuid
 import pytest
 import torch
 
-from simsyft import pool, protocol, sharing
-from simsyft.protocol import (
-    Ack, Aliases, Clear, Command, ErrorReply, Fetch, Free, Info, Objects, Ref, Search, Shutdown, Store, Value,
-)
+from simsyft.wire import codec, messages, segments, tensors
+from simsyft.wire.messages import Ack, Aliases, Clear, Command, ErrorReply, Fetch, Free, Info, Objects, Ref, Search, Shutdown, Store, Value
 from simsyft.worker import WorkerCore
 
 
@@ -22,25 +20,25 @@ def core():
     worker = WorkerCore("bob", namespace)
     yield worker
     worker.store.clear()
-    pool.close(namespace)  # this process's pooled segments (none may be left lent out)
-    leftover = sharing.list_segments(namespace)
-    sharing.sweep(namespace)
+    segments.close(namespace)  # this process's pooled segments (none may be left lent out)
+    leftover = tensors.list_segments(namespace)
+    tensors.sweep(namespace)
     assert leftover == [], f"test left shared-memory segments behind: {leftover}"
 
 
-def send(core: WorkerCore, msg: protocol.Message):
+def send(core: WorkerCore, msg: messages.Message):
     """Encode like a client, hand the frames to the core, decode its reply (None if it sends none)."""
-    reply = core.handle(protocol.encode(msg, core.namespace))
-    return None if reply is None else protocol.decode(reply, namespace=core.namespace)
+    reply = core.handle(codec.encode(msg, core.namespace))
+    return None if reply is None else codec.decode(reply, namespace=core.namespace)
 
 
 def send_frames(core: WorkerCore, frames: list):
     reply = core.handle(frames)
-    return None if reply is None else protocol.decode(reply, namespace=core.namespace)
+    return None if reply is None else codec.decode(reply, namespace=core.namespace)
 
 
 def meta(t: torch.Tensor) -> tuple:
-    return (sharing.dtype_name(t.dtype), tuple(t.shape), t.requires_grad, "cpu")
+    return (tensors.dtype_name(t.dtype), tuple(t.shape), t.requires_grad, "cpu")
 
 
 def assert_serving(core: WorkerCore) -> None:
@@ -71,18 +69,18 @@ def test_store_then_command_then_fetch(core):
 
 
 def test_fetch_of_a_large_tensor_goes_through_shared_memory(core):
-    big = torch.arange(sharing.INLINE_MAX // 4 + 10, dtype=torch.float32)
+    big = torch.arange(tensors.INLINE_MAX // 4 + 10, dtype=torch.float32)
     send(core, Store(1, 5, big))
-    reply = core.handle(protocol.encode(Fetch(2, 5), core.namespace))
-    assert protocol.frames_size(reply) < 4096
-    assert len(sharing.list_segments(core.namespace)) == 1
-    value = protocol.decode(reply, namespace=core.namespace)
+    reply = core.handle(codec.encode(Fetch(2, 5), core.namespace))
+    assert codec.frames_size(reply) < 4096
+    assert len(tensors.list_segments(core.namespace)) == 1
+    value = codec.decode(reply, namespace=core.namespace)
     assert torch.equal(value.value, big)
-    assert len(sharing.list_segments(core.namespace)) == 1  # pooled
+    assert len(tensors.list_segments(core.namespace)) == 1  # pooled
 
 
 def test_fetch_hands_the_segment_back_instead_of_copying(core):
-    big = torch.arange(sharing.INLINE_MAX // 4 + 10, dtype=torch.float32)
+    big = torch.arange(tensors.INLINE_MAX // 4 + 10, dtype=torch.float32)
     send(core, Store(1, 5, big))
     address = core.store[5].data_ptr()
     value = send(core, Fetch(2, 5)).value
@@ -91,7 +89,7 @@ def test_fetch_hands_the_segment_back_instead_of_copying(core):
 
 
 def test_fetch_copies_what_something_else_on_the_worker_still_uses(core):
-    big = torch.arange(sharing.INLINE_MAX // 4 + 10, dtype=torch.float32)
+    big = torch.arange(tensors.INLINE_MAX // 4 + 10, dtype=torch.float32)
     send(core, Store(1, 5, big))
     send(core, Store(2, 6, big))
     send(core, Command(3, "torch.Tensor.__getitem__", (Ref(5), slice(1, None)), {}, 7, True, ()))
@@ -141,7 +139,7 @@ def test_objects_snapshot_in_insertion_order(core):
 def test_free_drops_ids_ignores_unknown_ones_and_sends_no_reply(core):
     send(core, Store(1, 1, torch.ones(1)))
     send(core, Store(2, 2, torch.ones(1)))
-    assert core.handle(protocol.encode(Free((1, 12345, 1, -7)), core.namespace)) is None
+    assert core.handle(codec.encode(Free((1, 12345, 1, -7)), core.namespace)) is None
     assert list(core.store) == [2]
     assert send(core, Free(())) is None
     assert list(core.store) == [2]
@@ -162,12 +160,12 @@ def test_disallowed_op_gets_an_error_reply_and_the_core_keeps_serving(core, tmp_
     reply = send(core, Command(2, "torch.save", (Ref(1), str(path)), {}, 2))
     assert type(reply) is ErrorReply and reply.seq == 2
     assert reply.type_module == "simsyft.errors" and reply.type_name == "OpNotAllowedError"
-    assert reply.message == "'torch.save' is not in simsyft's op allowlist (simsyft/executor.py)"
+    assert reply.message == "'torch.save' is not in simsyft's op allowlist (simsyft/wire/ops.py)"
     assert reply.worker == "bob"
     assert not path.exists()
     reply = send(core, Command(3, "torch.load", ("/etc/passwd",), {}, 3))
     assert type(reply) is ErrorReply and reply.seq == 3 and reply.type_name == "OpNotAllowedError"
-    assert reply.message == "'torch.load' is not in simsyft's op allowlist (simsyft/executor.py)"
+    assert reply.message == "'torch.load' is not in simsyft's op allowlist (simsyft/wire/ops.py)"
     assert 2 not in core.store and 3 not in core.store
     assert_serving(core)
 

@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import torch
 
-from . import sharing
-from .errors import ProtocolError
+from . import tensors
+from ..errors import ProtocolError
 from .messages import Ack, Command, Fetch, Message, Ref, Store, Value
 
 __all__ = ["decode", "encode", "is_compact", "peek_seq"]
@@ -49,8 +49,8 @@ _SIZES = [struct.Struct(f"<{n}q") for n in range(256)]  # a shape of n dims
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
            torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128)
 _DTYPE_INDEX = {dtype: i for i, dtype in enumerate(_DTYPES)}
-_DTYPE_NAME_INDEX = {sharing.dtype_name(dtype): i for i, dtype in enumerate(_DTYPES)}
-_DTYPE_NAMES = tuple(sharing.dtype_name(dtype) for dtype in _DTYPES)
+_DTYPE_NAME_INDEX = {tensors.dtype_name(dtype): i for i, dtype in enumerate(_DTYPES)}
+_DTYPE_NAMES = tuple(tensors.dtype_name(dtype) for dtype in _DTYPES)
 
 _ACK_KINDS = {"p": 0, "a": 1}
 _ACK_KIND_NAMES = ("p", "a")
@@ -171,7 +171,7 @@ def _tensor_parts(tensor: Any) -> tuple | None:
     if len(shape) > 255:
         return None
     nbytes = tensor.numel() * tensor.element_size()
-    if nbytes > sharing.INLINE_MAX:
+    if nbytes > tensors.INLINE_MAX:
         return None
     raw = ctypes.string_at(tensor.data_ptr(), nbytes) if nbytes else b""
     return dtype_index, shape, tensor.requires_grad, raw
@@ -306,7 +306,7 @@ def _decode_tensor(header: bytes, name: str) -> tuple:
     if dtype_index >= len(_DTYPES) or requires_grad > 1:
         raise ProtocolError(f"malformed {name} frame")
     position = _TENSOR_HEAD.size + sizes.size
-    tensor = sharing.tensor_from_bytes(header[position:], _DTYPES[dtype_index], shape)
+    tensor = tensors.tensor_from_bytes(header[position:], _DTYPES[dtype_index], shape)
     if requires_grad:
         if not (tensor.is_floating_point() or tensor.is_complex()):
             raise ProtocolError(f"{name} frame marks a {_DTYPE_NAMES[dtype_index]} tensor as requiring grad")

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 from torch.overrides import get_overridable_functions, resolve_name
 
-from .errors import OpNotAllowedError, ViewOutsideStorageError
+from ..errors import OpNotAllowedError, ViewOutsideStorageError
 
 __all__ = ["inside_storage", "is_allowed", "is_guarded", "lookup", "op_name", "ops", "run"]
 
@@ -161,7 +161,7 @@ def lookup(name: str) -> Callable:
     try:
         return _TABLE[name]
     except (KeyError, TypeError):
-        raise OpNotAllowedError(f"{name!r} is not in simsyft's op allowlist (simsyft/executor.py)") from None
+        raise OpNotAllowedError(f"{name!r} is not in simsyft's op allowlist (simsyft/wire/ops.py)") from None
 
 
 def is_guarded(name: str) -> bool:

@@ -10,13 +10,13 @@ frame, or ``("s", path, capacity, ticket)`` for a segment in /dev/shm, and
 ``grad`` is a nested descriptor or None. Data always crosses contiguous, so strides and
 storage offsets never travel.
 
-Large tensors live in pooled segments (pool.py, Note [Segment ownership]):
+Large tensors live in pooled segments (segments.py, Note [Segment ownership]):
     the sender copies into a pre-faulted segment it keeps mapped, the receiver
     builds its tensor over its own cached mapping without a copy, and a worker
     hands a segment back on `get()` instead of copying when nothing else on it
     shares the memory.
 A receiver opens only segments of its own simulation (`decode_tensor`'s
-`namespace`), and each descriptor only once (its ticket): pool.py says why.
+`namespace`), and each descriptor only once (its ticket): segments.py says why.
 
 Speed is guarded by bench/ (rows "send"/"get" of 1 MB..256 MB).
 """
@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from . import pool
-from .errors import ProtocolError
+from . import segments
+from ..errors import ProtocolError
 
 __all__ = [
     "INLINE_MAX",
@@ -58,22 +58,22 @@ __all__ = [
     "sweep",
 ]
 
-# Up to this many bytes a tensor travels as a message frame. With pooled segments (pool.py) a
+# Up to this many bytes a tensor travels as a message frame. With pooled segments (segments.py) a
 # segment costs no page faults, only a copy and a lookup. Measured on the 2-core dev machine,
 # send+get of one tensor through a worker process, medians of 300 (3 runs): inline 8 KiB
 # 430-470 us, 32 KiB 450-480, 64 KiB 970-1020; through a segment 32 KiB 470-480, 64 KiB
 # 335-370, 128 KiB 350-460 (before the pool, fresh segments only paid off from 1 MiB).
 INLINE_MAX = 32 * 1024
 
-SHM_DIR = pool.SHM_DIR
-segment_prefix = pool.segment_prefix
+SHM_DIR = segments.SHM_DIR
+segment_prefix = segments.segment_prefix
 # Receipts and reclaims (Note [Segment ownership]): the worker and the connection bracket each
 # message with them, so a failed transfer leaves every segment as it was sent.
-receiving, received, sending, sent, reclaim = pool.receiving, pool.received, pool.sending, pool.sent, pool.reclaim
-IN_FLIGHT, settle = pool.IN_FLIGHT, pool.settle
+receiving, received, sending, sent, reclaim = segments.receiving, segments.received, segments.sending, segments.sent, segments.reclaim
+IN_FLIGHT, settle = segments.IN_FLIGHT, segments.settle
 # address -> export of every tensor this process built over a segment. While it is empty no
 # stored tensor can lie in a segment, and the worker's check before reading one (`shrunk`) costs nothing.
-IN_SEGMENTS = pool._EXPORTS
+IN_SEGMENTS = segments._EXPORTS
 
 _DTYPES: dict[str, torch.dtype] = {
     str(value).removeprefix("torch."): value
@@ -123,24 +123,24 @@ def encode_tensor(tensor: torch.Tensor, buffers: list, namespace: str, inline_ma
         buffers.append(ctypes.string_at(raw.data_ptr(), nbytes))  # torch alone: numpy may be absent
         data: tuple = ("i", len(buffers) - 1)
     else:
-        seg = pool.acquire(namespace, nbytes)
+        seg = segments.acquire(namespace, nbytes)
         try:
-            pool.write(seg, raw)
+            segments.write(seg, raw)
         except BaseException:
-            pool.abandon(seg)
+            segments.abandon(seg)
             raise
-        data = ("s", seg.path, seg.capacity, pool.arm(seg))
+        data = ("s", seg.path, seg.capacity, segments.arm(seg))
     try:
         grad_desc = encode_tensor(grad, buffers, namespace, inline_max) if grad is not None else None
     except BaseException:
         if data[0] == "s":
-            pool.abandon(seg)  # the tensor's segment will not be sent either
+            segments.abandon(seg)  # the tensor's segment will not be sent either
         raise
     return (dtype_name(tensor.dtype), tuple(tensor.shape), bool(tensor.requires_grad), data, grad_desc)
 
 
 class Handover:
-    """A tensor whose segment changes hands instead of being copied (pool.handover).
+    """A tensor whose segment changes hands instead of being copied (segments.handover).
 
     Holds what the descriptor needs, never the tensor: the worker drops its tensor while the
     reply is encoded. The grad, if any, is copied as usual.
@@ -160,7 +160,7 @@ def handover(tensor: torch.Tensor) -> Handover | None:
     """`tensor` as a Handover if its segment can change hands, else None (copy it instead)."""
     if tensor.device.type != "cpu":
         return None
-    given = pool.handover(tensor)
+    given = segments.handover(tensor)
     if given is None:
         return None
     meta = (dtype_name(tensor.dtype), tuple(tensor.shape), bool(tensor.requires_grad))
@@ -169,7 +169,7 @@ def handover(tensor: torch.Tensor) -> Handover | None:
 
 def take_back(handed: Handover) -> None:
     """Undo `handover` while our tensor still lives (something else on the worker holds it)."""
-    pool.take_back(handed.given)
+    segments.take_back(handed.given)
 
 
 def reopen(handed: Handover, namespace: str) -> torch.Tensor:
@@ -186,23 +186,23 @@ def shrunk(tensor: torch.Tensor) -> Any:
     Reading such a tensor raises SIGBUS. Only tensors in segments cost an fstat; for others
     this is a dict lookup (callers skip even that while IN_SEGMENTS is empty).
     """
-    seg = pool.segment_of(tensor)
-    if seg is not None and not pool.intact(seg):
+    seg = segments.segment_of(tensor)
+    if seg is not None and not segments.intact(seg):
         return seg
     if tensor.requires_grad:
         grad = _grad_to_send(tensor)
-        seg = pool.segment_of(grad) if grad is not None else None
-        if seg is not None and not pool.intact(seg):
+        seg = segments.segment_of(grad) if grad is not None else None
+        if seg is not None and not segments.intact(seg):
             return seg
     return None
 
 
 def over(tensor: torch.Tensor, seg: Any) -> bool:
     """Whether `tensor`'s memory, or its .grad's, lies in segment `seg`."""
-    if pool.segment_of(tensor) is seg:
+    if segments.segment_of(tensor) is seg:
         return True
     grad = _grad_to_send(tensor) if tensor.requires_grad else None
-    return grad is not None and pool.segment_of(grad) is seg
+    return grad is not None and segments.segment_of(grad) is seg
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
@@ -333,7 +333,7 @@ def _open_segment(data: tuple, nbytes: int, dtype: torch.dtype, shape: tuple, na
     _, path, capacity, ticket = data
     if nbytes == 0:
         raise ProtocolError(f"segment {path!r:.200} named for an empty tensor")
-    flat = pool.receive(path, capacity, nbytes, ticket, namespace)
+    flat = segments.receive(path, capacity, nbytes, ticket, namespace)
     # set_ on the segment's storage: the tensor is not a view (no _base), as one the user made is not.
     return torch.empty(0, dtype=dtype).set_(flat.untyped_storage(), 0, shape, _contiguous_stride(shape))
 
@@ -397,7 +397,7 @@ def sweep(namespace: str) -> int:
 
     Also drops this process's mappings of them (tensors over them keep their memory).
     """
-    removed = pool.close(namespace)
+    removed = segments.close(namespace)
     prefix = segment_prefix(namespace)
     try:
         names = os.listdir(SHM_DIR)

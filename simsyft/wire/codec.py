@@ -11,7 +11,7 @@ other header is a pickle of
 ``(code, *fields)`` made only of builtin data (ints, strings, tuples, lists,
 dicts, slices, torch dtypes/Size/device); tensors and remote references become
 *persistent ids* so they never go through pickle's object machinery:
-``("T", descriptor)`` (see sharing.py), ``("R", object_id)``, ``("M", name)`` for
+``("T", descriptor)`` (see tensors.py), ``("R", object_id)``, ``("M", name)`` for
 a memory format and ``("L", name)`` for a layout; dicts and sets too (``("D", (*keys,
 *values))``, ``("S", items)``, ``("F", items)``), so that only our checked code hashes
 anything. Decoding uses an unpickler whose ``find_class`` resolves nothing outside a
@@ -30,8 +30,8 @@ from typing import Any, Callable
 
 import torch
 
-from . import compact, sharing
-from .errors import ProtocolError, SimsyftError
+from . import compact, tensors
+from ..errors import ProtocolError, SimsyftError
 from .messages import (_FIELD_TYPES, _FIELDS, _KINDS, Ack, Aliases, Clear, Command, ErrorReply, Export, Fetch,
                        Free, Import, Info, Message, Objects, Ref, RemoteGet, RemoteRef, Restore, Search, Shutdown,
                        Store, StorePointer, Value)
@@ -91,7 +91,7 @@ MAX_HEADER_BYTES = 16 * 1024 * 1024
 #       comparing an int is constant work.
 #     - Tensor descriptors: an inline frame or a CUDA block feeds one tensor, or naming one big frame
 #       many times would copy it that many times; a shape must count its elements in int64
-#       (sharing.decode_tensor).
+#       (tensors.decode_tensor).
 #     What remains is depth: more than MAX_DEPTH nested containers are refused. The opcode scan counts
 #     the opcodes that build a container (an upper bound on the depth), so only a message with more
 #     than MAX_DEPTH of them pays for a walk that measures it.
@@ -157,7 +157,7 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("builtins", "Ellipsis"): Ellipsis,
     ("torch", "Size"): _build_size,
     ("torch", "device"): _build_device,
-    **{("torch", name): dtype for name, dtype in sharing._DTYPES.items()},
+    **{("torch", name): dtype for name, dtype in tensors._DTYPES.items()},
 }
 
 # Dict keys and set items: types whose hash costs O(1) (str and bytes cache theirs) and never
@@ -194,8 +194,8 @@ class _Encoder(pickle.Pickler):
         if kind is set or kind is frozenset:
             return ("S" if kind is set else "F", tuple(obj))
         if isinstance(obj, torch.Tensor):
-            return ("T", sharing.encode_tensor(obj, self.buffers, self.namespace))
-        if type(obj) is sharing.Handover:
+            return ("T", tensors.encode_tensor(obj, self.buffers, self.namespace))
+        if type(obj) is tensors.Handover:
             return ("T", obj.describe(self.buffers, self.namespace))
         if type(obj) is Ref:
             return ("R", obj.id)
@@ -214,7 +214,7 @@ class _Decoder(pickle.Unpickler):
         self.buffers = buffers
         self.resolve = resolve
         self.range_items = 0
-        self.data_used: set = set()  # each inline frame or CUDA block feeds one tensor (sharing.decode_tensor)
+        self.data_used: set = set()  # each inline frame or CUDA block feeds one tensor (tensors.decode_tensor)
         self.namespace = namespace
 
     def find_class(self, module: str, name: str) -> Any:
@@ -231,7 +231,7 @@ class _Decoder(pickle.Unpickler):
             raise ProtocolError(f"malformed persistent id {pid!r:.100}")
         tag, value = pid
         if tag == "T":
-            return sharing.decode_tensor(value, self.buffers, self.namespace, self.data_used)
+            return tensors.decode_tensor(value, self.buffers, self.namespace, self.data_used)
         if tag == "R":
             if not isinstance(value, int):
                 raise ProtocolError(f"object reference must be an int, got {type(value).__name__}")

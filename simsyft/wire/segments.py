@@ -72,7 +72,7 @@ from typing import Any
 import numpy
 import torch
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 __all__ = [
     "HEADER", "IN_FLIGHT", "SEGMENT_RE", "Segment", "abandon", "acquire", "arm", "close", "handover", "intact", "lost",
