@@ -14,7 +14,7 @@ from typing import Any
 
 from . import workers
 
-from .wire import codec, messages
+from .wire import messages
 from .config import SimulationConfig, load_config
 from .errors import SimsyftError, WorkerTimeoutError
 from .simulation import Cluster, find_run_dir

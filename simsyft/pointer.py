@@ -19,8 +19,11 @@ from typing import Any, Callable
 
 import torch
 
-from .wire import codec, messages, ops, tensors
+from .wire import messages, ops, tensors
+from .wire.messages import Result
 from .errors import LocationMismatchError, ObjectNotFoundError, RemoteValueError
+
+NEW, SAME, VALUE, NOTHING, SEQUENCE = Result.NEW, Result.SAME, Result.VALUE, Result.NOTHING, Result.SEQUENCE
 
 __all__ = ["FETCHED", "LIVE", "OBSERVER", "VOID", "PointerTensor", "new_id", "pipeline"]
 
@@ -520,7 +523,7 @@ def _signature(value: Any, pointers: list, out: list) -> None:
 def _predict(func: Callable, args: tuple, kwargs: dict, flat: bool) -> tuple | None:
     """The result's metadata, predicted by running the op on "meta" tensors (no data).
 
-    Returns ("p", None, meta) for a new tensor, ("a", pointer, meta) when the op
+    Returns (NEW, None, meta) for a new tensor, (SAME, pointer, meta) when the op
     returns one of its arguments (in-place, out=), or None when the op cannot be
     predicted so (it must run synchronously). Predictions are cached per op and
     argument signature, so a loop pays for the meta computation once.
@@ -557,7 +560,7 @@ def _predict(func: Callable, args: tuple, kwargs: dict, flat: bool) -> tuple | N
         return None
     alias_index, dtype, shape, requires_grad = cached
     meta = (dtype, shape, requires_grad, pointers[0]._device)
-    return ("a", pointers[alias_index], meta) if alias_index is not None else ("p", None, meta)
+    return (SAME, pointers[alias_index], meta) if alias_index is not None else (NEW, None, meta)
 
 
 def _meta_run(func: Callable, args: tuple, kwargs: dict, pointers: list) -> tuple | None:
@@ -638,7 +641,7 @@ def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
     grad_enabled = torch.is_grad_enabled()
     if pipeline._depth and pointers:
         predicted = _predict(func, args, kwargs, flat)
-        if predicted is not None and predicted[0] == "a" and predicted[2][2] and not predicted[1]._requires_grad:
+        if predicted is not None and predicted[0] == SAME and predicted[2][2] and not predicted[1]._requires_grad:
             predicted = None  # it may make its base or views require grad: ask synchronously
         if predicted is not None:
             connection = location.connection
@@ -646,7 +649,7 @@ def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
             connection.post(lambda seq, free: messages.Command(
                 seq, op, wire_args, wire_kwargs, result_id, grad_enabled, free, False))
             kind, pointer, meta = predicted
-            if kind == "a":
+            if kind == SAME:
                 pointer._set_meta(meta)
                 return pointer
             return PointerTensor(location, result_id, location.owner, meta)
@@ -674,23 +677,23 @@ def _refresh_aliases(pointer: PointerTensor) -> None:
 
 def _materialize(desc: tuple, location: Any, pointers: dict[int, PointerTensor], op: str) -> Any:
     kind = desc[0]
-    if kind == "p":
+    if kind == NEW:
         return PointerTensor(location, desc[1], location.owner, desc[2:])
-    if kind == "a":
+    if kind == SAME:
         pointer = pointers[desc[1]]
         gained_grad = desc[4] and not pointer._requires_grad
         pointer._set_meta(desc[2:])
         if gained_grad:
             _refresh_aliases(pointer)
         return pointer
-    if kind == "v":
+    if kind == VALUE:
         return desc[1]
-    if kind == "n":
+    if kind == NOTHING:
         if op.endswith(".__get__"):
             return None  # ptr.grad of a tensor without grad is None, as locally
         # PySyft returned a pointer for every remote call, even `backward()`; it points at nothing.
         return PointerTensor(location, new_id(), location.owner, state=VOID)
-    if kind == "q":
+    if kind == SEQUENCE:
         _, type_name, items = desc
         values = [_materialize(item, location, pointers, op) for item in items]
         if type_name == "list":

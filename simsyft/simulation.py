@@ -25,7 +25,7 @@ from typing import Any
 
 from . import rundir
 
-from .wire import codec, messages, segments, tensors
+from .wire import codec, messages, segments, shm
 from .config import REQUEST_TIMEOUT_S
 from .connection import ZmqConnection, pid_alive, signal_name
 from .errors import SimsyftError, WorkerTimeoutError
@@ -246,7 +246,7 @@ class Cluster:
             elif worker.connection is not None:
                 worker.connection.close("detached")
         if self.owner:
-            tensors.sweep(self.namespace)
+            segments.sweep(self.namespace)
             shutil.rmtree(self.run_dir, ignore_errors=True)
         else:
             # Our pooled segments carry the simulation's name, so its sweep would get them, but
@@ -351,7 +351,7 @@ def sweep_stale() -> list[str]:
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     uid = os.getuid()
-    for name in tensors.list_segments():
+    for name in shm.list_segments():
         m = _SHM_RE.match(name)
         if not m:
             continue
@@ -360,7 +360,7 @@ def sweep_stale() -> list[str]:
             owner_lives = pid_alive(int(m.group(2)))
         if owner_lives:
             continue
-        path = os.path.join(tensors.SHM_DIR, name)
+        path = os.path.join(shm.SHM_DIR, name)
         try:
             if os.lstat(path).st_uid != uid:
                 continue  # another user's: not ours to judge (root could unlink it)

@@ -42,7 +42,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, multiple, precondition, rule
 
 from .wire import segments as shm_pool
-from .wire import tensors as wire_tensors
 from .connection import Connection
 from .errors import LocationMismatchError, ObjectNotFoundError, RemoteValueError
 from .hook import TorchHook
@@ -119,7 +118,7 @@ class InProcessConnection(Connection):
         shared = InProcessConnection._shared
         shared[1] -= 1
         if not shared[1]:
-            wire_tensors.sweep(self.namespace)
+            shm_pool.sweep(self.namespace)
 
 
 def in_process_worker(name: str = "bob") -> VirtualWorker:

@@ -27,7 +27,10 @@ import torch
 
 from . import limits
 
-from .wire import codec, messages, ops, segments, tensors
+from .wire import codec, messages, ops, segments, shm, tensors
+from .wire.messages import Result
+
+NEW, SAME, VALUE, NOTHING, SEQUENCE = Result.NEW, Result.SAME, Result.VALUE, Result.NOTHING, Result.SEQUENCE
 from .config import REQUEST_TIMEOUT_S
 from .connection import Connection, pid_alive
 from .connection import _context as zmq_context
@@ -216,7 +219,7 @@ class WorkerCore:
             return messages.Value(msg.seq, count)
         if kind is messages.StorePointer:
             self.store[msg.id] = messages.RemoteRef(msg.id, msg.location, msg.id_at_location, msg.meta)
-            return messages.Ack(msg.seq, ("p", msg.id, *msg.meta))
+            return messages.Ack(msg.seq, (NEW, msg.id, *msg.meta))
         if kind is messages.RemoteGet:
             ref = self._resolve(msg.id, used)
             if type(ref) is not messages.RemoteRef:
@@ -226,9 +229,9 @@ class WorkerCore:
             if type(value) is messages.RemoteRef:  # a longer chain: we now point where our target pointed
                 value.id = msg.id
                 self.store[msg.id] = value
-                return messages.Ack(msg.seq, ("p", msg.id, *value.meta))
+                return messages.Ack(msg.seq, (NEW, msg.id, *value.meta))
             self.store[msg.id] = value
-            return messages.Ack(msg.seq, ("p", msg.id, *describe_meta(value)))
+            return messages.Ack(msg.seq, (NEW, msg.id, *describe_meta(value)))
         if kind is messages.Export:
             value = self._resolve(msg.id, used)
             if type(value) is messages.RemoteRef:
@@ -270,7 +273,7 @@ class WorkerCore:
         self.store[object_id] = value
         if tagged:
             self.tags[object_id] = (tuple(tags), description)
-        return ("p", object_id, *describe_meta(value))
+        return (NEW, object_id, *describe_meta(value))
 
     def _restore(self, object_id: int, frames: tuple) -> tuple:
         """Put back an object whose Fetch reply (`frames`) its client could not take (Connection.fetch)."""
@@ -284,7 +287,7 @@ class WorkerCore:
         if type(value) is messages.RemoteRef:
             value.id = object_id
             self.store[object_id] = value
-            return ("p", object_id, *value.meta)
+            return (NEW, object_id, *value.meta)
         if not isinstance(value, torch.Tensor):
             raise ProtocolError(f"Restore of object {object_id} carries a {type(value).__name__}, not a tensor")
         return self._put(object_id, value, tags, description)
@@ -368,17 +371,17 @@ class WorkerCore:
 
     def _adopt(self, desc: tuple, result_id: int, location: str, by_remote: dict[int, int]) -> tuple:
         kind = desc[0]
-        if kind == "p":
+        if kind == NEW:
             self.store[result_id] = messages.RemoteRef(result_id, location, desc[1], tuple(desc[2:]))
-            return ("p", result_id, *desc[2:])
-        if kind == "a":
+            return (NEW, result_id, *desc[2:])
+        if kind == SAME:
             local_id = by_remote[desc[1]]
             self.store[local_id].meta = tuple(desc[2:])
-            return ("a", local_id, *desc[2:])
-        if kind == "q":
+            return (SAME, local_id, *desc[2:])
+        if kind == SEQUENCE:
             items = tuple(self._adopt(item, result_id if i == 0 else (self._ids.getrandbits(63) or 1), location,
                                       by_remote) for i, item in enumerate(desc[2]))
-            return ("q", desc[1], items)
+            return (SEQUENCE, desc[1], items)
         return desc
 
     def tag(self, object_id: int, tags: tuple, description: Any) -> None:
@@ -425,18 +428,18 @@ class WorkerCore:
         if isinstance(result, torch.Tensor):
             for object_id, obj in used.items():
                 if obj is result:  # in-place op or out=: the caller's pointer stays the owner
-                    return ("a", object_id, *describe_meta(result))
+                    return (SAME, object_id, *describe_meta(result))
             self.store[result_id] = result
-            return ("p", result_id, *describe_meta(result))
+            return (NEW, result_id, *describe_meta(result))
         if result is None:
             if (op == "torch.Tensor.__setitem__" or op.endswith(".__set__")) and used:
                 # Mutated in place (x[0] = y, x.data = y): send back the target's fresh metadata.
                 object_id, target = next(iter(used.items()))
                 if isinstance(target, torch.Tensor):
-                    return ("a", object_id, *describe_meta(target))
-            return ("n",)
+                    return (SAME, object_id, *describe_meta(target))
+            return (NOTHING,)
         if isinstance(result, _VALUE_TYPES):
-            return ("v", result)
+            return (VALUE, result)
         if isinstance(result, (tuple, list)):
             kind = type(result)
             if kind is tuple or kind is list:
@@ -449,7 +452,7 @@ class WorkerCore:
             for i, item in enumerate(result):
                 item_id = result_id if i == 0 else self._ids.getrandbits(63) or 1
                 items.append(self.describe(item, item_id, used, op))
-            return ("q", type_name, tuple(items))
+            return (SEQUENCE, type_name, tuple(items))
         raise TypeError(f"{op} returned a {type(result).__name__}, which simsyft cannot point to or return")
 
     def info(self) -> dict:
@@ -518,7 +521,7 @@ def _cleanup_after_parent(spec: dict) -> None:
     # The owner died without shutting us down (kill -9): remove what it would have.
     # A worker started by an attached process must leave the owner's simulation alone.
     if spec.get("owns_run_dir", True):
-        tensors.sweep(spec["namespace"])
+        segments.sweep(spec["namespace"])
         shutil.rmtree(spec["run_dir"], ignore_errors=True)
 
 
@@ -526,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     import zmq
 
     spec = json.loads((argv if argv is not None else sys.argv[1:])[0])
-    segments.raise_fd_limit()  # every segment it maps keeps two descriptors (segments.intact)
+    shm.raise_fd_limit()  # every segment it maps keeps two descriptors (shm.intact)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the user's terminal is the client's to handle
     torch.set_num_threads(int(spec.get("threads") or 1))
     if spec.get("cpus"):

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .wire import codec, messages
+from .wire import messages
 from .errors import WorkerShutdownError
 from .pointer import LIVE, OBSERVER, PointerTensor, from_remote_ref, new_id
 from .simulation import RUN_DIR_ENV, Cluster, WorkerProcess

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import simsyft as sy
-from simsyft.wire import tensors
+from simsyft.wire import shm
 from simsyft.testing import in_process_worker
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def worker_children() -> list[psutil.Process]:
 
 
 def own_segments() -> list[str]:
-    return [n for n in tensors.list_segments() if n.startswith(f"simsyft_{os.getpid()}-")]
+    return [n for n in shm.list_segments() if n.startswith(f"simsyft_{os.getpid()}-")]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -54,16 +54,16 @@ def no_leaks_after_session():
     yield
     sy.shutdown()
     leftovers = worker_children()
-    segments = own_segments()
+    left = own_segments()
     for proc in leftovers:
         proc.kill()
-    for name in segments:  # reported below, but never left on the machine
+    for name in left:  # reported below, but never left on the machine
         try:
-            os.unlink(os.path.join(tensors.SHM_DIR, name))
+            os.unlink(os.path.join(shm.SHM_DIR, name))
         except FileNotFoundError:
             pass
     assert not leftovers, f"worker processes left running: {[p.pid for p in leftovers]}"
-    assert not segments, f"shared-memory segments left behind: {segments}"
+    assert not left, f"shared-memory segments left behind: {left}"
 
 
 @pytest.fixture(scope="session")

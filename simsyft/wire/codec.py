@@ -1,8 +1,8 @@
-"""Messages between a client and a worker, and their frames on the wire.
+"""Messages <-> frames on the wire.
 
-Owns encode/decode and re-exports the message kinds (messages.py). Knows no
-sockets and nothing about what an op means; imports messages, compact (fixed
-layouts), sharing (tensor descriptors) and errors only.
+Owns encode/decode and the persistent-id tags (`Tag`). Knows no sockets and
+nothing about what an op means; imports messages, compact (fixed layouts),
+tensors (tensor descriptors) and errors only.
 
 Wire format: ``[header, *buffers]``. The hot messages (a small op's Command and
 Ack, a small tensor's Store, Fetch and Value) use a fixed binary layout when
@@ -10,11 +10,10 @@ their fields allow (compact.py; its header never starts with 0x80). Every
 other header is a pickle of
 ``(code, *fields)`` made only of builtin data (ints, strings, tuples, lists,
 dicts, slices, torch dtypes/Size/device); tensors and remote references become
-*persistent ids* so they never go through pickle's object machinery:
-``("T", descriptor)`` (see tensors.py), ``("R", object_id)``, ``("M", name)`` for
-a memory format and ``("L", name)`` for a layout; dicts and sets too (``("D", (*keys,
-*values))``, ``("S", items)``, ``("F", items)``), so that only our checked code hashes
-anything. Decoding uses an unpickler whose ``find_class`` resolves nothing outside a
+*persistent ids* ``(tag, value)`` so they never go through pickle's object
+machinery (`Tag` lists them: a tensor descriptor, see tensors.py; an object
+reference; a pointer a worker holds; a memory format or layout by name); dicts
+and sets too, so that only our checked code hashes anything. Decoding uses an unpickler whose ``find_class`` resolves nothing outside a
 short allowlist, each entry a builder that checks its arguments, so a peer's frame can
 never import or call arbitrary code. Note [Decoding is bounded] says why a frame's
 cost to the receiver is bounded by its size.
@@ -32,38 +31,17 @@ import torch
 
 from . import compact, tensors
 from ..errors import ProtocolError, SimsyftError
-from .messages import (_FIELD_TYPES, _FIELDS, _KINDS, Ack, Aliases, Clear, Command, ErrorReply, Export, Fetch,
-                       Free, Import, Info, Message, Objects, Ref, RemoteGet, RemoteRef, Restore, Search, Shutdown,
-                       Store, StorePointer, Value)
+from .messages import (_FIELD_TYPES, _FIELDS, _KINDS, Message, Ref, RemoteRef)
 
 __all__ = [
     "MAX_DEPTH",
     "MAX_HEADER_BYTES",
     "MAX_RANGE_ITEMS",
-    "Ack",
-    "Clear",
-    "Command",
-    "ErrorReply",
-    "Export",
-    "Fetch",
-    "Free",
-    "Import",
-    "Info",
-    "Message",
-    "Objects",
-    "Ref",
-    "RemoteGet",
-    "RemoteRef",
-    "Restore",
-    "Search",
-    "Aliases",
-    "Shutdown",
-    "Store",
-    "StorePointer",
-    "Value",
+    "Tag",
     "decode",
     "encode",
     "frames_size",
+    "peek_seq",
 ]
 
 # Headers carry op names, ids, shapes and small scalars; anything near this is an attack or a bug.
@@ -177,6 +155,19 @@ def _check_keys(keys: tuple, what: str) -> None:
 _PLAIN_TYPES = frozenset({tuple, int, str, bool, float, type(None), bytes, list, complex, slice})
 
 
+class Tag:
+    """Persistent-id tags in a pickled header: ``(tag, value)`` stands for one non-plain value."""
+
+    TENSOR = "T"  # (TENSOR, descriptor): tensors.encode_tensor / decode_tensor
+    REF = "R"  # (REF, object id): an object in the receiver's store
+    POINTER = "P"  # (POINTER, (id, location, id_at_location, meta)): a pointer a worker holds
+    MEMORY_FORMAT = "M"  # (MEMORY_FORMAT, name): torch.contiguous_format, ...
+    LAYOUT = "L"  # (LAYOUT, name): torch.strided, ...
+    DICT = "D"  # (DICT, (*keys, *values))
+    SET = "S"  # (SET, items)
+    FROZENSET = "F"  # (FROZENSET, items)
+
+
 class _Encoder(pickle.Pickler):
     def __init__(self, file: io.BytesIO, buffers: list, namespace: str) -> None:
         super().__init__(file, protocol=5)
@@ -190,21 +181,21 @@ class _Encoder(pickle.Pickler):
         if kind in _PLAIN_TYPES:
             return None
         if kind is dict:  # an empty one stays EMPTY_DICT: nothing to hash
-            return ("D", (*obj, *obj.values())) if obj else None
+            return (Tag.DICT, (*obj, *obj.values())) if obj else None
         if kind is set or kind is frozenset:
-            return ("S" if kind is set else "F", tuple(obj))
+            return (Tag.SET if kind is set else Tag.FROZENSET, tuple(obj))
         if isinstance(obj, torch.Tensor):
-            return ("T", tensors.encode_tensor(obj, self.buffers, self.namespace))
+            return (Tag.TENSOR, tensors.encode_tensor(obj, self.buffers, self.namespace))
         if type(obj) is tensors.Handover:
-            return ("T", obj.describe(self.buffers, self.namespace))
+            return (Tag.TENSOR, obj.describe(self.buffers, self.namespace))
         if type(obj) is Ref:
-            return ("R", obj.id)
+            return (Tag.REF, obj.id)
         if type(obj) is RemoteRef:
-            return ("C", (obj.id, obj.location, obj.id_at_location, obj.meta))
+            return (Tag.POINTER, (obj.id, obj.location, obj.id_at_location, obj.meta))
         if isinstance(obj, torch.memory_format):
-            return ("M", str(obj).removeprefix("torch."))
+            return (Tag.MEMORY_FORMAT, str(obj).removeprefix("torch."))
         if isinstance(obj, torch.layout):
-            return ("L", str(obj).removeprefix("torch."))
+            return (Tag.LAYOUT, str(obj).removeprefix("torch."))
         return None
 
 
@@ -230,25 +221,25 @@ class _Decoder(pickle.Unpickler):
         if not isinstance(pid, tuple) or len(pid) != 2:
             raise ProtocolError(f"malformed persistent id {pid!r:.100}")
         tag, value = pid
-        if tag == "T":
+        if tag == Tag.TENSOR:
             return tensors.decode_tensor(value, self.buffers, self.namespace, self.data_used)
-        if tag == "R":
+        if tag == Tag.REF:
             if not isinstance(value, int):
                 raise ProtocolError(f"object reference must be an int, got {type(value).__name__}")
             return self.resolve(value) if self.resolve is not None else Ref(value)
-        if tag == "D":
+        if tag == Tag.DICT:
             if type(value) is not tuple or len(value) % 2:
                 raise ProtocolError("malformed dict in the message: not a tuple of keys then values")
             half = len(value) >> 1
             keys = value[:half]
             _check_keys(keys, "dict key")
             return dict(zip(keys, value[half:]))
-        if tag == "S" or tag == "F":
+        if tag == Tag.SET or tag == Tag.FROZENSET:
             if type(value) is not tuple:
                 raise ProtocolError("malformed set in the message: not a tuple of items")
             _check_keys(value, "set")
-            return set(value) if tag == "S" else frozenset(value)
-        if tag == "C":
+            return set(value) if tag == Tag.SET else frozenset(value)
+        if tag == Tag.POINTER:
             if not (isinstance(value, tuple) and len(value) == 4 and type(value[0]) is int
                     and type(value[1]) is str and type(value[2]) is int and type(value[3]) is tuple):
                 raise ProtocolError(f"malformed remote pointer {value!r:.100}")
@@ -256,9 +247,9 @@ class _Decoder(pickle.Unpickler):
                 raise ProtocolError(f"remote pointer metadata nests more than {MAX_DEPTH} deep")
             return RemoteRef(*value)
         if type(value) is str:  # hashing anything else could recurse without end
-            if tag == "M" and value in _MEMORY_FORMATS:
+            if tag == Tag.MEMORY_FORMAT and value in _MEMORY_FORMATS:
                 return _MEMORY_FORMATS[value]
-            if tag == "L" and value in _LAYOUTS:
+            if tag == Tag.LAYOUT and value in _LAYOUTS:
                 return _LAYOUTS[value]
         raise ProtocolError(f"unknown persistent id {pid!r:.100}")
 

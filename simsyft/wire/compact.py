@@ -25,7 +25,7 @@ import torch
 
 from . import tensors
 from ..errors import ProtocolError
-from .messages import Ack, Command, Fetch, Message, Ref, Store, Value
+from .messages import Ack, Command, Fetch, Message, Ref, Result, Store, Value
 
 __all__ = ["decode", "encode", "is_compact", "peek_seq"]
 
@@ -35,7 +35,7 @@ _COMMAND, _ACK, _STORE, _VALUE, _FETCH = b"C"[0], b"A"[0], b"S"[0], b"V"[0], b"F
 # tag, flags (1 grad_enabled, 2 reply), len(op), len(args), len(free), seq, result_id;
 # then the op name (ASCII), one code byte per arg, 8 bytes per arg, 8 bytes per freed id.
 _COMMAND_HEAD = struct.Struct("<BBBBHqq")
-# tag, kind (0 "p", 1 "a", 2 "n"), dtype, ndim, requires_grad, len(device), seq, id;
+# tag, kind (0 Result.NEW, 1 Result.SAME, 2 Result.NOTHING), dtype, ndim, requires_grad, len(device), seq, id;
 # then ndim sizes and the device name (ASCII).
 _ACK_HEAD = struct.Struct("<BBBBBBxxqq")
 # tag, dtype, ndim, requires_grad, seq, id (0 in a Value); then ndim sizes and the raw bytes.
@@ -52,8 +52,8 @@ _DTYPE_INDEX = {dtype: i for i, dtype in enumerate(_DTYPES)}
 _DTYPE_NAME_INDEX = {tensors.dtype_name(dtype): i for i, dtype in enumerate(_DTYPES)}
 _DTYPE_NAMES = tuple(tensors.dtype_name(dtype) for dtype in _DTYPES)
 
-_ACK_KINDS = {"p": 0, "a": 1}
-_ACK_KIND_NAMES = ("p", "a")
+_ACK_KINDS = {Result.NEW: 0, Result.SAME: 1}
+_ACK_KIND_NAMES = (Result.NEW, Result.SAME)
 
 # Command argument codes; each arg takes 8 bytes (an int64, a double, or padding).
 _REF, _INT, _FLOAT, _TRUE, _FALSE, _NONE = b"RifTFN"
@@ -134,7 +134,7 @@ def _command_shape(op: str, codes: bytes, nfree: int) -> tuple | None:
 
 def _encode_ack(msg: Ack) -> list | None:
     result = msg.result
-    if result == ("n",):
+    if result == (Result.NOTHING,):
         return [_ACK_HEAD.pack(_ACK, 2, 0, 0, 0, 0, msg.seq, 0)]
     if len(result) != 6:
         return None
@@ -281,7 +281,7 @@ def _decode_ack(header: bytes, resolve: Callable[[int], Any] | None) -> Ack:
     if kind == 2:
         if len(header) != _ACK_HEAD.size:
             raise ProtocolError("Ack of no result carries extra bytes")
-        return Ack(seq, ("n",))
+        return Ack(seq, (Result.NOTHING,))
     position = _ACK_HEAD.size
     sizes = _SIZES[ndim]
     if kind > 2 or dtype_index >= len(_DTYPES) or requires_grad > 1 or len(header) != position + sizes.size + name_len:

@@ -1,15 +1,36 @@
-"""The messages a client and a worker exchange: small slotted dataclasses and their code table.
+"""The messages two parties exchange: small slotted dataclasses, their code table, result kinds.
 
 Owns `Message` and every message kind, `Ref`/`RemoteRef` (references that travel inside
-messages), and the code <-> class and field tables that both wire formats use. Imports
-nothing from simsyft: protocol.py (pickle frames) and compact.py (fixed binary layouts for
-the hot messages) both build on it.
+messages), the code <-> class and field tables that both wire formats use, and `Result`, the
+kinds of result descriptor an Ack carries. Imports nothing from simsyft: codec.py (pickle
+frames) and compact.py (fixed binary layouts for the hot messages) both build on it.
+
+A new message kind is one class here, with `@_message(code)`: its code and field types
+(from its annotations) join the tables both wire formats read. The worker's handler for it
+goes in worker/core.py's table (docs/architecture.md, "A new message kind").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from typing import Any
+
+
+class Result:
+    """The kinds of result descriptor in an Ack (`Ack.result[0]`), one per thing an op can give.
+
+    - NEW: ``(NEW, id, dtype, shape, requires_grad, device)``, a new tensor stored under `id`;
+    - SAME: ``(SAME, id, dtype, ...)``, an argument the op changed in place (its pointer stays owner);
+    - VALUE: ``(VALUE, value)``, a plain Python value (`torch.equal`, `is_contiguous()`);
+    - NOTHING: ``(NOTHING,)``, None;
+    - SEQUENCE: ``(SEQUENCE, type name, (descriptor, ...))``, a tuple, list or torch.return_types.
+    """
+
+    NEW = "p"
+    SAME = "a"
+    VALUE = "v"
+    NOTHING = "n"
+    SEQUENCE = "q"
 
 class Ref:
     """A reference to an object in the receiving worker's store."""
@@ -55,13 +76,26 @@ class Message:
     wants_reply: bool = True
 
 
+# code -> message class; class -> field names; class -> field types (checked on decode).
+_KINDS: dict[int, type] = {}
+_FIELDS: dict[type, tuple[str, ...]] = {}
+_FIELD_TYPES: dict[type, tuple] = {}
+_ANNOTATION_TYPES = {"int": int, "str": str, "tuple": tuple, "dict": dict, "bool": bool, "Any": object}
+
+
 def _message(code: int, wants_reply: bool = True):
+    """Make a message kind: a slotted dataclass with wire code `code`, entered in the tables."""
     def wrap(cls):
         # Not frozen: every small op builds two messages a side, and a frozen dataclass's __init__
         # (object.__setattr__ per field) cost 0.94 us for a Command against 0.20. Nothing mutates one.
         cls = dataclass(slots=True)(cls)
+        if code in _KINDS:
+            raise TypeError(f"message code {code} is taken by {_KINDS[code].__name__}")
         cls.code = code
         cls.wants_reply = wants_reply
+        _KINDS[code] = cls
+        _FIELDS[cls] = tuple(f.name for f in fields(cls))
+        _FIELD_TYPES[cls] = tuple(_ANNOTATION_TYPES[f.type] for f in fields(cls))
         return cls
     return wrap
 
@@ -220,29 +254,3 @@ class ErrorReply(Message):
     message: str
     traceback: str
     worker: str
-
-
-_KINDS: dict[int, type] = {
-    cls.code: cls for cls in (Command, Store, Fetch, Free, Objects, Info, Shutdown, Clear, Search, Export, Import, StorePointer, RemoteGet, Aliases, Restore, Ack, Value, ErrorReply)
-}
-_FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _KINDS.values()}
-_FIELD_TYPES: dict[type, tuple] = {
-    Command: (int, str, tuple, dict, int, bool, tuple, bool),
-    Store: (int, int, object, tuple, object),
-    Fetch: (int, int, bool),
-    Free: (tuple,),
-    Objects: (int, bool),
-    Info: (int,),
-    Shutdown: (int,),
-    Clear: (int,),
-    Search: (int, tuple),
-    Aliases: (int, int),
-    Export: (int, int),
-    Import: (int, int, tuple, tuple, object),
-    StorePointer: (int, int, str, int, tuple),
-    RemoteGet: (int, int),
-    Restore: (int, int, tuple),
-    Ack: (int, tuple),
-    Value: (int, object),
-    ErrorReply: (int, str, str, str, str, str),
-}

@@ -57,14 +57,9 @@ Note [Segment ownership]
 
 from __future__ import annotations
 
-import ctypes
-import errno
-import mmap
 import os
 import random
-import re
 import secrets
-import stat
 import threading
 import weakref
 from typing import Any
@@ -72,48 +67,19 @@ from typing import Any
 import numpy
 import torch
 
+from . import shm
 from ..errors import ProtocolError
+from .shm import BUSY, FREE, HEADER, SHM_DIR, Segment, intact, segment_prefix
 
 __all__ = [
-    "HEADER", "IN_FLIGHT", "SEGMENT_RE", "Segment", "abandon", "acquire", "arm", "close", "handover", "intact", "lost",
-    "open_segment", "raise_fd_limit", "receive", "received", "receiving", "reclaim", "segment_of", "segment_prefix",
-    "sending", "sent", "settle", "stats", "take_back",
+    "IDLE_MAX", "IN_FLIGHT", "abandon", "acquire", "arm", "close", "handover", "lost", "open_segment", "receive",
+    "received", "receiving", "reclaim", "segment_of", "sending", "sent", "settle", "stats", "sweep", "take_back",
 ]
 
-HEADER = 64  # bytes before the data: the state word, the ticket, and 64-byte aligned data
-FREE, BUSY = 0, 1
-SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else os.path.join(os.sep, "tmp")
-# simsyft_<namespace>_<creator pid>_<64 random bits>. simulation._SHM_RE (sweep of dead simulations)
-# and the tests' leak check read the namespace's owner pid and the creator pid from the front.
-SEGMENT_RE = re.compile(r"simsyft_(?P<namespace>[A-Za-z0-9-]*)_(?P<pid>\d+)_(?P<token>[0-9a-f]{16})")
 # Idle bytes this process keeps (its own FREE segments, and mappings of others' it holds no
 # tensor in) before unlinking/unmapping the least recently used. SIMSYFT_POOL_BYTES overrides.
 IDLE_MAX = int(os.environ.get("SIMSYFT_POOL_BYTES", 2 << 30))
-_MADV_POPULATE_WRITE = 23  # Linux >= 5.14; pre-faults a range in one call
-_NAME_TRIES = 64  # random names drawn before giving up: only a broken random source gets near it
-_TAIL_RE = re.compile(r"\d+_[0-9a-f]{16}")  # what follows a namespace's prefix in a segment's name
 _lock = threading.RLock()  # finalizers can run on any thread (GC)
-
-
-class Segment:
-    __slots__ = ("path", "capacity", "mm", "state", "ticket", "mine", "uses", "broken", "__weakref__")
-
-    def __init__(self, path: str, capacity: int, mm: mmap.mmap, mine: bool) -> None:
-        self.path = path
-        self.capacity = capacity
-        self.mm = mm  # keeps a descriptor of its own on the file: mm.size() is an fstat of it
-        self.state = ctypes.c_uint32.from_buffer(mm)  # the header's words, shared by every mapping
-        self.ticket = ctypes.c_uint64.from_buffer(mm, 8)
-        self.mine = mine
-        self.uses = 0  # tensors of this process over the segment (and receipts in progress)
-        self.broken = False  # its file shrank: never read or write the mapping again
-
-    def close(self) -> None:
-        del self.state, self.ticket
-        try:
-            self.mm.close()
-        except BufferError:
-            pass  # a tensor still uses the mapping: it goes when that tensor does
 
 
 # path -> Segment, least recently used first; per process, all namespaces
@@ -133,56 +99,10 @@ class _PerThread(threading.local):
 IN_FLIGHT = _thread = _PerThread()
 
 
-def _token() -> str:
-    return secrets.token_hex(8)  # names must be unguessable: someone else could pre-create them
-
-
 # Tickets only need to differ from one transfer to the next (anyone who can read the header
 # can read the ticket), so a seeded PRNG serves: 0.06 us against 0.65 for `secrets`.
 _tickets = random.Random(secrets.randbits(128))
 os.register_at_fork(after_in_child=lambda: _tickets.seed(secrets.randbits(128)))
-
-
-def segment_prefix(namespace: str) -> str:
-    """File-name prefix shared by every segment of one simulation."""
-    return f"simsyft_{namespace}_"
-
-
-def size_class(nbytes: int) -> int:
-    """Capacity for `nbytes`: rounded up to 1/8 of its power of two (page multiple)."""
-    step = max(4096, 1 << max(nbytes.bit_length() - 4, 0))
-    return -(-nbytes // step) * step
-
-
-def intact(seg: Segment) -> bool:
-    """Whether the segment's file still has the size it was mapped with.
-
-    Touching a page past the end of a shrunk file raises SIGBUS, which would kill the process:
-    this is checked before a header or a stored tensor is read: an fstat through the descriptor
-    the mapping keeps (0.5 us; a few with the caches cold from a copy). A segment found shrunk
-    stays broken.
-    """
-    if seg.broken:
-        return False
-    try:
-        if seg.mm.size() == HEADER + seg.capacity:
-            return True
-    except (ValueError, OSError):
-        pass  # unmapped: this process closed the pool
-    seg.broken = True
-    return False
-
-
-def raise_fd_limit() -> None:
-    """Let this process (a worker) open as many descriptors as it may: each mapping keeps one."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass  # not allowed here: the soft limit stays
 
 
 def acquire(namespace: str, nbytes: int) -> Segment:
@@ -198,54 +118,15 @@ def acquire(namespace: str, nbytes: int) -> Segment:
                 seg.state.value = BUSY
                 _touch(seg)
                 return seg
-    capacity = size_class(nbytes)
-    size = HEADER + capacity
-    for _ in range(_NAME_TRIES):
-        path = f"{prefix}{os.getpid()}_{_token()}"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            break
-        except FileExistsError:
-            continue  # taken, by chance or by someone who guessed: draw another name
-    else:
-        raise FileExistsError(errno.EEXIST, f"no unused shared-memory segment name in {SHM_DIR} after "
-                              f"{_NAME_TRIES} random draws")
-    try:
-        os.ftruncate(fd, size)
-        mm = mmap.mmap(fd, size)
-    except BaseException:
-        os.unlink(path)
-        raise
-    finally:
-        os.close(fd)  # the mapping keeps a descriptor of its own
-    try:
-        mm.madvise(_MADV_POPULATE_WRITE)  # fault every page in now, in one call, not one by one later
-    except ValueError:
-        pass
-    except OSError as exc:
-        if exc.errno in (errno.EFAULT, errno.ENOMEM, errno.ENOSPC):
-            # /dev/shm is full: writing the pages would raise SIGBUS. Fail the transfer instead.
-            mm.close()
-            os.unlink(path)
-            raise OSError(errno.ENOSPC, f"no room in {SHM_DIR} for a {size}-byte shared-memory segment; "
-                          f"free some objects, or give {SHM_DIR} more space") from None
-        # EINVAL (kernel < 5.14): pages fault in on first use instead
-    seg = Segment(path, capacity, mm, mine=True)
-    seg.state.value = BUSY
+    seg = shm.create(namespace, nbytes)
     with _lock:
-        _MAPPED[path] = seg
+        _MAPPED[seg.path] = seg
         _trim()
     return seg
 
 
 def _capacity(seg: Segment) -> int:
     return seg.capacity
-
-
-def write(seg: Segment, raw: torch.Tensor) -> None:
-    """Copy the bytes of a flat uint8 tensor into the segment's data area."""
-    dst = torch.frombuffer(seg.mm, dtype=torch.uint8, count=raw.numel(), offset=HEADER)
-    dst.copy_(raw)
 
 
 def arm(seg: Segment) -> int:
@@ -264,7 +145,7 @@ def open_segment(path: Any, capacity: int, namespace: str) -> Segment:
     Only a segment of simulation `namespace`, and only a file that passes the checks of
     Note [Segment ownership]; anything else is a ProtocolError and is never mapped.
     """
-    _check_name(path, namespace)
+    shm.check_name(path, namespace)
     with _lock:
         return _open(path, capacity)
 
@@ -278,55 +159,9 @@ def _open(path: str, capacity: int) -> Segment:
             _touch(seg)
             return seg
         _forget(seg)  # shrunk since we mapped it: mapping it afresh refuses it, saying why
-    seg = _map(path, capacity)
+    seg = shm.map_file(path, capacity)
     _MAPPED[path] = seg
     return seg  # the caller trims: only once it holds the new segment (or need not keep it)
-
-
-def _check_name(path: Any, namespace: str) -> None:
-    # Only segment names are ever opened: a peer must not make us map an arbitrary file, nor a
-    # segment of another simulation (which that simulation's creator would reuse under our tensor).
-    prefix = f"{SHM_DIR}/simsyft_{namespace}_"
-    if type(path) is str and path.startswith(prefix) and _TAIL_RE.fullmatch(path, len(prefix)):
-        return  # the usual case, in 0.3 us; the rest only says why a path is refused
-    match = SEGMENT_RE.fullmatch(os.path.basename(path)) if isinstance(path, str) else None
-    if match is None or os.path.dirname(path) != SHM_DIR:
-        raise ProtocolError(f"refusing shared-memory path {path!r:.200}: not a simsyft segment")
-    if match["namespace"] != namespace:
-        raise ProtocolError(f"refusing shared-memory segment {path}: it belongs to simulation "
-                            f"{match['namespace']!r}, not to this one ({namespace!r})")
-
-
-def _map(path: str, capacity: int) -> Segment:
-    try:
-        # O_NOFOLLOW: no symbolic link; O_NONBLOCK: a FIFO planted under the name cannot block us.
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise ProtocolError(f"shared-memory segment {path} does not exist (swept, or its simulation ended)") from None
-    except OSError as exc:
-        why = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
-        raise ProtocolError(f"refusing shared-memory segment {path}: {why}") from None
-    try:
-        info = os.fstat(fd)  # on the fd we map, so the file cannot change between check and mmap
-        problem = _unsafe(info, HEADER + capacity)
-        if problem:
-            raise ProtocolError(f"refusing shared-memory segment {path}: {problem}")
-        mm = mmap.mmap(fd, info.st_size)
-    finally:
-        os.close(fd)  # the mapping keeps a descriptor of its own
-    return Segment(path, capacity, mm, mine=False)
-
-
-def _unsafe(info: os.stat_result, size: int) -> str | None:
-    if not stat.S_ISREG(info.st_mode):
-        return "not a regular file"
-    if info.st_uid != os.getuid():
-        return f"owned by uid {info.st_uid}, not by this user (uid {os.getuid()})"
-    if info.st_mode & 0o077:
-        return f"its mode {stat.S_IMODE(info.st_mode):o} lets other users read or write it"
-    if info.st_size != size:
-        return f"it has {info.st_size} bytes, its descriptor says {size} (resized by another process?)"
-    return None
 
 
 def receive(path: Any, capacity: Any, nbytes: int, ticket: Any, namespace: str) -> torch.Tensor:
@@ -336,7 +171,7 @@ def receive(path: Any, capacity: Any, nbytes: int, ticket: Any, namespace: str) 
     not the one in the header: Note [Segment ownership]. Releasing the tensor's memory frees
     the segment (inside `receiving`, once the message is settled).
     """
-    _check_name(path, namespace)
+    shm.check_name(path, namespace)
     if type(capacity) is not int or not 0 < nbytes <= capacity:
         raise ProtocolError(f"segment {path} holds {capacity!r} bytes, the tensor needs {nbytes}")
     if type(ticket) is not int:
@@ -574,3 +409,24 @@ def stats(namespace: str | None = None) -> dict[str, int]:
             "in_use": sum(s.uses > 0 for s in segs),
             "bytes": sum(s.capacity for s in segs),
         }
+
+
+def sweep(namespace: str) -> int:
+    """Remove every segment of the simulation `namespace`; returns how many names were removed.
+
+    Also drops this process's mappings of them (tensors over them keep their memory).
+    """
+    removed = close(namespace)
+    prefix = segment_prefix(namespace)
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return removed
+    for name in names:
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed

@@ -5,9 +5,10 @@ the shared-memory segments behind it. Imports torch and simsyft.errors only;
 knows nothing of sockets or messages.
 
 A descriptor is ``(dtype_name, shape, requires_grad, data, grad)`` where
-``data`` is ``("i", buffer_index)`` for bytes that travel as an extra message
-frame, or ``("s", path, capacity, ticket)`` for a segment in /dev/shm, and
-``grad`` is a nested descriptor or None. Data always crosses contiguous, so strides and
+``data`` says where the bytes are (`Location`): ``(INLINE, buffer_index)`` for
+bytes that travel as an extra message frame, ``(SEGMENT, path, capacity,
+ticket)`` for a segment in /dev/shm, ``(EMPTY,)`` for none, ``(CUDA, ...)`` for
+a CUDA IPC handle; ``grad`` is a nested descriptor or None. Data always crosses contiguous, so strides and
 storage offsets never travel.
 
 Large tensors live in pooled segments (segments.py, Note [Segment ownership]):
@@ -25,13 +26,23 @@ from __future__ import annotations
 
 import ctypes
 import math
-import os
 from typing import Any
 
 import torch
 
-from . import segments
+from . import segments, shm
 from ..errors import ProtocolError
+
+class Location:
+    """Where a tensor descriptor's bytes are: the first item of its `data`."""
+
+    INLINE = "i"  # (INLINE, frame index): an extra frame of the message
+    SEGMENT = "s"  # (SEGMENT, path, capacity, ticket): a shared-memory segment (segments.py)
+    EMPTY = "e"  # (EMPTY,): no bytes at all
+    CUDA = "c"  # (CUDA, stride, offset, device, handle, ...): a CUDA IPC handle
+
+
+INLINE, SEGMENT, EMPTY, CUDA = Location.INLINE, Location.SEGMENT, Location.EMPTY, Location.CUDA
 
 __all__ = [
     "INLINE_MAX",
@@ -41,7 +52,6 @@ __all__ = [
     "handover",
     "take_back",
     "tensor_from_bytes",
-    "SHM_DIR",
     "decode_tensor",
     "dtype_from_name",
     "dtype_name",
@@ -50,12 +60,10 @@ __all__ = [
     "receiving",
     "reclaim",
     "reopen",
-    "segment_prefix",
     "sending",
     "sent",
     "settle",
     "shrunk",
-    "sweep",
 ]
 
 # Up to this many bytes a tensor travels as a message frame. With pooled segments (segments.py) a
@@ -65,8 +73,6 @@ __all__ = [
 # 335-370, 128 KiB 350-460 (before the pool, fresh segments only paid off from 1 MiB).
 INLINE_MAX = 32 * 1024
 
-SHM_DIR = segments.SHM_DIR
-segment_prefix = segments.segment_prefix
 # Receipts and reclaims (Note [Segment ownership]): the worker and the connection bracket each
 # message with them, so a failed transfer leaves every segment as it was sent.
 receiving, received, sending, sent, reclaim = segments.receiving, segments.received, segments.sending, segments.sent, segments.reclaim
@@ -118,22 +124,22 @@ def encode_tensor(tensor: torch.Tensor, buffers: list, namespace: str, inline_ma
     nbytes = flat.numel() * flat.element_size()
     raw = flat.view(torch.uint8) if nbytes else flat
     if nbytes == 0:
-        data = ("e",)  # nothing to carry; also keeps zero-byte files out of /dev/shm
+        data = (EMPTY,)  # nothing to carry; also keeps zero-byte files out of /dev/shm
     elif nbytes <= limit:
         buffers.append(ctypes.string_at(raw.data_ptr(), nbytes))  # torch alone: numpy may be absent
-        data: tuple = ("i", len(buffers) - 1)
+        data: tuple = (INLINE, len(buffers) - 1)
     else:
         seg = segments.acquire(namespace, nbytes)
         try:
-            segments.write(seg, raw)
+            shm.write(seg, raw)
         except BaseException:
             segments.abandon(seg)
             raise
-        data = ("s", seg.path, seg.capacity, segments.arm(seg))
+        data = (SEGMENT, seg.path, seg.capacity, segments.arm(seg))
     try:
         grad_desc = encode_tensor(grad, buffers, namespace, inline_max) if grad is not None else None
     except BaseException:
-        if data[0] == "s":
+        if data[0] == SEGMENT:
             segments.abandon(seg)  # the tensor's segment will not be sent either
         raise
     return (dtype_name(tensor.dtype), tuple(tensor.shape), bool(tensor.requires_grad), data, grad_desc)
@@ -164,7 +170,7 @@ def handover(tensor: torch.Tensor) -> Handover | None:
     if given is None:
         return None
     meta = (dtype_name(tensor.dtype), tuple(tensor.shape), bool(tensor.requires_grad))
-    return Handover(meta, ("s", given[0], given[1], given[5]), _grad_to_send(tensor), given)
+    return Handover(meta, (SEGMENT, given[0], given[1], given[5]), _grad_to_send(tensor), given)
 
 
 def take_back(handed: Handover) -> None:
@@ -187,12 +193,12 @@ def shrunk(tensor: torch.Tensor) -> Any:
     this is a dict lookup (callers skip even that while IN_SEGMENTS is empty).
     """
     seg = segments.segment_of(tensor)
-    if seg is not None and not segments.intact(seg):
+    if seg is not None and not shm.intact(seg):
         return seg
     if tensor.requires_grad:
         grad = _grad_to_send(tensor)
         seg = segments.segment_of(grad) if grad is not None else None
-        if seg is not None and not segments.intact(seg):
+        if seg is not None and not shm.intact(seg):
             return seg
     return None
 
@@ -247,19 +253,19 @@ def decode_tensor(desc: Any, buffers: list, namespace: str = "", used: set | Non
     numel = _numel(shape)
     nbytes = numel * dtype.itemsize
     kind = data[0] if isinstance(data, tuple) and data else None
-    if kind == "i":
+    if kind == INLINE:
         index = data[1] if len(data) == 2 else None
         if not isinstance(index, int) or not 0 <= index < len(buffers):
             raise ProtocolError(f"tensor descriptor names missing frame {index!r:.40}")
-        if ("i", index) in used:
+        if (INLINE, index) in used:
             raise ProtocolError(f"two tensor descriptors name frame {index}; each inline frame holds one tensor")
-        used.add(("i", index))
+        used.add((INLINE, index))
         tensor = tensor_from_bytes(buffers[index], dtype, shape)
-    elif kind == "e" and nbytes == 0:
+    elif kind == EMPTY and nbytes == 0:
         tensor = torch.empty(shape, dtype=dtype)
-    elif kind == "s" and len(data) == 4:
+    elif kind == SEGMENT and len(data) == 4:
         tensor = _open_segment(data, nbytes, dtype, shape, namespace)
-    elif kind == "c" and len(data) == 11:
+    elif kind == CUDA and len(data) == 11:
         tensor = _decode_cuda(data, dtype, shape, used)
     else:
         raise ProtocolError(f"unknown tensor data location {data!r:.200}")
@@ -360,7 +366,7 @@ def _encode_cuda(tensor: torch.Tensor) -> tuple:
     storage = private._typed_storage()
     (device, handle, storage_bytes, storage_offset_bytes, ref_handle, ref_offset, event_handle,
      event_sync) = storage._share_cuda_()
-    return ("c", tuple(private.stride()), private.storage_offset(), device, handle, storage_bytes,
+    return (CUDA, tuple(private.stride()), private.storage_offset(), device, handle, storage_bytes,
             storage_offset_bytes, ref_handle, ref_offset, event_handle, event_sync)
 
 
@@ -374,7 +380,7 @@ def _decode_cuda(data: tuple, dtype: torch.dtype, shape: tuple, used: set) -> to
         raise ProtocolError("malformed CUDA IPC descriptor")
     # Each would be mapped and cloned again. A handle names the allocator's whole segment, which
     # several of the sender's blocks can share: a block is the handle and its offset.
-    block = ("c", handle, storage_offset_bytes)
+    block = (CUDA, handle, storage_offset_bytes)
     if block in used:
         raise ProtocolError("two tensor descriptors name one CUDA IPC block")
     used.add(block)
@@ -390,33 +396,3 @@ def _decode_cuda(data: tuple, dtype: torch.dtype, shape: tuple, used: set) -> to
     owned = mapped.clone()  # Note [CUDA tensors cross with CUDA IPC]
     del mapped
     return owned
-
-
-def sweep(namespace: str) -> int:
-    """Remove every segment of the simulation `namespace`; returns how many names were removed.
-
-    Also drops this process's mappings of them (tensors over them keep their memory).
-    """
-    removed = segments.close(namespace)
-    prefix = segment_prefix(namespace)
-    try:
-        names = os.listdir(SHM_DIR)
-    except OSError:
-        return removed
-    for name in names:
-        if name.startswith(prefix):
-            try:
-                os.unlink(os.path.join(SHM_DIR, name))
-                removed += 1
-            except FileNotFoundError:
-                pass
-    return removed
-
-
-def list_segments(namespace: str | None = None) -> list[str]:
-    """Names of live simsyft segments (of one simulation, or all)."""
-    prefix = segment_prefix(namespace) if namespace else "simsyft_"
-    try:
-        return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(prefix))
-    except OSError:
-        return []

@@ -20,14 +20,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 
 import psutil
 import pytest
 
-from simsyft.wire import tensors
+from simsyft.wire import shm
 from simsyft.rundir import run_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -96,16 +95,16 @@ def owner_pid_of(text: str) -> int:
     return int(match.group(1))
 
 
-def segments(run_dir: str) -> list[str]:
+def segments_of(run_dir: str) -> list[str]:
     """Shared-memory segments in the namespace of the simulation with this run dir."""
     namespace = os.path.basename(run_dir).removeprefix("simsyft-")
-    return sorted(glob.glob(os.path.join(tensors.SHM_DIR, f"simsyft_{namespace}_*")))
+    return sorted(glob.glob(os.path.join(shm.SHM_DIR, f"simsyft_{namespace}_*")))
 
 
 def plant_segment(run_dir: str) -> str:
     """A segment as a message never decoded would leave it: only a sweep of the namespace removes it."""
     namespace = os.path.basename(run_dir).removeprefix("simsyft-")
-    path = os.path.join(tensors.SHM_DIR, f"simsyft_{namespace}_{os.getpid()}_424242")
+    path = os.path.join(shm.SHM_DIR, f"simsyft_{namespace}_{os.getpid()}_424242")
     with open(path, "wb") as f:
         f.write(b"\0" * 64)
     return path
@@ -238,7 +237,7 @@ def test_up_once_prints_the_table_and_leaves_nothing(tmp_path, cleanup):
     run_dir = run_dir_of(result.stdout)
     assert wait_gone(pids, timeout=0.0) == []  # up waited for its workers before exiting
     assert not os.path.exists(run_dir)
-    assert segments(run_dir) == []
+    assert segments_of(run_dir) == []
 
 
 def test_up_stops_cleanly_on_ctrl_c(tmp_path, cleanup):
@@ -334,7 +333,7 @@ def test_detach_status_connect_down(tmp_path, cleanup):
     assert gone.stdout == f"no running simulation called {name!r}\n"
     assert wait_gone([owner, *pids.values()], timeout=5.0) == []
     assert not os.path.exists(run_dir)
-    assert segments(run_dir) == []
+    assert segments_of(run_dir) == []
     assert not os.path.exists(log)  # the background owner stopped cleanly: its log is not kept
 
 
@@ -362,7 +361,7 @@ def test_kill_9_of_the_detached_owner(tmp_path, cleanup):
     down = simsyft("down", name)
     assert down.returncode == 0, down.stderr
     assert not os.path.exists(run_dir)
-    assert segments(run_dir) == []
+    assert segments_of(run_dir) == []
     assert simsyft("status", name).returncode == 1
 
 
@@ -401,7 +400,7 @@ RUN_SCRIPT = """
 def test_run_attaches_the_script_and_returns_its_exit_code(tmp_path, cleanup, code, console_script):
     config, name = write_config(tmp_path, "run")
     cleanup.names.append(name)
-    script = write_script(tmp_path, RUN_SCRIPT.format(name=name, shm=tensors.SHM_DIR))
+    script = write_script(tmp_path, RUN_SCRIPT.format(name=name, shm=shm.SHM_DIR))
     result = simsyft("run", config, "--", sys.executable, script, str(code), console_script=console_script)
     assert result.returncode == code, result.stderr
     facts = json.loads(result.stdout.strip().splitlines()[-1])
@@ -472,7 +471,7 @@ def test_demo_runs_the_part1_tutorial(tmp_path):
     assert len(pointers) >= 5
     # The demo's own simulation (run dir and segments named after its pid) is gone.
     assert glob.glob(os.path.join(run_root(), f"{proc.pid}-*")) == []
-    assert glob.glob(os.path.join(tensors.SHM_DIR, f"simsyft_{proc.pid}-*")) == []
+    assert glob.glob(os.path.join(shm.SHM_DIR, f"simsyft_{proc.pid}-*")) == []
 
 
 def test_bench_passes_its_options_to_the_suite():

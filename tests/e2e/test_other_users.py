@@ -15,7 +15,6 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -246,20 +245,20 @@ def test_attaching_through_the_environment_accepts_only_run_dirs_in_the_root(tmp
 def test_segments_another_user_plants_in_a_simulations_namespace_change_nothing(process_bob):
     import torch
 
-    from simsyft.wire import codec, messages, segments, tensors
+    from simsyft.wire import messages, shm
 
     namespace = process_bob.connection.namespace  # visible to everyone in `ls /dev/shm`
     creators = (os.getpid(), process_bob.pid)
     # Every name the old scheme would pick next, and a well-formed one a forged handle will name.
-    planted = [os.path.join(tensors.SHM_DIR, f"{tensors.segment_prefix(namespace)}{pid}_{n}")
+    planted = [os.path.join(shm.SHM_DIR, f"{shm.segment_prefix(namespace)}{pid}_{n}")
                for pid in creators for n in range(128)]
-    forged = os.path.join(tensors.SHM_DIR, f"{tensors.segment_prefix(namespace)}{os.getpid()}_{'ab' * 8}")
+    forged = os.path.join(shm.SHM_DIR, f"{shm.segment_prefix(namespace)}{os.getpid()}_{'ab' * 8}")
     capacity = 1 << 20
 
     def attacker() -> None:
         for path in planted + [forged]:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            os.ftruncate(fd, segments.HEADER + capacity)
+            os.ftruncate(fd, shm.HEADER + capacity)
             os.close(fd)
 
     as_other_user(attacker)

@@ -284,7 +284,7 @@ def test_underscore_and_unknown_attributes_are_refused(bob):
 
 
 def test_worker_refuses_ops_outside_allowlist(bob):
-    from simsyft.wire import codec, messages
+    from simsyft.wire import messages
 
     x = torch.ones(2).send(bob)
     for op in ("torch.save", "torch.load", "os.system", "torch.Tensor.numpy", "torch.Tensor._grad.__get__"):

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import simsyft as sy
-from simsyft.wire import tensors
+from simsyft.wire import shm
 from simsyft.simulation import Cluster
 from simsyft.workers import VirtualWorker
 
@@ -142,8 +142,8 @@ def _gone(facts: dict, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         alive = [p for p in facts["pids"] if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        segments = tensors.list_segments(facts["namespace"])
-        if not alive and not segments and not os.path.exists(facts["run_dir"]):
+        left = shm.list_segments(facts["namespace"])
+        if not alive and not left and not os.path.exists(facts["run_dir"]):
             return True
         time.sleep(0.1)
     return False
@@ -158,7 +158,7 @@ def test_shutdown_and_exit_leave_nothing(mode):
 
 def test_kill_9_of_the_client_leaves_nothing():
     proc, facts = _start_script("sleep")
-    assert tensors.list_segments(facts["namespace"]) == [] or True  # segments were consumed by the workers
+    assert shm.list_segments(facts["namespace"]) == [] or True  # segments were consumed by the workers
     proc.kill()
     proc.wait()
     assert _gone(facts, timeout=5), "workers did not notice their parent died, or left leftovers"
@@ -173,7 +173,7 @@ def test_stale_leftovers_are_swept():
     namespace = f"{dead.pid}-deadbeef"
     run_dir = os.path.join(run_root(), namespace)
     os.mkdir(run_dir, 0o700)
-    segment = os.path.join(tensors.SHM_DIR, f"{tensors.segment_prefix(namespace)}1_0")
+    segment = os.path.join(shm.SHM_DIR, f"{shm.segment_prefix(namespace)}1_0")
     open(segment, "wb").close()
     removed = sweep_stale()
     assert run_dir in removed and not os.path.exists(run_dir)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import simsyft as sy
-from simsyft.wire import codec, messages, segments, tensors
+from simsyft.wire import codec, messages, segments, shm, tensors
 from simsyft.connection import rebuild_exception
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -58,7 +58,7 @@ def small_pool(tmp_path, hook, monkeypatch):
 
 
 def shm_names(namespace: str) -> set:
-    return set(tensors.list_segments(namespace))
+    return set(shm.list_segments(namespace))
 
 
 # -- larger than the pool's budget -------------------------------------------------
@@ -76,7 +76,7 @@ def test_transfers_larger_than_the_pool_budget(small_pool):
 HUGE = int(2.1 * (1 << 30))  # just over the default 2 GiB budget of idle segments
 
 
-@pytest.mark.skipif(shutil.disk_usage(tensors.SHM_DIR).free < 3 * HUGE or psutil.virtual_memory().available < 4 * HUGE,
+@pytest.mark.skipif(shutil.disk_usage(shm.SHM_DIR).free < 3 * HUGE or psutil.virtual_memory().available < 4 * HUGE,
                     reason="needs about 9 GiB of free memory and /dev/shm")
 def test_a_2_1_gib_round_trip(tmp_path, hook):
     nbytes = HUGE
@@ -180,7 +180,7 @@ def test_a_truncated_segment_costs_its_object_not_the_worker(seg_a):
     (name,) = shm_names(namespace) - before
     view = x[10:]  # another object over the same segment
     pid = worker.pid
-    os.truncate(os.path.join(tensors.SHM_DIR, name), 0)  # another process of this user does it
+    os.truncate(os.path.join(shm.SHM_DIR, name), 0)  # another process of this user does it
     with pytest.raises(sy.ObjectNotFoundError, match=r"was lost: its shared-memory segment .* was truncated"):
         x + 1
     assert psutil.pid_exists(pid) and worker.pid == pid
@@ -199,7 +199,7 @@ def test_a_truncated_free_segment_is_not_reused_by_its_creator(tmp_path):
     # In a child: on failure this would die of SIGBUS, which must not take the test run with it.
     script = textwrap.dedent("""
         import gc, os, sys, torch
-        from simsyft.wire import tensors
+        from simsyft.wire import segments, tensors
         ns = f"{os.getpid()}-child"
         desc = tensors.encode_tensor(torch.ones(1 << 20), [], ns)
         out = tensors.decode_tensor(desc, [], ns)
@@ -209,7 +209,7 @@ def test_a_truncated_free_segment_is_not_reused_by_its_creator(tmp_path):
         again = tensors.encode_tensor(torch.ones(1 << 20), [], ns)
         assert again[3][1] != desc[3][1]
         assert torch.equal(tensors.decode_tensor(again, [], ns), torch.ones(1 << 20))
-        tensors.sweep(ns)
+        segments.sweep(ns)
         print("ok")
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import simsyft as sy
-from simsyft.wire import tensors
+from simsyft.wire import shm, tensors
 from simsyft.config import parse_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -272,11 +272,11 @@ def test_an_attached_client_leaves_no_segment_of_its_own(two_workers):
     big = torch.arange(tensors.INLINE_MAX, dtype=torch.float32)  # 4x the limit: a segment
     try:
         p = big.send(attached["bob"])
-        mine = [n for n in tensors.list_segments(namespace) if f"_{os.getpid()}_" in n]
+        mine = [n for n in shm.list_segments(namespace) if f"_{os.getpid()}_" in n]
         assert mine, "the tensor did not go through a segment of ours"
     finally:
         attached.shutdown()
-    assert not [n for n in tensors.list_segments(namespace) if f"_{os.getpid()}_" in n]
+    assert not [n for n in shm.list_segments(namespace) if f"_{os.getpid()}_" in n]
     assert torch.equal(two_workers["bob"]._objects[p.id_at_location], big)  # bob's tensor lives on
 
 

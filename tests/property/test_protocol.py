@@ -17,7 +17,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from simsyft.wire import codec, messages, segments, tensors as wire_tensors
+from simsyft.wire import codec, messages, segments, shm, tensors as wire_tensors
 from simsyft.errors import ProtocolError
 from simsyft.testing import DTYPES, tensors
 from simsyft.worker import WorkerCore
@@ -34,7 +34,7 @@ NAMESPACE = f"{os.getpid()}-proptest"  # the root conftest checks that this pid 
 def close_pool():
     """Segments are pooled while the module runs (segments.py); none may outlive it."""
     yield
-    wire_tensors.sweep(NAMESPACE)
+    segments.sweep(NAMESPACE)
 
 
 # -- strategies for wire values and messages --------------------------------------------
@@ -128,7 +128,7 @@ def roundtrip(msg, strict: bool = False):
     try:
         return codec.decode(frames, strict=strict, namespace=NAMESPACE)
     finally:
-        wire_tensors.sweep(NAMESPACE)  # a frame that failed to decode must not leave its segment
+        segments.sweep(NAMESPACE)  # a frame that failed to decode must not leave its segment
 
 
 # -- round trips -------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def test_large_tensors_round_trip_through_segments(t):
     assert same(decoded, msg)
     del decoded
     assert segments.stats(NAMESPACE)["in_use"] == 0, "a released tensor must release its segment"
-    assert len(wire_tensors.list_segments(NAMESPACE)) <= 2, "released segments must be reused"
+    assert len(shm.list_segments(NAMESPACE)) <= 2, "released segments must be reused"
 
 
 # -- refusals -------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def refused(frames, strict=True) -> bool:
     except ProtocolError:
         return True
     finally:
-        wire_tensors.sweep(NAMESPACE)
+        segments.sweep(NAMESPACE)
     return False
 
 
@@ -178,7 +178,7 @@ def refused(frames, strict=True) -> bool:
 @given(msg=any_message, data=st.data())
 def test_truncated_header_is_refused(msg, data):
     frames = codec.encode(msg, NAMESPACE)
-    wire_tensors.sweep(NAMESPACE)
+    segments.sweep(NAMESPACE)
     cut = data.draw(st.integers(0, len(frames[0]) - 1), label="cut")
     for strict in (True, False):
         assert refused([frames[0][:cut], *frames[1:]], strict), f"a header cut at {cut} of {len(frames[0])} decoded"
@@ -237,7 +237,7 @@ def test_mistyped_fields_are_refused(data):
     for strict in (True, False):
         with pytest.raises(ProtocolError, match=f"{cls.__name__}.{names[i]} must be {kinds[i].__name__}"):
             codec.decode(frames, strict=strict)
-    wire_tensors.sweep(NAMESPACE)
+    segments.sweep(NAMESPACE)
 
 
 @settings(max_examples=examples(100, 1_000))
@@ -297,7 +297,7 @@ descriptors = st.tuples(
 
 @settings(max_examples=examples(100, 2_000))
 @given(desc=descriptors, grad=st.one_of(st.none(), descriptors), buffers=st.lists(st.binary(max_size=40), max_size=3),
-       tag=st.sampled_from(["T", "R", "C", "M", "L", "Q"]))
+       tag=st.sampled_from(["T", "R", "P", "C", "M", "L", "Q"]))
 def test_forged_descriptors_decode_or_are_refused(desc, grad, buffers, tag):
     """A forged tensor descriptor (or reference) either decodes to exactly what it says or is a
     ProtocolError: never another exception, never a tensor of another shape or dtype."""
@@ -311,7 +311,7 @@ def test_forged_descriptors_decode_or_are_refused(desc, grad, buffers, tag):
         except ProtocolError:
             continue
         finally:
-            wire_tensors.sweep(NAMESPACE)
+            segments.sweep(NAMESPACE)
         if tag == "T":
             t = msg.value
             assert isinstance(t, torch.Tensor)
@@ -364,14 +364,14 @@ def _reply(core: WorkerCore, frames):
 def damage(msg, data):
     """`msg`'s frames, mutated; and what the worker's decoder makes of them (None: refused)."""
     frames = codec.encode(msg, NAMESPACE)
-    wire_tensors.sweep(NAMESPACE)
+    segments.sweep(NAMESPACE)
     damaged = mutate(frames, data)
     try:
         decoded = codec.decode(damaged, strict=True)
     except ProtocolError:
         decoded = None
     finally:
-        wire_tensors.sweep(NAMESPACE)
+        segments.sweep(NAMESPACE)
     return damaged, decoded
 
 
@@ -383,7 +383,7 @@ def test_worker_core_answers_bad_frames_and_keeps_serving(msg, data):
     damaged, decoded = damage(msg, data)
     assume(not isinstance(decoded, (messages.Shutdown, messages.Clear, messages.Free)) or decoded is None)
     reply = _reply(core, damaged)
-    wire_tensors.sweep(NAMESPACE)
+    segments.sweep(NAMESPACE)
     if decoded is None:
         assert isinstance(reply, messages.ErrorReply), reply
         assert reply.type_name in DECODE_ERRORS, reply

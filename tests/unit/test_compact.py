@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from simsyft import testing
 
-from simsyft.wire import codec, compact, messages, segments, tensors
+from simsyft.wire import codec, compact, messages, segments, shm, tensors
 from simsyft.errors import ProtocolError
 from simsyft.wire.messages import Ack, Command, ErrorReply, Fetch, Message, Ref, Store, Value
 from simsyft.worker import WorkerCore
@@ -52,8 +52,8 @@ def ns():
     namespace = f"{os.getpid()}-test{uuid.uuid4().hex}"
     yield namespace
     segments.close(namespace)
-    leftover = tensors.list_segments(namespace)
-    tensors.sweep(namespace)
+    leftover = shm.list_segments(namespace)
+    segments.sweep(namespace)
     assert leftover == [], f"test left shared-memory segments behind: {leftover}"
 
 

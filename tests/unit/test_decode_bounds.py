@@ -135,7 +135,7 @@ def test_wide_shallow_messages_round_trip(strict):
 
 def test_remote_pointer_metadata_is_depth_checked(strict):
     meta = H.deep_tuple(100)
-    pid = H.text("C") + H.P.MARK + H.integer(1) + H.text("bob") + H.integer(2) + meta + H.P.TUPLE + H.P.TUPLE2
+    pid = H.text(codec.Tag.POINTER) + H.P.MARK + H.integer(1) + H.text("bob") + H.integer(2) + meta + H.P.TUPLE + H.P.TUPLE2
     refuse([H.value(pid + H.P.BINPERSID)], "remote pointer metadata nests more than 32 deep", strict)
 
 

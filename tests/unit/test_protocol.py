@@ -13,7 +13,7 @@ import uuid
 import pytest
 import torch
 
-from simsyft.wire import codec, messages, segments, tensors
+from simsyft.wire import codec, messages, segments, shm, tensors
 from simsyft.errors import ObjectNotFoundError, ProtocolError
 from simsyft.wire.messages import Ack, Aliases, Clear, Command, ErrorReply, Fetch, Free, Info, Objects, Ref, Search, Shutdown, Store, Value
 
@@ -29,8 +29,8 @@ def ns():
     namespace = f"{os.getpid()}-test{uuid.uuid4().hex}"
     yield namespace
     segments.close(namespace)  # this process's pooled segments (none may be left lent out)
-    leftover = tensors.list_segments(namespace)
-    tensors.sweep(namespace)
+    leftover = shm.list_segments(namespace)
+    segments.sweep(namespace)
     assert leftover == [], f"test left shared-memory segments behind: {leftover}"
 
 
@@ -192,7 +192,7 @@ def test_shared_memory_tensors_round_trip(kind, make, ns):
         "Command": lambda: Command(1, "torch.add", (t, Ref(3)), {"other": t}, 5),
     }[kind]()
     frames = codec.encode(msg, ns)
-    assert len(tensors.list_segments(ns)) >= 1  # the data went to a segment
+    assert len(shm.list_segments(ns)) >= 1  # the data went to a segment
     assert codec.frames_size(frames) < 4096
     decoded = codec.decode(frames, namespace=ns)
     assert_same(msg, decoded)
@@ -213,7 +213,7 @@ def test_inline_tensor_travels_as_a_frame(ns):
     t = torch.arange(10, dtype=torch.int16)
     frames = codec.encode(Value(1, (t,)), ns)
     assert len(frames) == 2 and bytes(frames[1]) == t.numpy().tobytes()
-    assert tensors.list_segments(ns) == []
+    assert shm.list_segments(ns) == []
 
 
 def test_decode_accepts_memoryviews_and_bytearrays(ns):
@@ -300,7 +300,7 @@ def test_a_64mb_tensor_costs_only_a_few_kb_of_frames(ns):
     frames = codec.encode(Value(1, t), ns)
     try:
         assert codec.frames_size(frames) < 4 * 1024
-        assert len(tensors.list_segments(ns)) == 1
+        assert len(shm.list_segments(ns)) == 1
     finally:
         decoded = codec.decode(frames, namespace=ns)
     assert decoded.value.shape == t.shape and bool(decoded.value.eq(1).all())
@@ -516,7 +516,7 @@ def _segment_desc(path, nbytes, ticket=1):
 
 
 def _segment_path(namespace, token="0" * 16):
-    return os.path.join(tensors.SHM_DIR, f"{tensors.segment_prefix(namespace)}{os.getpid()}_{token}")
+    return os.path.join(shm.SHM_DIR, f"{shm.segment_prefix(namespace)}{os.getpid()}_{token}")
 
 
 def test_refuses_a_segment_path_outside_shm(tmp_path):
@@ -528,7 +528,7 @@ def test_refuses_a_segment_path_outside_shm(tmp_path):
 
 @pytest.mark.parametrize("name", ["notsimsyft_{u}", "simsyft_{u}", "simsyft_{u}_1", "simsyft_{u}_1_x", "simsyft_{u}_1_2.bak"])
 def test_refuses_a_shm_file_not_named_like_a_segment(name):
-    victim = os.path.join(tensors.SHM_DIR, name.format(u=f"{os.getpid()}-test{uuid.uuid4().hex}"))
+    victim = os.path.join(shm.SHM_DIR, name.format(u=f"{os.getpid()}-test{uuid.uuid4().hex}"))
     with open(victim, "wb") as f:
         f.write(b"\1" * 64)
     try:
@@ -551,7 +551,7 @@ def test_refuses_a_missing_segment(ns):
 
 def test_refuses_a_segment_of_a_closed_simulation(ns):
     frames = codec.encode(Value(1, big_tensor()), ns)
-    tensors.sweep(ns)
+    segments.sweep(ns)
     refuse(frames, "does not exist", namespace=ns)
 
 
@@ -560,7 +560,7 @@ def test_refuses_a_segment_of_the_wrong_size(ns):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.write(fd, b"\0" * 32)
     os.close(fd)
-    refuse([tensor_header(_segment_desc(path, 64))], "has 32 bytes", f"says {segments.HEADER + 64}", namespace=ns)
+    refuse([tensor_header(_segment_desc(path, 64))], "has 32 bytes", f"says {shm.HEADER + 64}", namespace=ns)
     refuse([tensor_header(("uint8", (64,), False, ("s", path, 32, 1), None))], "holds 32 bytes", "needs 64",
            namespace=ns)
     assert os.path.exists(path)  # refused before mapping: not consumed
@@ -568,13 +568,13 @@ def test_refuses_a_segment_of_the_wrong_size(ns):
 
 
 def test_default_namespace_round_trips_a_large_tensor():
-    before = set(tensors.list_segments())
+    before = set(shm.list_segments())
     frames = codec.encode(Value(1, big_tensor()))
     try:
         decoded = codec.decode(frames)
         assert torch.equal(decoded.value, big_tensor())
     finally:
         segments.close("")
-        for name in set(tensors.list_segments()) - before:
+        for name in set(shm.list_segments()) - before:
             if f"_{os.getpid()}_" in name:
-                os.unlink(os.path.join(tensors.SHM_DIR, name))
+                os.unlink(os.path.join(shm.SHM_DIR, name))

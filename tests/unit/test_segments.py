@@ -19,7 +19,7 @@ import torch
 
 from simsyft import simulation
 
-from simsyft.wire import codec, messages, segments, tensors
+from simsyft.wire import messages, segments, shm, tensors
 from simsyft.errors import ObjectNotFoundError, ProtocolError
 from simsyft.wire.messages import Export, Import, Ref
 from simsyft.testing import in_process_worker
@@ -38,8 +38,8 @@ def ns():
     yield namespace
     gc.collect()
     segments.close(namespace)
-    leftover = tensors.list_segments(namespace)
-    tensors.sweep(namespace)
+    leftover = shm.list_segments(namespace)
+    segments.sweep(namespace)
     assert leftover == [], f"test left shared-memory segments behind: {leftover}"
 
 
@@ -54,11 +54,11 @@ def path_of(desc: tuple) -> str:
 def plant(namespace: str, capacity: int = 8192, *, size: int | None = None, mode: int = 0o600,
           ticket: int = 77, fill: int = 5) -> str:
     """A segment file another process of `namespace` could have made (not mapped by this one)."""
-    path = os.path.join(tensors.SHM_DIR, f"{tensors.segment_prefix(namespace)}{os.getpid() + 1}_{secrets.token_hex(8)}")
+    path = os.path.join(shm.SHM_DIR, f"{shm.segment_prefix(namespace)}{os.getpid() + 1}_{secrets.token_hex(8)}")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        header = bytearray(segments.HEADER)
-        header[0:4] = segments.BUSY.to_bytes(4, "little")
+        header = bytearray(shm.HEADER)
+        header[0:4] = shm.BUSY.to_bytes(4, "little")
         header[8:16] = ticket.to_bytes(8, "little")
         os.write(fd, bytes(header) + bytes([fill]) * capacity)
         if size is not None:
@@ -79,22 +79,22 @@ def test_names_carry_an_unguessable_part(ns):
     descs = [tensors.encode_tensor(big(i), [], ns) for i in range(3)]
     names = [os.path.basename(path_of(d)) for d in descs]
     for name in names:
-        match = segments.SEGMENT_RE.fullmatch(name)
+        match = shm.SEGMENT_RE.fullmatch(name)
         assert match, name
         assert match["namespace"] == ns and match["pid"] == str(os.getpid())
         assert re.fullmatch(r"[0-9a-f]{16}", match["token"])
         assert name.startswith(f"simsyft_{ns}_{os.getpid()}_")  # the sweep and the leak check rely on it
-    assert len({segments.SEGMENT_RE.fullmatch(n)["token"] for n in names}) == 3
+    assert len({shm.SEGMENT_RE.fullmatch(n)["token"] for n in names}) == 3
     sim_ns = f"{os.getpid()}-{secrets.token_hex(4)}"  # a simulation's namespace: the dead-owner sweep reads it
-    name = f"{tensors.segment_prefix(sim_ns)}{os.getpid()}_{secrets.token_hex(8)}"
-    assert simulation._SHM_RE.match(name).group(2) == str(os.getpid()) and segments.SEGMENT_RE.fullmatch(name)
+    name = f"{shm.segment_prefix(sim_ns)}{os.getpid()}_{secrets.token_hex(8)}"
+    assert simulation._SHM_RE.match(name).group(2) == str(os.getpid()) and shm.SEGMENT_RE.fullmatch(name)
     for d in descs:
         tensors.decode_tensor(d, [], ns)
 
 
 def test_names_the_old_scheme_would_pick_do_not_block_a_send(ns):
     # Another user can see the namespace and create simsyft_<ns>_<pid>_<n> for every small n.
-    planted = [os.path.join(tensors.SHM_DIR, f"{tensors.segment_prefix(ns)}{os.getpid()}_{n}") for n in range(2048)]
+    planted = [os.path.join(shm.SHM_DIR, f"{shm.segment_prefix(ns)}{os.getpid()}_{n}") for n in range(2048)]
     for path in planted:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
@@ -108,11 +108,11 @@ def test_names_the_old_scheme_would_pick_do_not_block_a_send(ns):
 
 def test_a_taken_name_makes_the_creator_draw_another(ns, monkeypatch):
     taken = "ab" * 8
-    squatter = os.path.join(tensors.SHM_DIR, f"{tensors.segment_prefix(ns)}{os.getpid()}_{taken}")
+    squatter = os.path.join(shm.SHM_DIR, f"{shm.segment_prefix(ns)}{os.getpid()}_{taken}")
     with open(squatter, "wb") as f:
         f.write(b"not yours")
     draws = iter([taken, "cd" * 8])
-    monkeypatch.setattr(segments, "_token", lambda: next(draws))
+    monkeypatch.setattr(shm, "_token", lambda: next(draws))
     try:
         desc = tensors.encode_tensor(big(), [], ns)
         assert os.path.basename(path_of(desc)).endswith("_" + "cd" * 8)
@@ -144,7 +144,7 @@ def test_refuses_a_segment_of_another_simulation(ns):
         assert torch.equal(tensors.decode_tensor(desc, [], other), big())  # refused before anything: still good
     finally:
         gc.collect()
-        tensors.sweep(other)
+        segments.sweep(other)
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a file to another user")
@@ -166,7 +166,7 @@ def test_refuses_a_segment_others_can_read_or_write(ns, mode):
 
 def test_refuses_a_symbolic_link(ns):
     target = plant(ns)
-    link = os.path.join(tensors.SHM_DIR, f"{tensors.segment_prefix(ns)}{os.getpid() + 1}_{secrets.token_hex(8)}")
+    link = os.path.join(shm.SHM_DIR, f"{shm.segment_prefix(ns)}{os.getpid() + 1}_{secrets.token_hex(8)}")
     os.symlink(target, link)
     try:
         with pytest.raises(ProtocolError, match="symbolic link"):
@@ -177,14 +177,14 @@ def test_refuses_a_symbolic_link(ns):
 
 
 def test_refuses_a_segment_of_the_wrong_size(ns):
-    path = plant(ns, size=segments.HEADER + 4096)
-    with pytest.raises(ProtocolError, match=f"has {segments.HEADER + 4096} bytes, its descriptor says {segments.HEADER + 8192}"):
+    path = plant(ns, size=shm.HEADER + 4096)
+    with pytest.raises(ProtocolError, match=f"has {shm.HEADER + 4096} bytes, its descriptor says {shm.HEADER + 8192}"):
         tensors.decode_tensor(desc_for(path), [], ns)
     os.unlink(path)
 
 
 def test_refuses_a_fifo(ns):
-    path = os.path.join(tensors.SHM_DIR, f"{tensors.segment_prefix(ns)}{os.getpid() + 1}_{secrets.token_hex(8)}")
+    path = os.path.join(shm.SHM_DIR, f"{shm.segment_prefix(ns)}{os.getpid() + 1}_{secrets.token_hex(8)}")
     os.mkfifo(path, 0o600)
     try:
         with pytest.raises(ProtocolError, match="not a regular file"):
@@ -220,12 +220,12 @@ def test_an_undone_receipt_leaves_the_segment_as_it_was_sent(ns):
     seg = segments._MAPPED[path_of(desc)]
     del partial
     gc.collect()
-    assert seg.state.value == segments.BUSY  # our tensor over it went, but it was never ours
+    assert seg.state.value == shm.BUSY  # our tensor over it went, but it was never ours
     again = tensors.decode_tensor(desc, [], ns)  # re-armed: its receiver can still take it
     assert torch.equal(again, big())
     del again
     gc.collect()
-    assert seg.state.value == segments.FREE
+    assert seg.state.value == shm.FREE
 
 
 def test_a_settled_receipt_frees_a_tensor_released_before_it_ended(ns):
@@ -233,7 +233,7 @@ def test_a_settled_receipt_frees_a_tensor_released_before_it_ended(ns):
     mark = tensors.receiving()
     tensors.decode_tensor(desc, [], ns)  # dropped at once, while pending
     tensors.received(mark)
-    assert segments._MAPPED[path_of(desc)].state.value == segments.FREE and segments.lost(ns) == []
+    assert segments._MAPPED[path_of(desc)].state.value == shm.FREE and segments.lost(ns) == []
 
 
 # -- the budget never drops what is being received --------------------------------
@@ -258,7 +258,7 @@ def test_our_segment_in_flight_is_never_trimmed(ns, monkeypatch):
         assert torch.equal(tensors.decode_tensor(desc, [], ns), big())
     finally:
         gc.collect()
-        tensors.sweep(other)
+        segments.sweep(other)
 
 
 # -- a shrunk segment is detected, never read --------------------------------------
@@ -272,7 +272,7 @@ def test_a_shrunk_segment_is_detected_and_its_header_left_alone(ns):
     assert tensors.shrunk(out) is seg and seg.broken
     del out
     gc.collect()
-    assert seg.state.value == segments.BUSY  # a shrunk segment's header is not written again
+    assert seg.state.value == shm.BUSY  # a shrunk segment's header is not written again
     again = tensors.encode_tensor(big(2), [], ns)
     assert path_of(again) != path_of(desc)  # nor is it reused
     tensors.decode_tensor(again, [], ns)

@@ -10,7 +10,7 @@ import uuid
 import pytest
 import torch
 
-from simsyft.wire import segments, tensors
+from simsyft.wire import segments, shm, tensors
 from simsyft.errors import ProtocolError
 
 DTYPES = [
@@ -30,8 +30,8 @@ def ns():
     namespace = new_namespace()
     yield namespace
     segments.close(namespace)  # this process's pooled segments (none may be left lent out)
-    leftover = tensors.list_segments(namespace)
-    tensors.sweep(namespace)
+    leftover = shm.list_segments(namespace)
+    segments.sweep(namespace)
     assert leftover == [], f"test left shared-memory segments behind: {leftover}"
 
 
@@ -80,7 +80,7 @@ def test_every_dtype_is_bit_exact(dtype, size, ns):
     desc = tensors.encode_tensor(t, buffers, ns)
     location = desc[3][0]
     assert location == ("i" if size == "inline" else "s")
-    assert len(tensors.list_segments(ns)) == (1 if size == "shm" else 0)
+    assert len(shm.list_segments(ns)) == (1 if size == "shm" else 0)
     out = tensors.decode_tensor(desc, buffers, ns)
     assert_bit_exact(t, out)
     assert out.is_contiguous() and not out.requires_grad
@@ -118,7 +118,7 @@ def test_empty(shape, dtype, ns):
     t = torch.empty(shape, dtype=dtype)
     buffers: list = []
     desc = tensors.encode_tensor(t, buffers, ns)
-    assert tensors.list_segments(ns) == []  # no zero-byte files in /dev/shm
+    assert shm.list_segments(ns) == []  # no zero-byte files in /dev/shm
     out = tensors.decode_tensor(desc, buffers, ns)
     assert out.shape == shape and out.dtype == dtype and out.numel() == 0
 
@@ -249,25 +249,25 @@ def test_a_segment_is_pooled_and_reused_after_release(ns):
     desc = tensors.encode_tensor(t, buffers, ns)
     assert buffers == []  # nothing inline
     path = desc[3][1]
-    assert os.path.dirname(path) == tensors.SHM_DIR
-    assert os.path.basename(path).startswith(tensors.segment_prefix(ns))
-    assert tensors.list_segments(ns) == [os.path.basename(path)]
-    assert os.path.getsize(path) == segments.HEADER + desc[3][2] and desc[3][2] >= t.numel() * 4
+    assert os.path.dirname(path) == shm.SHM_DIR
+    assert os.path.basename(path).startswith(shm.segment_prefix(ns))
+    assert shm.list_segments(ns) == [os.path.basename(path)]
+    assert os.path.getsize(path) == shm.HEADER + desc[3][2] and desc[3][2] >= t.numel() * 4
     out = tensors.decode_tensor(desc, buffers, ns)
     assert_bit_exact(t, out)
     seg = segments._MAPPED[path]
-    assert out.data_ptr() == ctypes.addressof(seg.state) + segments.HEADER  # built over the mapping: no copy
-    assert seg.state.value == segments.BUSY and seg.uses == 1
+    assert out.data_ptr() == ctypes.addressof(seg.state) + shm.HEADER  # built over the mapping: no copy
+    assert seg.state.value == shm.BUSY and seg.uses == 1
     again = tensors.encode_tensor(t, [], ns)
     assert again[3][1] != path  # held by `out`: never handed out twice
     tensors.decode_tensor(again, [], ns)  # released at once
     out2 = out
     del out
     gc.collect()
-    assert seg.state.value == segments.BUSY  # out2 still holds it
+    assert seg.state.value == shm.BUSY  # out2 still holds it
     del out2
     gc.collect()
-    assert seg.state.value == segments.FREE and seg.uses == 0
+    assert seg.state.value == shm.FREE and seg.uses == 0
     third = tensors.encode_tensor(t * 2, [], ns)
     assert third[3][1] in (path, again[3][1])  # a free one of the right size is reused
     assert_bit_exact(t * 2, tensors.decode_tensor(third, [], ns))
@@ -276,7 +276,7 @@ def test_a_segment_is_pooled_and_reused_after_release(ns):
 def test_a_segment_in_flight_is_not_reused(ns):
     big = torch.zeros(numel_for("shm", torch.uint8), dtype=torch.uint8)
     descs = [tensors.encode_tensor(big, [], ns) for _ in range(3)]
-    assert len({d[3][1] for d in descs}) == 3 and len(tensors.list_segments(ns)) == 3
+    assert len({d[3][1] for d in descs}) == 3 and len(shm.list_segments(ns)) == 3
     for d in descs:
         tensors.decode_tensor(d, [], ns)
 
@@ -286,7 +286,7 @@ def test_tensor_and_grad_travel_in_separate_segments(ns):
     x = torch.randn(n, requires_grad=True)
     x.grad = torch.randn(n)
     desc = tensors.encode_tensor(x, [], ns)
-    assert desc[3][1] != desc[4][3][1] and len(tensors.list_segments(ns)) == 2
+    assert desc[3][1] != desc[4][3][1] and len(shm.list_segments(ns)) == 2
     out = tensors.decode_tensor(desc, [], ns)
     assert torch.equal(out.grad, x.grad) and torch.equal(out.detach(), x.detach())
 
@@ -301,12 +301,12 @@ def test_handover_gives_the_segment_itself(ns):
     gc.collect()
     desc = handed.describe([], ns)
     seg = segments._MAPPED[desc[3][1]]
-    assert seg.state.value == segments.BUSY  # our tensor went, but the segment was given away
+    assert seg.state.value == shm.BUSY  # our tensor went, but the segment was given away
     back = tensors.decode_tensor(desc, [], ns)
     assert back.data_ptr() == address and torch.equal(back, t)
     del back
     gc.collect()
-    assert seg.state.value == segments.FREE
+    assert seg.state.value == shm.FREE
 
 
 def test_handover_refuses_shared_memory(ns):
@@ -326,18 +326,18 @@ def test_idle_segments_beyond_the_budget_are_unlinked(ns, monkeypatch):
     monkeypatch.setattr(segments, "IDLE_MAX", 0)
     desc = tensors.encode_tensor(torch.zeros(numel_for("shm", torch.float32)), [], ns)
     out = tensors.decode_tensor(desc, [], ns)
-    assert len(tensors.list_segments(ns)) == 1
+    assert len(shm.list_segments(ns)) == 1
     release(out)
     del out
     gc.collect()
-    assert tensors.list_segments(ns) == []
+    assert shm.list_segments(ns) == []
 
 
 def test_close_unlinks_our_segments_and_keeps_live_tensors(ns):
     t = torch.arange(numel_for("shm", torch.float32), dtype=torch.float32)
     out = tensors.decode_tensor(tensors.encode_tensor(t, [], ns), [], ns)
     segments.close(ns)
-    assert tensors.list_segments(ns) == [] and segments.stats(ns)["mapped"] == 0
+    assert shm.list_segments(ns) == [] and segments.stats(ns)["mapped"] == 0
     assert torch.equal(out, t)  # the mapping lives as long as the tensor
     del out
     gc.collect()
@@ -359,21 +359,21 @@ def test_sweep_removes_only_its_namespace():
         for namespace, count in ((a, 2), (b, 1), (a_longer, 1)):
             for _ in range(count):
                 tensors.encode_tensor(torch.zeros(tensors.INLINE_MAX + 1, dtype=torch.uint8), [], namespace)
-        assert len(tensors.list_segments(a)) == 2
-        assert tensors.sweep(a) == 2
-        assert tensors.list_segments(a) == []
-        assert len(tensors.list_segments(b)) == 1
-        assert len(tensors.list_segments(a_longer)) == 1
-        assert tensors.sweep(a) == 0  # idempotent
+        assert len(shm.list_segments(a)) == 2
+        assert segments.sweep(a) == 2
+        assert shm.list_segments(a) == []
+        assert len(shm.list_segments(b)) == 1
+        assert len(shm.list_segments(a_longer)) == 1
+        assert segments.sweep(a) == 0  # idempotent
     finally:
-        swept = tensors.sweep(b) + tensors.sweep(a_longer)
-        tensors.sweep(a)
+        swept = segments.sweep(b) + segments.sweep(a_longer)
+        segments.sweep(a)
     assert swept == 2
-    assert tensors.list_segments(b) == tensors.list_segments(a_longer) == []
+    assert shm.list_segments(b) == shm.list_segments(a_longer) == []
 
 
 def test_sweep_of_an_unused_namespace_is_zero():
-    assert tensors.sweep(new_namespace()) == 0
+    assert segments.sweep(new_namespace()) == 0
 
 
 def test_list_segments(ns):
@@ -381,23 +381,23 @@ def test_list_segments(ns):
     try:
         descs = [tensors.encode_tensor(torch.zeros(tensors.INLINE_MAX + 1, dtype=torch.uint8), [], ns) for _ in range(2)]
         tensors.encode_tensor(torch.zeros(tensors.INLINE_MAX + 1, dtype=torch.uint8), [], other)
-        mine = tensors.list_segments(ns)
+        mine = shm.list_segments(ns)
         assert mine == sorted(os.path.basename(d[3][1]) for d in descs)
-        assert all(name.startswith(tensors.segment_prefix(ns)) for name in mine)
-        everything = tensors.list_segments()
+        assert all(name.startswith(shm.segment_prefix(ns)) for name in mine)
+        everything = shm.list_segments()
         assert set(mine) <= set(everything)
-        assert set(tensors.list_segments(other)) <= set(everything)
+        assert set(shm.list_segments(other)) <= set(everything)
         assert all(name.startswith("simsyft_") for name in everything)
         assert everything == sorted(everything)
         for d in descs:
             tensors.decode_tensor(d, [], ns)
-        assert tensors.list_segments(ns) == mine  # pooled until the simulation ends
+        assert shm.list_segments(ns) == mine  # pooled until the simulation ends
     finally:
-        tensors.sweep(other)
+        segments.sweep(other)
 
 
 def test_segment_prefix():
-    assert tensors.segment_prefix("123-ab") == "simsyft_123-ab_"
+    assert shm.segment_prefix("123-ab") == "simsyft_123-ab_"
 
 
 def test_dtype_names_round_trip():

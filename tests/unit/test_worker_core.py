@@ -9,7 +9,7 @@ import uuid
 import pytest
 import torch
 
-from simsyft.wire import codec, messages, segments, tensors
+from simsyft.wire import codec, messages, segments, shm, tensors
 from simsyft.wire.messages import Ack, Aliases, Clear, Command, ErrorReply, Fetch, Free, Info, Objects, Ref, Search, Shutdown, Store, Value
 from simsyft.worker import WorkerCore
 
@@ -21,8 +21,8 @@ def core():
     yield worker
     worker.store.clear()
     segments.close(namespace)  # this process's pooled segments (none may be left lent out)
-    leftover = tensors.list_segments(namespace)
-    tensors.sweep(namespace)
+    leftover = shm.list_segments(namespace)
+    segments.sweep(namespace)
     assert leftover == [], f"test left shared-memory segments behind: {leftover}"
 
 
@@ -73,10 +73,10 @@ def test_fetch_of_a_large_tensor_goes_through_shared_memory(core):
     send(core, Store(1, 5, big))
     reply = core.handle(codec.encode(Fetch(2, 5), core.namespace))
     assert codec.frames_size(reply) < 4096
-    assert len(tensors.list_segments(core.namespace)) == 1
+    assert len(shm.list_segments(core.namespace)) == 1
     value = codec.decode(reply, namespace=core.namespace)
     assert torch.equal(value.value, big)
-    assert len(tensors.list_segments(core.namespace)) == 1  # pooled
+    assert len(shm.list_segments(core.namespace)) == 1  # pooled
 
 
 def test_fetch_hands_the_segment_back_instead_of_copying(core):
