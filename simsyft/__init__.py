@@ -25,9 +25,9 @@ from .errors import (
 )
 from . import exceptions
 from .hook import TorchHook
-from .launcher import Simulation, connect, launch
+from .simulation import Simulation, connect, launch, shutdown
 from .pointer import PointerTensor, pipeline
-from .workers import VirtualWorker, local_worker, shutdown
+from .handles import VirtualWorker, local_worker
 
 __version__ = "0.1.0"
 

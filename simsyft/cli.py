@@ -115,7 +115,7 @@ class _LogStreamer(threading.Thread):
 
 def _launch(config: str):
     from .errors import ConfigError
-    from .launcher import launch
+    from .simulation import launch
 
     try:
         return launch(config)
@@ -159,7 +159,7 @@ def _up(args: argparse.Namespace) -> int:
 def _up_detached(args: argparse.Namespace) -> int:
     from .config import load_config
     from .errors import ConfigError
-    from .simulation import read_meta, running_simulations
+    from .rundir import read_meta, running_simulations
 
     try:
         name = load_config(args.config).name
@@ -193,7 +193,7 @@ def _up_detached(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .simulation import RUN_DIR_ENV
+    from .rundir import RUN_DIR_ENV
 
     command = list(args.command)
     if command and command[0] == "--":
@@ -223,8 +223,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from .errors import SimsyftError
-    from .launcher import Simulation
-    from .simulation import Cluster, running_simulations
+    from .rundir import running_simulations
+    from .simulation import attach
 
     running = [(d, m) for d, m in running_simulations() if args.name is None or m.get("name") == args.name]
     if not running:
@@ -232,7 +232,7 @@ def _status(args: argparse.Namespace) -> int:
         return 1 if args.name else 0
     for run_dir, meta in running:
         try:
-            sim = Simulation(Cluster(run_dir=run_dir))
+            sim = attach(run_dir)
         except SimsyftError as exc:
             print(f"{run_dir}: {exc}")
             continue
@@ -240,13 +240,13 @@ def _status(args: argparse.Namespace) -> int:
             print(format_status(sim.name, sim.status()))
             print(f"  owner pid {meta.get('owner_pid')}, run dir {run_dir}")
         finally:
-            sim.cluster.shutdown()  # attached: closes our sockets only
+            sim.backend.shutdown()  # attached: closes our sockets only
     return 0
 
 
 def _down(args: argparse.Namespace) -> int:
     from .rundir import owner_alive
-    from .simulation import owned_by_cli, running_simulations, sweep_stale
+    from .rundir import owned_by_cli, running_simulations, sweep_stale
 
     targets = [(d, m) for d, m in running_simulations() if args.name is None or m.get("name") == args.name]
     if args.name and not targets:
@@ -320,7 +320,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .simulation import sweep_stale
+    from .rundir import sweep_stale
 
     removed = sweep_stale()
     for path in removed:

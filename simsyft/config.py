@@ -67,7 +67,7 @@ with its own stack), far beyond any machine's CPUs; more is a typo (8 on a 2-CPU
 allowed: oversubscribed, but it works)."""
 
 _TOP_LEVEL_KEYS = ("simulation", "workers")
-_SIMULATION_KEYS = ("name", "request_timeout_s", "seed")
+_SIMULATION_KEYS = ("backend", "name", "request_timeout_s", "seed")
 _WORKER_KEYS = ("cpus", "data", "device", "gpu_memory_fraction", "memory_limit", "threads")
 _DATA_ITEM_KEYS = ("description", "path", "tags")
 _RESERVED_NAMES = frozenset({"me"})  # the local client, sy.local_worker
@@ -167,6 +167,7 @@ class SimulationConfig:
     workers: tuple[WorkerConfig, ...]
     source: str = "<config>"
     request_timeout_s: float = REQUEST_TIMEOUT_S  # 0: wait forever
+    backend: str = "local"  # where the workers run: a name in simsyft.backends.REGISTRY
 
     def worker(self, name: str) -> WorkerConfig:
         """The worker called ``name``; KeyError naming the known workers otherwise."""
@@ -280,7 +281,7 @@ class _Parser:
                 kind = "table" if isinstance(value, Mapping) else "key"
                 where = f"[{_key(key)}]" if kind == "table" else _key(key)
                 self.fail(where, f"unknown {kind} (expected one of: {', '.join(_TOP_LEVEL_KEYS)})")
-        name, seed, timeout = self._simulation(data.get("simulation"))
+        name, seed, timeout, backend = self._simulation(data.get("simulation"))
         workers = self._workers(data.get("workers"))
         if seed is not None:
             if seed + len(workers) - 1 > _SEED_MAX:
@@ -288,11 +289,11 @@ class _Parser:
                           f"(worker i gets seed + i, and there are {len(workers)} workers)")  # fmt: skip
             workers = [_replace_seed(w, seed + i) for i, w in enumerate(workers)]
         self._check_gpu_fractions(workers)
-        return SimulationConfig(name, seed, tuple(workers), self.source, timeout)
+        return SimulationConfig(name, seed, tuple(workers), self.source, timeout, backend)
 
     # -- [simulation] --------------------------------------------------------
 
-    def _simulation(self, table: Any) -> tuple[str, int | None, float]:
+    def _simulation(self, table: Any) -> tuple[str, int | None, float, str]:
         if table is None:
             self.fail("[simulation]", 'missing (every config needs [simulation] with name = "...")')
         if not isinstance(table, Mapping):
@@ -311,7 +312,12 @@ class _Parser:
         timeout = REQUEST_TIMEOUT_S
         if "request_timeout_s" in table:
             timeout = self._timeout("[simulation] request_timeout_s", table["request_timeout_s"])
-        return name, seed, timeout
+        backend = self._str("[simulation] backend", table.get("backend", "local"))
+        from .backends import REGISTRY  # the names only: no backend is imported
+
+        if backend not in REGISTRY:
+            self.fail("[simulation] backend", f"unknown backend {backend!r} (known: {', '.join(sorted(REGISTRY))})")
+        return name, seed, timeout, backend
 
     # -- [workers.<name>] ------------------------------------------------------
 

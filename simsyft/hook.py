@@ -13,14 +13,14 @@ from typing import Any
 
 import torch
 
-from . import models, workers
+from . import handles, models
 
 __all__ = ["TorchHook"]
 
 
 def _tensor_send(self: torch.Tensor, worker: Any) -> Any:
     """Copy this tensor to `worker` and return a PointerTensor to the copy."""
-    return workers.send(self, worker)
+    return handles.send(self, worker)
 
 
 def _tensor_tag(self: torch.Tensor, *tags: str) -> torch.Tensor:
@@ -83,7 +83,7 @@ class TorchHook:
         if torch_module is not torch:
             raise TypeError("TorchHook expects the torch module: sy.TorchHook(torch)")
         self.torch = torch_module
-        self.local_worker = local_worker or workers.local_worker
+        self.local_worker = local_worker or handles.local_worker
         self.local_worker.hook = self
         for name, method in _ADDED.items():
             if getattr(torch.Tensor, name, None) is not method:

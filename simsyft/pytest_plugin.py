@@ -20,7 +20,7 @@ simsyft.pytest_plugin`, or by importing the fixtures into a conftest.py::
 Override the `simsyft_sim_config` fixture (a path to a TOML config, docs/config.md) to
 run your own world. Installed as a `pytest11` entry point this module is imported by every
 pytest session in the environment, so it imports neither hypothesis (an optional
-dependency, through simsyft.testing) nor the launcher until a test asks for a fixture:
+dependency, through simsyft.testing) nor the simulation module until a test asks for a fixture:
 pytest keeps working where simsyft is installed without its `test` extra.
 """
 
@@ -52,14 +52,13 @@ def simsyft_sim_config(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def simsyft_sim(simsyft_sim_config: str) -> Iterator["WorkerPool"]:
     """A WorkerPool over a simulation launched once for the session; shut down at the end."""
-    from .launcher import launch
+    from .simulation import launch, release_default
     from .testing import WorkerPool
-    from .workers import release_default
 
     sim = launch(simsyft_sim_config)
     # launch() makes its simulation the default one; this one must not be: a test calling
     # sy.VirtualWorker(hook, id="bob") expects the implicit simulation's bob, not ours.
-    release_default(sim.cluster)
+    release_default(sim)
     pool = WorkerPool.from_simulation(sim)
     try:
         yield pool

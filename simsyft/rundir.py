@@ -2,9 +2,10 @@
 
 Owns the run root (``$TMPDIR/simsyft-<uid>``, or ``$SIMSYFT_ROOT``), the run
 directories inside it (one per simulation, named by its namespace), their
-``simulation.json`` and ``pids.json``, and the identity checks made before any
-process is signalled. Imports the standard library, psutil and simsyft.errors
-only; it starts nothing.
+``simulation.json`` and ``pids.json``, finding running simulations by name, the
+sweep of leftovers of simulations whose owner died, and the identity checks
+made before any process is signalled. Imports the standard library, psutil,
+wire.shm (segment names) and simsyft.errors; it starts nothing.
 
 Note [Nothing outside the run root is trusted]
     The temp dir is shared by every local user, so anything in it may have been
@@ -29,27 +30,40 @@ import json
 import os
 import re
 import secrets
+import shutil
+import signal
 import stat
 import tempfile
 from typing import Any
 
 from .errors import SimsyftError
+from .wire import shm
 
 __all__ = [
     "ROOT_ENV",
+    "RUN_DIR_ENV",
+    "find_run_dir",
+    "owned_by_cli",
+    "running_simulations",
+    "sweep_stale",
     "TOKEN_ENV",
     "is_worker_of",
     "owner_alive",
+    "pid_alive",
     "process_started",
     "read_meta",
     "read_pids",
     "run_dirs",
     "run_root",
+    "signal_name",
     "verify_run_dir",
     "write_json",
 ]
 
 ROOT_ENV = "SIMSYFT_ROOT"
+# `simsyft run CONFIG -- CMD` names the simulation CMD attaches to here.
+RUN_DIR_ENV = "SIMSYFT_RUN_DIR"
+_SHM_RE = re.compile(r"simsyft_((\d+)-[0-9a-f]+)_")
 # Every worker process carries its simulation's token here; /proc/<pid>/environ is readable
 # only by the same uid (and root), unlike the command line.
 TOKEN_ENV = "SIMSYFT_SIM_TOKEN"
@@ -183,3 +197,121 @@ def is_worker_of(pid: int, token: str) -> bool:
         return secrets.compare_digest(proc.environ().get(TOKEN_ENV, ""), token)
     except (psutil.Error, OSError):
         return False
+
+
+def signal_name(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f" ({signal.Signals(-code).name})"
+        except ValueError:
+            return ""
+    return ""
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has exited; only its parent's wait() is missing
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def running_simulations() -> list[tuple[str, dict]]:
+    """(run_dir, simulation.json) of every simulation of this user whose owner is alive."""
+    found = []
+    for path in run_dirs():
+        try:
+            meta = read_meta(path)
+        except SimsyftError:
+            continue
+        if owner_alive(meta):
+            found.append((path, meta))
+    return found
+
+
+def owned_by_cli(meta: dict) -> bool:
+    """Whether a simulation's owner is a `simsyft up` process (not some user's Python script)."""
+    try:
+        with open(f"/proc/{int(meta['owner_pid'])}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except (OSError, KeyError, ValueError):
+        return False
+    return b"up" in argv and any(part.endswith(b"simsyft") for part in argv)
+
+
+def find_run_dir(name: str | None = None) -> str:
+    """The run directory of the running simulation called `name` (the only one, if None).
+
+    Simulations started by `simsyft up` win over ones that user scripts own."""
+    running = running_simulations()
+    matches = [(d, m) for d, m in running if name is None or m.get("name") == name]
+    if len(matches) > 1 and any(owned_by_cli(m) for _, m in matches):
+        matches = [(d, m) for d, m in matches if owned_by_cli(m)]
+    if not matches:
+        known = ", ".join(sorted({m.get("name", "?") for _, m in running})) or "none"
+        wanted = f"called {name!r}" if name else "at all"
+        raise SimsyftError(f"no running simulation {wanted} (running: {known}); start one with `simsyft up CONFIG`")
+    if len(matches) > 1:
+        raise SimsyftError(
+            f"{len(matches)} running simulations match{' ' + repr(name) if name else ''}: "
+            + ", ".join(f"{m.get('name')} (owner pid {m.get('owner_pid')})" for _, m in matches)
+            + "; name one"
+        )
+    return matches[0][0]
+
+
+def sweep_stale() -> list[str]:
+    """Remove run dirs, worker processes and segments of this user's simulations whose owner is dead.
+
+    Only what lies in the run root is read, only processes proven to be that simulation's workers
+    are killed, and only segments this uid owns are unlinked (Note [Nothing outside the run root
+    is trusted]).
+    """
+    removed: list[str] = []
+    alive: dict[str, bool] = {}  # namespace -> whether its owner lives
+    for path in run_dirs():
+        namespace = os.path.basename(path)
+        try:
+            meta = read_meta(path)
+        except SimsyftError:
+            meta = None  # being created right now, or broken: judge by the pid in its name
+        if meta is not None:
+            alive[namespace] = owner_alive(meta)
+        else:
+            alive[namespace] = pid_alive(int(namespace.split("-", 1)[0]))
+        if alive[namespace]:
+            continue
+        token = meta.get("token", "") if meta is not None else ""
+        for pid in read_pids(path).values():
+            if is_worker_of(pid, token):  # never a recycled pid, nor another simulation's worker
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    uid = os.getuid()
+    for name in shm.list_segments():
+        m = _SHM_RE.match(name)
+        if not m:
+            continue
+        owner_lives = alive.get(m.group(1))
+        if owner_lives is None:
+            owner_lives = pid_alive(int(m.group(2)))
+        if owner_lives:
+            continue
+        path = os.path.join(shm.SHM_DIR, name)
+        try:
+            if os.lstat(path).st_uid != uid:
+                continue  # another user's: not ours to judge (root could unlink it)
+            os.unlink(path)
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed

@@ -1,371 +1,273 @@
-"""Worker processes of one simulation: spawn, pin, supervise, tear down.
+"""Simulations: config -> backend -> handles. `launch`, `connect`, and the `Simulation` users hold.
 
-Owns `Cluster`: the private run directory (inside the per-user run root of
-rundir.py, Note [Nothing outside the run root is trusted]: ipc endpoints,
-worker logs, `simulation.json`, `pids.json`), the namespace that names every
-shared-memory segment of the simulation, the token its workers carry, the
-worker processes, and the sweep of leftovers from simulations whose owner died. A cluster is either *owned*
-(this process started it and stops it) or *attached* (another process owns
-it: `simsyft.connect`, `simsyft run`). Knows pids and endpoints, never
-handles or pointers (workers.py builds those on top).
+Owns the user-facing `Simulation` (a context manager over a `Backend` whose
+workers are the same handles `sy.VirtualWorker` returns: one handle per worker
+name), its status table, fault injection (kill, restart), `launch(config)`,
+`connect(name)`, and the *default simulation* `sy.VirtualWorker(hook,
+id="bob")` reaches: the latest launched or connected one, else the one
+`simsyft run` names in $SIMSYFT_RUN_DIR, else an implicit one started on first
+use. Knows backends only through backends/base.py's interface. Imports
+backends, config, handles and errors; nothing below imports it.
 """
 
 from __future__ import annotations
 
-import json
+import atexit
 import os
-import re
-import secrets
-import shutil
-import subprocess
-import sys
+import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from . import rundir
-
-from .wire import codec, messages, segments, shm
-from .config import REQUEST_TIMEOUT_S
-from .connection import ZmqConnection, pid_alive, signal_name
+from . import backends, handles
+from .config import REQUEST_TIMEOUT_S, SimulationConfig, WorkerConfig, load_config
 from .errors import SimsyftError, WorkerTimeoutError
-from .rundir import TOKEN_ENV, is_worker_of, owner_alive, read_meta, read_pids
+from .handles import VirtualWorker
+from .rundir import RUN_DIR_ENV, find_run_dir
+from .wire import messages
 
-__all__ = ["Cluster", "WorkerProcess", "find_run_dir", "owned_by_cli", "running_simulations", "sweep_stale"]
+__all__ = ["Simulation", "connect", "default_simulation", "launch", "shutdown"]
 
-_SHM_RE = re.compile(r"simsyft_((\d+)-[0-9a-f]+)_")
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN_DIR_ENV = "SIMSYFT_RUN_DIR"
-
-
-@dataclass
-class WorkerProcess:
-    """One worker: its process (ours, or another owner's), endpoint, log and client connection."""
-
-    name: str
-    spec: dict
-    pid: int
-    log_path: str
-    connection: ZmqConnection | None = None
-    popen: subprocess.Popen | None = None
-    started: float = field(default_factory=time.time)
-
-    def exit_code(self) -> int | None:
-        """None while running; the exit status once gone (-1 if not our child and unknown)."""
-        if self.popen is not None:
-            return self.popen.poll()
-        return None if pid_alive(self.pid) else -1
-
-    def log_tail(self, lines: int = 10) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 8192))
-                text = f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-        return "\n".join(text.strip().splitlines()[-lines:])
-
-    def describe_exit(self) -> str:
-        code = self.exit_code()
-        status = "an unknown status" if code == -1 and self.popen is None else f"{code}{signal_name(code)}"
-        tail = self.log_tail()
-        return (
-            f"worker {self.name!r} (pid {self.pid}) exited with {status}; "
-            f"last stderr: {tail if tail else '(empty)'}"
-        )
+# status() asks each running worker for its numbers, but a worker busy with a long op answers
+# only when it is done: past this, the row says so instead of holding up the whole table.
+_STATUS_TIMEOUT_S = 2.0
 
 
-class Cluster:
-    """The worker processes of one simulation, sharing a run directory and shm namespace.
+class Simulation:
+    """A running simulation.
 
-    >>> cluster = Cluster("demo")
-    >>> bob = cluster.start_worker({"name": "bob"})
-    >>> cluster.shutdown()
+    >>> with simsyft.launch("configs/default.toml") as sim:
+    ...     bob = sim["bob"]                         # same handle as sy.VirtualWorker(hook, id="bob")
+    ...     (torch.ones(3).send(bob) * 2).get()
+    tensor([2., 2., 2.])
     """
 
-    def __init__(self, name: str = "default", *, run_dir: str | None = None,
-                 request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
-        self.workers: dict[str, WorkerProcess] = {}
-        self.closed = False
-        if run_dir is None:  # a new simulation owned by this process
-            sweep_stale()
-            self.owner = True
-            self.name = name
-            self.request_timeout_s = request_timeout_s  # every connection to a worker, ours and theirs
-            self.namespace = rundir.new_namespace()
-            self.run_dir = os.path.join(rundir.run_root(), self.namespace)
-            os.mkdir(self.run_dir, 0o700)
-            os.chmod(self.run_dir, 0o700)  # umask can only narrow mkdir's mode; be explicit anyway
-            self.owner_pid = os.getpid()
-            self.owner_started = rundir.process_started(self.owner_pid)
-            self.token = secrets.token_hex(16)
-            self._write_meta(ready=False)
-        else:  # attach to a simulation another process owns
-            run_dir = rundir.verify_run_dir(run_dir)
-            meta = read_meta(run_dir)
-            self.owner = False
-            self.name = meta["name"]
-            self.namespace = meta["namespace"]
-            self.run_dir = run_dir
-            self.owner_pid = meta["owner_pid"]
-            self.owner_started = meta.get("owner_started")
-            self.token = meta["token"]
-            self.request_timeout_s = float(meta.get("request_timeout_s", REQUEST_TIMEOUT_S))
-            for worker_name, pid in read_pids(run_dir).items():
-                self._adopt(worker_name, pid)
+    def __init__(self, backend: backends.Backend, config: SimulationConfig | None = None) -> None:
+        self.backend = backend
+        self.config = config
+        self._handles: dict[str, VirtualWorker] = {}
+        self._lock = threading.RLock()
 
-    # -- starting -------------------------------------------------------------
-    def start_worker(self, spec: dict[str, Any]) -> WorkerProcess:
-        """Spawn a worker process; returns at once (the worker answers once torch is imported)."""
-        name = spec["name"]
-        if self.closed:
-            raise SimsyftError(f"simulation {self.name!r} is shut down")
-        existing = self.workers.get(name)
-        if existing is not None and existing.exit_code() is None:
-            raise SimsyftError(f"worker {name!r} is already running (pid {existing.pid})")
-        full = {
-            "device": "cpu", "threads": 1, "cpus": None, "seed": None, **spec,
-            "endpoint": self._endpoint(name), "namespace": self.namespace, "run_dir": self.run_dir,
-            "parent_pid": os.getpid(), "owns_run_dir": self.owner, "request_timeout_s": self.request_timeout_s,
-        }
-        log_path = os.path.join(self.run_dir, f"{name}.log")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
-        env.pop(RUN_DIR_ENV, None)
-        env[TOKEN_ENV] = self.token  # Note [Nothing outside the run root is trusted]
-        with open(log_path, "ab") as log:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "simsyft.worker", json.dumps(full)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, close_fds=True,
-            )
-        worker = WorkerProcess(name, full, popen.pid, log_path, popen=popen)
-        worker.connection = self._connect(worker)
-        self.workers[name] = worker
-        self._write_pids()
-        return worker
+    # -- facts --------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.backend.name
 
-    def _adopt(self, name: str, pid: int) -> WorkerProcess:
-        worker = WorkerProcess(name, {"name": name, "endpoint": self._endpoint(name)}, pid,
-                               os.path.join(self.run_dir, f"{name}.log"))
-        worker.connection = self._connect(worker)
-        self.workers[name] = worker
-        return worker
+    @property
+    def namespace(self) -> str:
+        """Names the simulation's shared-memory segments."""
+        return self.backend.namespace
 
-    def _endpoint(self, name: str) -> str:
-        return f"ipc://{self.run_dir}/{name}.sock"
+    @property
+    def owner(self) -> bool:
+        """Whether this process owns the simulation (False: attached with `connect`)."""
+        return self.backend.owner
 
-    def _connect(self, worker: WorkerProcess) -> ZmqConnection:
-        return ZmqConnection(worker.name, self._endpoint(worker.name), self.namespace,
-                             exit_status=worker.exit_code, describe_exit=worker.describe_exit,
-                             timeout_s=self.request_timeout_s, pid=worker.pid)
+    @property
+    def closed(self) -> bool:
+        return self.backend.closed
 
-    def wait_ready(self, names: list[str] | None = None, timeout: float = 120.0) -> None:
-        """Block until each worker answers; a worker that dies on the way raises WorkerCrashedError."""
-        deadline = time.monotonic() + timeout
-        for name in names or list(self.workers):
-            worker = self.workers[name]
-            # request() returns once the worker bound its socket and answered, or raises on a crash.
-            # Start-up (importing torch) has its own timeout, not request_timeout_s.
-            try:
-                worker.connection.request(lambda seq: messages.Info(seq),
-                                          timeout_s=max(deadline - time.monotonic(), 0.001))
-            except WorkerTimeoutError:
-                raise WorkerTimeoutError(f"worker {name!r} took more than {timeout:.0f}s to start") from None
-        if self.owner:
-            self._write_meta(ready=True)
+    @property
+    def run_dir(self) -> str | None:
+        """Where a local simulation keeps its endpoints and logs (None for other backends)."""
+        return getattr(self.backend, "run_dir", None)
 
-    # -- stopping -------------------------------------------------------------
-    def stop_worker(self, name: str, timeout: float = 5.0) -> None:
-        """Ask a worker to exit (killing it after `timeout`), and forget it."""
-        worker = self.workers.pop(name, None)
-        if worker is None:
-            return
-        conn = worker.connection
-        if worker.exit_code() is None and conn is not None and conn.closed_reason is None:
-            if conn._lock.acquire(timeout=timeout):
+    # -- handles ------------------------------------------------------------------------------
+    def handle(self, name: str, hook: Any = None, start: bool = False) -> VirtualWorker:
+        """The one handle on worker `name`.
+
+        With `start` (what `VirtualWorker(...)` does), a worker that is not running, or has
+        crashed, is started afresh. Without it (`sim["bob"]`), the existing handle is returned
+        even if its worker died, so its calls report the crash.
+        """
+        with self._lock:
+            running = name in self.backend.names()
+            if start and (not running or not self.backend.alive(name)):
+                if running:
+                    self.backend.stop(name)  # crashed: a new process for the same handle
+                self.backend.start(WorkerConfig(name))
+            elif not running:
+                known = ", ".join(self.backend.names()) or "none"
+                raise KeyError(f"simulation {self.name!r} has no worker {name!r} (workers: {known})")
+            handle = self._handles.get(name)
+            if handle is None:
+                handle = self._handles[name] = VirtualWorker._over(self, name, hook)
+            elif hook is not None and handle.hook is None:
+                handle.hook = hook
+            return handle
+
+    @property
+    def workers(self) -> dict[str, VirtualWorker]:
+        """Handles by name, in config order."""
+        return {name: self.handle(name) for name in self.backend.names()}
+
+    def __getitem__(self, name: str) -> VirtualWorker:
+        return self.handle(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.backend.names()
+
+    def __iter__(self):
+        return iter(self.backend.names())
+
+    # -- status and fault injection ---------------------------------------------------------
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per worker: state, pid, device, cpus, rss, objects, bytes, messages in/out, uptime."""
+        report: dict[str, dict[str, Any]] = {}
+        for name in self.backend.names():
+            facts = self.backend.facts(name)
+            stopped = facts.pop("stopped", False)
+            row: dict[str, Any] = {"name": name, "device": "?", **facts, "state": "running"}
+            code = self.backend.exit_status(name)
+            if code is not None:
+                row["state"] = f"exited ({code})"
+            elif stopped:  # SIGSTOP, or Ctrl-Z: it cannot answer
+                row["state"] = "stopped (send SIGCONT to resume)"
+            else:
                 try:
-                    conn._transmit(codec.encode(messages.Shutdown(conn.next_seq())))
-                except Exception:  # noqa: BLE001 - best effort; the process is killed below if it stays
-                    pass
-                finally:
-                    conn._lock.release()
-        if conn is not None:
-            conn.close("shut down")
-        self._reap(worker, timeout)
-        self._write_pids()
-
-    def _reap(self, worker: WorkerProcess, timeout: float) -> None:
-        if worker.popen is not None:
-            try:
-                worker.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                worker.popen.kill()
-                worker.popen.wait()
-            return
-        deadline = time.monotonic() + timeout
-        while pid_alive(worker.pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if pid_alive(worker.pid) and is_worker_of(worker.pid, self.token):
-            os.kill(worker.pid, 9)
+                    info = self.backend.link(name).request(lambda seq: messages.Info(seq),
+                                                           timeout_s=_STATUS_TIMEOUT_S).value
+                    row.update({k: info[k] for k in ("device", "objects", "bytes", "messages_in",
+                                                     "messages_out", "uptime", "threads")})
+                except WorkerTimeoutError:
+                    row["state"] = f"busy or hung (no answer in {_STATUS_TIMEOUT_S:g} s)"
+                except SimsyftError as exc:
+                    row["state"] = f"unreachable ({type(exc).__name__})"
+            report[name] = row
+        return report
 
     def kill(self, name: str) -> None:
-        """SIGKILL a worker (fault injection); its connection then reports the crash."""
-        worker = self.workers[name]
-        if worker.popen is not None:
-            worker.popen.kill()  # a no-op once reaped: never a recycled pid
-            worker.popen.wait()
-            return
-        if is_worker_of(worker.pid, self.token):
-            os.kill(worker.pid, 9)
-        else:
-            deadline = time.monotonic() + 5
-            while pid_alive(worker.pid) and time.monotonic() < deadline:
-                time.sleep(0.01)
+        """Kill worker `name` as a crash would (fault injection): its pointers then raise WorkerCrashedError."""
+        self[name]
+        self.backend.kill(name)
 
-    def restart(self, name: str) -> WorkerProcess:
-        """Stop (or clean up after) a worker and start it again with the same spec, empty."""
-        worker = self.workers[name]
-        spec = {k: v for k, v in worker.spec.items() if k not in ("endpoint", "namespace", "run_dir", "parent_pid", "owns_run_dir")}
-        self.stop_worker(name)
-        try:
-            os.unlink(self._endpoint(name).removeprefix("ipc://"))
-        except FileNotFoundError:
-            pass
-        return self.start_worker(spec)
+    def restart(self, name: str, wait: bool = True) -> VirtualWorker:
+        """Start worker `name` again, empty, with the same config; the handle keeps working."""
+        handle = self[name]
+        self.backend.restart(name)
+        if wait:
+            self.backend.wait_ready([name])
+        return handle
+
+    def stop(self, name: str) -> None:
+        """Stop one worker (its handle then raises WorkerShutdownError)."""
+        if name in self.backend.names():
+            self.backend.stop(name)
 
     def shutdown(self) -> None:
-        """Owned: stop every worker, remove every segment and the run directory.
-        Attached: stop only the workers this process started; close the rest's connections."""
-        if self.closed:
-            return
-        self.closed = True
-        for name, worker in list(self.workers.items()):
-            if self.owner or worker.popen is not None:
-                self.stop_worker(name)
-            elif worker.connection is not None:
-                worker.connection.close("detached")
-        if self.owner:
-            segments.sweep(self.namespace)
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-        else:
-            # Our pooled segments carry the simulation's name, so its sweep would get them, but
-            # only when it ends: a script that attached and left must not leave them until then.
-            segments.close(self.namespace)
+        """Stop the simulation (an attached one only detaches)."""
+        release_default(self)
+        self.backend.shutdown()
 
-    # -- facts ----------------------------------------------------------------
-    def pids(self) -> dict[str, int]:
-        return {name: w.pid for name, w in self.workers.items()}
+    def __enter__(self) -> "Simulation":
+        return self
 
-    def _write_pids(self) -> None:
-        if not os.path.isdir(self.run_dir):
-            return
-        known = read_pids(self.run_dir) if not self.owner else {}
-        known.update(self.pids())
-        rundir.write_json(os.path.join(self.run_dir, "pids.json"), known)
-
-    def _write_meta(self, ready: bool) -> None:
-        rundir.write_json(os.path.join(self.run_dir, "simulation.json"), {
-            "name": self.name, "owner_pid": self.owner_pid, "owner_started": self.owner_started,
-            "namespace": self.namespace, "token": self.token, "ready": ready,
-            "request_timeout_s": self.request_timeout_s,
-        })
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
 
     def __repr__(self) -> str:
-        role = "owned" if self.owner else "attached"
-        return f"<Cluster {self.name!r} {role} workers={sorted(self.workers)} run_dir={self.run_dir}>"
+        role = "" if self.owner else " (attached)"
+        return f"<Simulation {self.name!r}{role} workers: {', '.join(self.backend.names())}>"
 
 
-def running_simulations() -> list[tuple[str, dict]]:
-    """(run_dir, simulation.json) of every simulation of this user whose owner is alive."""
-    found = []
-    for path in rundir.run_dirs():
-        try:
-            meta = read_meta(path)
-        except SimsyftError:
-            continue
-        if owner_alive(meta):
-            found.append((path, meta))
-    return found
+def launch(config: str | os.PathLike | SimulationConfig, wait: bool = True) -> Simulation:
+    """Start every worker of a config file; returns when all answer (or raises).
 
-
-def owned_by_cli(meta: dict) -> bool:
-    """Whether a simulation's owner is a `simsyft up` process (not some user's Python script)."""
-    try:
-        with open(f"/proc/{int(meta['owner_pid'])}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except (OSError, KeyError, ValueError):
-        return False
-    return b"up" in argv and any(part.endswith(b"simsyft") for part in argv)
-
-
-def find_run_dir(name: str | None = None) -> str:
-    """The run directory of the running simulation called `name` (the only one, if None).
-
-    Simulations started by `simsyft up` win over ones that user scripts own."""
-    running = running_simulations()
-    matches = [(d, m) for d, m in running if name is None or m.get("name") == name]
-    if len(matches) > 1 and any(owned_by_cli(m) for _, m in matches):
-        matches = [(d, m) for d, m in matches if owned_by_cli(m)]
-    if not matches:
-        known = ", ".join(sorted({m.get("name", "?") for _, m in running})) or "none"
-        wanted = f"called {name!r}" if name else "at all"
-        raise SimsyftError(f"no running simulation {wanted} (running: {known}); start one with `simsyft up CONFIG`")
-    if len(matches) > 1:
-        raise SimsyftError(
-            f"{len(matches)} running simulations match{' ' + repr(name) if name else ''}: "
-            + ", ".join(f"{m.get('name')} (owner pid {m.get('owner_pid')})" for _, m in matches)
-            + "; name one"
-        )
-    return matches[0][0]
-
-
-def sweep_stale() -> list[str]:
-    """Remove run dirs, worker processes and segments of this user's simulations whose owner is dead.
-
-    Only what lies in the run root is read, only processes proven to be that simulation's workers
-    are killed, and only segments this uid owns are unlinked (Note [Nothing outside the run root
-    is trusted]).
+    The simulation becomes the default one, so `sy.VirtualWorker(hook, id="bob")`
+    reaches its bob.
     """
-    removed: list[str] = []
-    alive: dict[str, bool] = {}  # namespace -> whether its owner lives
-    for path in rundir.run_dirs():
-        namespace = os.path.basename(path)
+    cfg = config if isinstance(config, SimulationConfig) else load_config(config)
+    backend = backends.create(cfg.backend, cfg.name, cfg.request_timeout_s)
+    try:
+        for worker in cfg.workers:
+            backend.start(worker)  # all start in parallel: each imports torch on its own
+        if wait:
+            backend.wait_ready()
+    except BaseException:
+        backend.shutdown()
+        raise
+    sim = Simulation(backend, cfg)
+    adopt_default(sim)
+    return sim
+
+
+def connect(name: str | None = None, timeout: float = 0.0) -> Simulation:
+    """Attach this process to a running simulation (started by `simsyft up` or `launch`).
+
+    Waits up to `timeout` seconds for it to appear. Shutting the returned
+    Simulation down only detaches; the owner keeps it running.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
         try:
-            meta = read_meta(path)
+            run_dir = find_run_dir(name)
+            break
         except SimsyftError:
-            meta = None  # being created right now, or broken: judge by the pid in its name
-        if meta is not None:
-            alive[namespace] = owner_alive(meta)
-        else:
-            alive[namespace] = pid_alive(int(namespace.split("-", 1)[0]))
-        if alive[namespace]:
-            continue
-        token = meta.get("token", "") if meta is not None else ""
-        for pid in read_pids(path).values():
-            if is_worker_of(pid, token):  # never a recycled pid, nor another simulation's worker
-                try:
-                    os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    uid = os.getuid()
-    for name in shm.list_segments():
-        m = _SHM_RE.match(name)
-        if not m:
-            continue
-        owner_lives = alive.get(m.group(1))
-        if owner_lives is None:
-            owner_lives = pid_alive(int(m.group(2)))
-        if owner_lives:
-            continue
-        path = os.path.join(shm.SHM_DIR, name)
-        try:
-            if os.lstat(path).st_uid != uid:
-                continue  # another user's: not ours to judge (root could unlink it)
-            os.unlink(path)
-            removed.append(name)
-        except FileNotFoundError:
-            pass
-    return removed
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+    sim = attach(run_dir)
+    adopt_default(sim)
+    return sim
+
+
+def attach(run_dir: str) -> Simulation:
+    """The simulation in local run directory `run_dir`, attached (not made the default)."""
+    from .backends.local import LocalBackend
+
+    return Simulation(LocalBackend.attach(run_dir))
+
+
+# -- the default simulation ---------------------------------------------------------------------
+# A stack: launch()/connect() push theirs, and shutting one down uncovers the one below (the
+# implicit simulation, usually).
+_lock = threading.RLock()
+_stack: list[Simulation] = []
+
+
+def default_simulation() -> Simulation:
+    """The simulation `sy.VirtualWorker` uses: the latest launched or connected one, else the
+    one named by $SIMSYFT_RUN_DIR, else an implicit one started on first use."""
+    with _lock:
+        while _stack and _stack[-1].closed:
+            _stack.pop()
+        if not _stack:
+            run_dir = os.environ.get(RUN_DIR_ENV)
+            sim = attach(run_dir) if run_dir else Simulation(backends.create("local", "implicit", REQUEST_TIMEOUT_S))
+            atexit.register(_close_at_exit, sim)
+            _stack.append(sim)
+        return _stack[-1]
+
+
+def adopt_default(sim: Simulation) -> None:
+    """Make `sim` the default simulation until it shuts down."""
+    with _lock:
+        _stack.append(sim)
+        atexit.register(_close_at_exit, sim)
+
+
+def release_default(sim: Simulation) -> None:
+    """`sim` is no longer the default simulation (it may keep running)."""
+    with _lock:
+        if sim in _stack:
+            _stack.remove(sim)
+
+
+def _close_at_exit(sim: Simulation) -> None:
+    """At interpreter exit: an attached process frees what its still-live pointers own (the
+    workers outlive it), then detaches; an owner just stops its workers."""
+    if not sim.owner and not sim.closed:
+        handles.release_pointers(sim)
+    sim.shutdown()
+
+
+def shutdown() -> None:
+    """Stop every simulation this process started (detach from attached ones): no process,
+    no segment remains."""
+    with _lock:
+        sims = list(reversed(_stack))
+        _stack.clear()
+    for sim in sims:
+        sim.backend.shutdown()
+
+
+handles.default_simulation = default_simulation  # Note [The default simulation] in handles.py

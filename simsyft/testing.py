@@ -29,11 +29,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
-import os
-import secrets
 import sys
 import warnings
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -41,13 +38,14 @@ import torch
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, multiple, precondition, rule
 
-from .wire import segments as shm_pool
-from .connection import Connection
+from .backends.inprocess import InProcessBackend
+from .config import WorkerConfig
 from .errors import LocationMismatchError, ObjectNotFoundError, RemoteValueError
+from .handles import VirtualWorker
 from .hook import TorchHook
 from .pointer import PointerTensor, pipeline
-from .worker import WorkerCore
-from .workers import VirtualWorker
+from .simulation import Simulation
+from .wire import segments as shm_pool
 
 __all__ = [
     "BINARY_KINDS",
@@ -60,7 +58,6 @@ __all__ = [
     "Apply",
     "Backward",
     "Get",
-    "InProcessConnection",
     "Meta",
     "Op",
     "Outcome",
@@ -86,44 +83,23 @@ __all__ = [
 
 # -- the in-process worker ------------------------------------------------------
 
-class InProcessConnection(Connection):
-    """Same interface as ZmqConnection; the 'worker' is a WorkerCore in this process.
+_INPROCESS: list = []  # the shared in-process simulation, while one is open
 
-    The in-process workers open at one time form one simulation: one segment namespace (a
-    worker maps only its own simulation's segments, and move() goes between them), swept
-    when the last of them closes.
-    """
 
-    _shared: list = [None, 0]  # [namespace, connections open]
-
-    def __init__(self, name: str) -> None:
-        shared = InProcessConnection._shared
-        if not shared[1]:
-            shared[0] = f"{os.getpid()}-{secrets.token_hex(4)}"
-        shared[1] += 1
-        super().__init__(name, namespace=shared[0])
-        self.core = WorkerCore(name, self.namespace)
-        self._replies: deque[list] = deque()
-
-    def _send(self, frames: list) -> None:
-        reply = self.core.handle([bytes(f) for f in frames])
-        if reply is not None:
-            self._replies.append([bytes(f) for f in reply])
-
-    def _recv(self) -> list:
-        return self._replies.popleft()
-
-    def _close(self) -> None:
-        self.core.store.clear()
-        shared = InProcessConnection._shared
-        shared[1] -= 1
-        if not shared[1]:
-            shm_pool.sweep(self.namespace)
+def _in_process_simulation() -> Simulation:
+    """The in-process workers open at one time form one simulation: one segment namespace (a
+    worker maps only its own simulation's segments, and move() goes between them)."""
+    if not _INPROCESS or _INPROCESS[0].closed:
+        _INPROCESS[:] = [Simulation(InProcessBackend("inprocess"))]
+    return _INPROCESS[0]
 
 
 def in_process_worker(name: str = "bob") -> VirtualWorker:
-    """A worker handle backed by an in-process WorkerCore (no process, same protocol)."""
-    return VirtualWorker.over(InProcessConnection(name), name)
+    """A fresh worker `name` in this process (backends/inprocess.py: no process, same protocol)."""
+    sim = _in_process_simulation()
+    sim.stop(name)  # a fresh, empty worker each time
+    sim.backend.start(WorkerConfig(name))
+    return sim.handle(name)
 
 
 # -- comparing remote with local -------------------------------------------------
@@ -971,7 +947,7 @@ class WorkerPool:
         uses them. Should be none once the workers' stores are empty. Segments are pooled and
         reused (simsyft/wire/segments.py), so their names alone say nothing; a worker process's own
         segments are its business, checked by the leak checks at shutdown."""
-        spaces = {h.connection.namespace for h in self.workers}
+        spaces = {h.simulation.namespace for h in self.workers}
         return [name for space in spaces for name in shm_pool.lost(space)]
 
     def close(self) -> None:

@@ -1,7 +1,7 @@
 """The op allowlist: which torch callables a worker may run, by wire name.
 
-Owns the table {op name -> torch callable} and `run`. Knows no sockets and no
-messages; imports torch and simsyft.errors only.
+Owns the table {op name -> torch callable} and op names. Knows no sockets and
+no messages; imports torch and simsyft.errors only.
 
 Wire names are `torch.overrides.resolve_name(func)` ("torch.add",
 "torch.Tensor.sum", "torch.Tensor.grad.__get__"). The table starts from
@@ -11,23 +11,22 @@ private names, serialization, raw storage and pointer access, hooks (they take
 callables) and NumPy/DLPack export. A name is never walked with getattr, so
 nothing outside the table can be reached.
 
-`run` also keeps every tensor's view inside its storage (Note [Views stay inside
-their storage]); `inside_storage` is that check, for the worker's `info()`.
-Hot path: bench/simsyft_rows.py (small op, pipelined) guards its cost.
+The table is built on first use (a client that never asks pays nothing at
+import); worker/execute.py runs ops from it. A new op is usually already here
+(torch's overridable list); docs/architecture.md says what to check.
 """
 
 from __future__ import annotations
 
-import inspect
 import re
 from typing import Any, Callable
 
 import torch
 from torch.overrides import get_overridable_functions, resolve_name
 
-from ..errors import OpNotAllowedError, ViewOutsideStorageError
+from ..errors import OpNotAllowedError
 
-__all__ = ["inside_storage", "is_allowed", "is_guarded", "lookup", "op_name", "ops", "run"]
+__all__ = ["OPERATOR_DUNDERS", "is_allowed", "lookup", "op_name", "ops", "table"]
 
 _NAMESPACES = (
     "torch.",
@@ -90,206 +89,42 @@ def _build() -> dict[str, Callable]:
     return table
 
 
-_TABLE: dict[str, Callable] = _build()
-
-# Note [Views stay inside their storage]
-#     A strided tensor is a view (sizes, strides, storage offset) over a storage, and torch's
-#     kernels read and write through the view without checking it against the storage: a view
-#     reaching past the storage's end reads the worker's heap, overwrites it, or segfaults. torch
-#     keeps views inside, except where an op that changes a tensor's geometry in place fails
-#     halfway or overflows: resize_ / resize_as_ set the new sizes and then fail to allocate (or to
-#     grow a shared-memory storage, which cannot grow), an `out=` tensor is resized the same way,
-#     as_strided_ leaves the sizes it refused, and accepts strides whose reach overflows int64.
-#     So `run` snapshots the tensor arguments of every op that may move a view (`is_guarded`:
-#     torch's own `inplace_view` tag, any call with `out=`, property setters, Python functions
-#     taking `out` or **kwargs) and afterwards, returned or raised, puts any that reaches outside
-#     back as it was; their results, and as_strided's (the one view op whose geometry the caller
-#     picks), are checked too. Nothing else is (the common op pays a set lookup, ~0.05 us): a fresh
-#     result fits the storage torch just made for it, a view torch made by view/select/slice/
-#     expand/unfold/... picks elements of an input that lies inside (overflowing sizes and
-#     steps fuzzed: torch refuses them), and storages never shrink through allowlisted ops (set_
-#     and storage access are refused), so a tensor no op moved stays inside.
-#     WorkerCore.info()["views_outside_storage"] lists offenders: tests assert it stays empty.
-
-# In-place dunders have no aten schema of their own; these are the ops they run.
-_INPLACE_DUNDERS = {
-    "__iadd__": "add_", "__isub__": "sub_", "__imul__": "mul_", "__itruediv__": "div_", "__idiv__": "div_",
-    "__ifloordiv__": "floor_divide_", "__imod__": "remainder_", "__ipow__": "pow_", "__iand__": "__iand__",
-    "__ior__": "__ior__", "__ixor__": "__ixor__", "__ilshift__": "__ilshift__", "__irshift__": "__irshift__",
-}
+_TABLE: dict[str, Callable] | None = None  # built on first use: Note in the module docstring
 
 
-def _needs_guard(name: str, func: Callable) -> bool:
-    attr = name.rsplit(".", 1)[-1]
-    if attr == "__set__":
-        return True  # x.data = y gives x y's storage and geometry
-    if "as_strided" in attr:
-        return True  # the caller picks the geometry (and as_strided_ lets an overflowing one through)
-    python = inspect.unwrap(func)
-    if inspect.isfunction(python):  # Python-level: `out` may come positionally, or hide in **kwargs
-        params = inspect.signature(python).parameters.values()
-        return any(p.name == "out" or p.kind is p.VAR_KEYWORD for p in params)
-    in_place = (attr.endswith("_") and not attr.startswith("__")) or attr in _INPLACE_DUNDERS
-    if not in_place:
-        return False  # functional: writes no argument, except out= (checked per call)
-    if "resize" in attr:
-        return True  # sparse_resize_* and resize_as_sparse_ lack the tag
-    packet = getattr(torch.ops.aten, _INPLACE_DUNDERS.get(attr, attr), None)
-    if not isinstance(packet, torch._ops.OpOverloadPacket):
-        return True  # in place, and torch says no more: assume the worst
-    return any(torch.Tag.inplace_view in getattr(packet, overload).tags for overload in packet.overloads())
-
-
-_GUARDED: frozenset[str] = frozenset(name for name, func in _TABLE.items() if _needs_guard(name, func))
+def table() -> dict[str, Callable]:
+    """The allowlist {op name -> callable}, built once."""
+    global _TABLE
+    if _TABLE is None:
+        _TABLE = _build()
+    return _TABLE
 
 
 def ops() -> frozenset[str]:
     """Every op name a worker accepts."""
-    return frozenset(_TABLE)
+    return frozenset(_TABLE or table())
+
+
+_NAMES: dict[Any, str | None] = {}
 
 
 def op_name(func: Any) -> str | None:
-    """Wire name of a torch callable (None if torch cannot name it)."""
-    return resolve_name(func)
+    """Wire name of a torch callable (None if torch cannot name it); cached, as it runs per op."""
+    try:
+        return _NAMES[func]
+    except KeyError:
+        name = _NAMES[func] = resolve_name(func)
+        return name
+    except TypeError:  # unhashable: not a torch callable anyway
+        return resolve_name(func)
 
 
 def is_allowed(name: str) -> bool:
-    return name in _TABLE
+    return name in (_TABLE or table())
 
 
 def lookup(name: str) -> Callable:
     try:
-        return _TABLE[name]
+        return (_TABLE or table())[name]
     except (KeyError, TypeError):
         raise OpNotAllowedError(f"{name!r} is not in simsyft's op allowlist (simsyft/wire/ops.py)") from None
-
-
-def is_guarded(name: str) -> bool:
-    """Whether `run` guards op `name` (Note [Views stay inside their storage]); any call with out= is too."""
-    return name in _GUARDED
-
-
-def run(name: str, args: tuple, kwargs: dict) -> Any:
-    """Run allowlisted op `name`; anything it raises propagates unchanged.
-
-    No tensor argument or result is left viewing outside its storage (Note [Views stay
-    inside their storage]): an argument the op moved outside is put back as it was (and the
-    op's own error raised, or ViewOutsideStorageError if it returned); an outside result is
-    never returned.
-    """
-    func = lookup(name)
-    if name in _GUARDED or "out" in kwargs:
-        return _run_guarded(name, func, args, kwargs)
-    try:
-        return func(*args, **kwargs)
-    except Exception as exc:
-        # torch's tags say this op moves no view; should one have moved anyway, no snapshot
-        # exists to put it back, so _settle empties it rather than leave it outside. Costs
-        # nothing unless the op raised.
-        _settle(name, [(t, None, 0, (), ()) for t in _tensors((args, kwargs), [])], exc)
-        raise
-
-
-def inside_storage(tensor: torch.Tensor) -> bool:
-    """Whether every element `tensor` views lies inside its storage (an empty view always does)."""
-    if tensor.layout is not torch.strided:
-        return True  # sparse and other layouts have no single storage for one view to overrun
-    first = last = tensor.storage_offset()
-    empty = False
-    for size, stride in zip(tensor.size(), tensor.stride()):
-        if size <= 0:
-            if size < 0:
-                return False  # a failed resize_(-n) leaves a negative size behind
-            empty = True
-        elif stride > 0:
-            last += (size - 1) * stride  # Python ints: a reach that overflows int64 is still seen
-        elif stride < 0:
-            first += (size - 1) * stride
-    if empty:
-        return True
-    return first >= 0 and (last + 1) * tensor.element_size() <= tensor.untyped_storage().nbytes()
-
-
-def _tensors(value: Any, found: list) -> list:
-    """Append the strided tensors in an op's arguments or result (nested tuples, lists, dict values)."""
-    if isinstance(value, torch.Tensor):
-        if value.layout is torch.strided:
-            found.append(value)
-    elif isinstance(value, (tuple, list)):
-        for item in value:
-            _tensors(item, found)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _tensors(item, found)
-    return found
-
-
-def _run_guarded(name: str, func: Callable, args: tuple, kwargs: dict) -> Any:
-    tensors = _tensors(args, [])
-    if kwargs:
-        _tensors(kwargs, tensors)
-    before = [(t, t.untyped_storage(), t.storage_offset(), t.size(), t.stride()) for t in tensors]
-    try:
-        result = func(*args, **kwargs)
-    except Exception as exc:
-        _settle(name, before, exc)
-        raise
-    _settle(name, before, None)
-    if isinstance(result, torch.Tensor) and any(result is t for t in tensors):
-        return result  # in place or out=: settled above
-    for item in _tensors(result, []):
-        if not any(item is t for t in tensors) and not inside_storage(item):
-            raise _outside_result(name, item)
-    return result
-
-
-def _settle(name: str, before: list, exc: Exception | None) -> None:
-    """Put back every tensor the op left outside its storage; then fail if it returned.
-
-    `before` holds (tensor, storage, offset, sizes, strides), or (tensor, None, ...) where no
-    geometry was taken (then an outside tensor is emptied, there being nothing to go back to).
-    """
-    moved = []
-    for tensor, storage, offset, size, stride in before:
-        if (storage is not None and tensor.storage_offset() == offset and tensor.size() == size
-                and tensor.stride() == stride and tensor.untyped_storage()._cdata == storage._cdata):
-            continue  # untouched, and it was inside: ~0.4 us, half a full check
-        if inside_storage(tensor):
-            continue
-        bad = _describe(tensor)
-        version = tensor._version  # as the op left it: putting the geometry back is not a write
-        with torch.no_grad():
-            if storage is None:
-                tensor.set_(tensor.untyped_storage(), 0, (0,), (1,))
-            else:
-                tensor.set_(storage, offset, size, stride)
-        _set_version(tensor, version)
-        moved.append((bad, list(tensor.shape), storage is None))
-    if not moved:
-        return
-    what = "; ".join(f"{bad} was {'emptied (no earlier geometry known)' if emptied else f'put back to shape {shape}'}"
-                     for bad, shape, emptied in moved)
-    if exc is not None:
-        exc.add_note(f"simsyft: {name} failed after moving a tensor's view outside its storage: {what}")
-        return
-    raise ViewOutsideStorageError(
-        f"{name} left a tensor viewing memory outside its storage: {what}; the op is refused, "
-        "check its sizes, strides and offset")
-
-
-def _outside_result(name: str, tensor: torch.Tensor) -> ViewOutsideStorageError:
-    return ViewOutsideStorageError(
-        f"{name} returned a tensor viewing memory outside its storage ({_describe(tensor)}); "
-        "it is not stored, check the op's sizes, strides and offset")
-
-
-def _describe(tensor: torch.Tensor) -> str:
-    storage = tensor.untyped_storage().nbytes() if tensor.layout is torch.strided else 0
-    return (f"sizes {list(tensor.shape)}, strides {list(tensor.stride())}, storage offset "
-            f"{tensor.storage_offset()} over a {storage}-byte storage")
-
-
-def _set_version(tensor: torch.Tensor, version: int) -> None:
-    reset = getattr(torch._C._autograd, "_unsafe_set_version_counter", None)
-    if reset is not None and tensor._version != version:
-        reset((tensor,), (version,))

@@ -92,6 +92,7 @@ _EXPORTS: dict[int, list] = {}
 class _PerThread(threading.local):
     claims: list | None = None  # (segment, ticket, export) received by the message handled on this thread
     sent: list | None = None  # (segment, ticket) armed by the message encoded on this thread
+    shm_bytes: int = 0  # tensor bytes sent or received through segments on this thread (links count them)
 
 
 # The receipt and the record of armed segments of the message in progress on each thread. The
@@ -190,6 +191,7 @@ def receive(path: Any, capacity: Any, nbytes: int, ticket: Any, namespace: str) 
             seg.uses -= 1
             raise
         seg.ticket.value = 0  # received: the same descriptor is refused from now on
+        _thread.shm_bytes += nbytes
         claims = _thread.claims
         export = [seg, claims is not None, True]
         address = flat.data_ptr()

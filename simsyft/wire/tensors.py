@@ -136,6 +136,7 @@ def encode_tensor(tensor: torch.Tensor, buffers: list, namespace: str, inline_ma
             segments.abandon(seg)
             raise
         data = (SEGMENT, seg.path, seg.capacity, segments.arm(seg))
+        IN_FLIGHT.shm_bytes += nbytes
     try:
         grad_desc = encode_tensor(grad, buffers, namespace, inline_max) if grad is not None else None
     except BaseException:
@@ -159,6 +160,8 @@ class Handover:
 
     def describe(self, buffers: list, namespace: str) -> tuple:
         grad_desc = encode_tensor(self.grad, buffers, namespace) if self.grad is not None else None
+        if self.given is not None:
+            IN_FLIGHT.shm_bytes += self.given[2]  # the bytes cross in the handed-on segment
         return (*self.meta, self.data, grad_desc)
 
 

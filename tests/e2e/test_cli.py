@@ -138,7 +138,7 @@ class Cleanup:
         self.paths: list[str] = []
 
     def run(self) -> None:
-        from simsyft.simulation import running_simulations
+        from simsyft.rundir import running_simulations
 
         running = {m.get("name") for _, m in running_simulations()}
         for name in self.names:

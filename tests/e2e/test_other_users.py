@@ -25,7 +25,7 @@ import time
 import pytest
 
 from simsyft import rundir
-from simsyft.simulation import sweep_stale
+from simsyft.rundir import sweep_stale
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

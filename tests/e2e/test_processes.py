@@ -18,8 +18,9 @@ import torch
 
 import simsyft as sy
 from simsyft.wire import shm
-from simsyft.simulation import Cluster
-from simsyft.workers import VirtualWorker
+from simsyft.backends.local import LocalBackend
+from simsyft.config import WorkerConfig
+from simsyft.simulation import Simulation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -47,9 +48,8 @@ def test_run_directory_is_private_and_holds_the_endpoint(process_bob):
     sim = process_bob.simulation
     mode = stat.S_IMODE(os.stat(sim.run_dir).st_mode)
     assert mode == 0o700
-    endpoint = sim.workers["bob"].spec["endpoint"]
-    assert endpoint == f"ipc://{sim.run_dir}/bob.sock"
-    assert stat.S_ISSOCK(os.stat(endpoint.removeprefix("ipc://")).st_mode)
+    endpoint = os.path.join(sim.run_dir, "bob.sock")
+    assert stat.S_ISSOCK(os.stat(endpoint).st_mode)
 
 
 def test_worker_runs_one_torch_thread(process_bob):
@@ -102,10 +102,10 @@ def test_shutdown_one_worker(hook):
 
 
 def test_worker_log_tail_in_crash_message(hook, tmp_path):
-    sim = Cluster("logs")
+    sim = Simulation(LocalBackend("logs"))
     try:
-        worker = sim.start_worker({"name": "broken", "cpus": [10_000]})  # affinity fails at start
-        handle = VirtualWorker.over(worker.connection, "broken")
+        sim.backend.start(WorkerConfig("broken", cpus=(10_000,)))  # affinity fails at start
+        handle = sim["broken"]
         with pytest.raises(sy.WorkerCrashedError, match=r"(?s)broken.*exited with 1;.*last stderr:.*ValueError: invalid CPU 10000"):
             torch.ones(1).send(handle)
     finally:
@@ -166,7 +166,7 @@ def test_kill_9_of_the_client_leaves_nothing():
 
 def test_stale_leftovers_are_swept():
     from simsyft.rundir import run_root
-    from simsyft.simulation import sweep_stale
+    from simsyft.rundir import sweep_stale
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

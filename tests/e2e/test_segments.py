@@ -20,7 +20,7 @@ import torch
 
 import simsyft as sy
 from simsyft.wire import codec, messages, segments, shm, tensors
-from simsyft.connection import rebuild_exception
+from simsyft.links.link import rebuild_exception
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIG = 1 << 20  # float32 elements: 4 MiB

@@ -268,7 +268,7 @@ def test_bad_config_is_refused_before_anything_starts(tmp_path, hook):
 
 def test_an_attached_client_leaves_no_segment_of_its_own(two_workers):
     attached = sy.connect("e2e-two")
-    namespace = attached.cluster.namespace
+    namespace = attached.namespace
     big = torch.arange(tensors.INLINE_MAX, dtype=torch.float32)  # 4x the limit: a segment
     try:
         p = big.send(attached["bob"])
@@ -283,7 +283,7 @@ def test_an_attached_client_leaves_no_segment_of_its_own(two_workers):
 def test_connect_attaches_to_a_running_simulation(two_workers):
     attached = sy.connect("e2e-two")
     try:
-        assert not attached.cluster.owner
+        assert not attached.owner
         assert attached["bob"].pid == two_workers["bob"].pid
         p = torch.tensor([1.0, 2.0]).send(attached["bob"])
         assert p.id_at_location in two_workers["bob"]._objects

@@ -11,8 +11,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import rule
 
-from simsyft.testing import InProcessConnection, Op, PointerMachine, WorkerPool
-from simsyft.workers import VirtualWorker
+from simsyft.backends.inprocess import InProcessBackend, InProcessLink
+from simsyft.config import WorkerConfig
+from simsyft.simulation import Simulation
+from simsyft.testing import Op, PointerMachine, WorkerPool
 
 THOROUGH = settings.default.max_examples >= 1000  # the `thorough` profile (tests/property/conftest.py)
 
@@ -59,14 +61,14 @@ def test_subclass_adds_rules(simsyft_inprocess):
 
 # -- mutants: the machine must notice a broken worker ----------------------------------
 
-class LeakyConnection(InProcessConnection):
-    """A worker connection that loses every free (dropped pointers leak)."""
+class LeakyLink(InProcessLink):
+    """A link that loses every free (dropped pointers leak)."""
 
     def free(self, object_id):
         pass
 
 
-class BitFlipConnection(InProcessConnection):
+class BitFlipLink(InProcessLink):
     """A worker whose tensor data arrives with its first byte inverted (Fetch, Objects)."""
 
     def _recv(self):
@@ -80,10 +82,13 @@ MUTANT_SETTINGS = settings(max_examples=200, database=None, phases=[Phase.genera
                            suppress_health_check=list(HealthCheck))
 
 
-@pytest.mark.parametrize("connection", [LeakyConnection, BitFlipConnection])
-def test_machine_catches_broken_workers(connection):
-    handles = {name: VirtualWorker.over(connection(name), name) for name in ("bob", "alice")}
-    pool = WorkerPool(handles, close=lambda: [h.shutdown() for h in handles.values()], backend="mutant")
+@pytest.mark.parametrize("link", [LeakyLink, BitFlipLink])
+def test_machine_catches_broken_workers(link):
+    backend = type("MutantBackend", (InProcessBackend,), {"link_class": link})("mutant")
+    sim = Simulation(backend)
+    for name in ("bob", "alice"):
+        backend.start(WorkerConfig(name))
+    pool = WorkerPool(sim.workers, close=sim.shutdown, backend="mutant")
     try:
         with pytest.raises(AssertionError):
             PointerMachine.run(pool, MUTANT_SETTINGS)

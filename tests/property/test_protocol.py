@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from simsyft.wire import codec, messages, segments, shm, tensors as wire_tensors
 from simsyft.errors import ProtocolError
 from simsyft.testing import DTYPES, tensors
-from simsyft.worker import WorkerCore
+from simsyft.worker.core import WorkerCore
 
 THOROUGH = settings.default.max_examples >= 1000  # the `thorough` profile (tests/property/conftest.py)
 

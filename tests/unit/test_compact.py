@@ -26,7 +26,7 @@ from simsyft import testing
 from simsyft.wire import codec, compact, messages, segments, shm, tensors
 from simsyft.errors import ProtocolError
 from simsyft.wire.messages import Ack, Command, ErrorReply, Fetch, Message, Ref, Store, Value
-from simsyft.worker import WorkerCore
+from simsyft.worker.core import WorkerCore
 
 PICKLE = b"\x80"
 TAGS = {Command: b"C", Ack: b"A", Store: b"S", Value: b"V", Fetch: b"F"}

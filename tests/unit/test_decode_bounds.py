@@ -23,7 +23,7 @@ import torch
 from simsyft.wire import codec, messages, tensors
 from simsyft.errors import ProtocolError
 from simsyft.wire.messages import Ack, Command, ErrorReply, Fetch, Info, Ref, Value
-from simsyft.worker import WorkerCore
+from simsyft.worker.core import WorkerCore
 from tests import hostile_frames as H
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -271,7 +271,7 @@ def test_worker_core_survives_the_frames_that_crashed_it():
         import torch
         from simsyft.wire import codec, messages
         from simsyft.wire.messages import Command, Ref
-        from simsyft.worker import WorkerCore
+        from simsyft.worker.core import WorkerCore
         from tests import hostile_frames as H
         core = WorkerCore("bob")
         core.store[5] = torch.arange(6.0)

@@ -17,7 +17,7 @@ import uuid
 import pytest
 import torch
 
-from simsyft import simulation
+from simsyft import rundir
 
 from simsyft.wire import messages, segments, shm, tensors
 from simsyft.errors import ObjectNotFoundError, ProtocolError
@@ -87,7 +87,7 @@ def test_names_carry_an_unguessable_part(ns):
     assert len({shm.SEGMENT_RE.fullmatch(n)["token"] for n in names}) == 3
     sim_ns = f"{os.getpid()}-{secrets.token_hex(4)}"  # a simulation's namespace: the dead-owner sweep reads it
     name = f"{shm.segment_prefix(sim_ns)}{os.getpid()}_{secrets.token_hex(8)}"
-    assert simulation._SHM_RE.match(name).group(2) == str(os.getpid()) and shm.SEGMENT_RE.fullmatch(name)
+    assert rundir._SHM_RE.match(name).group(2) == str(os.getpid()) and shm.SEGMENT_RE.fullmatch(name)
     for d in descs:
         tensors.decode_tensor(d, [], ns)
 

@@ -11,7 +11,7 @@ import torch
 
 from simsyft.wire import codec, messages, segments, shm, tensors
 from simsyft.wire.messages import Ack, Aliases, Clear, Command, ErrorReply, Fetch, Free, Info, Objects, Ref, Search, Shutdown, Store, Value
-from simsyft.worker import WorkerCore
+from simsyft.worker.core import WorkerCore
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 Owns setting RLIMIT_DATA in a worker process, reading its memory from /proc/self/status,
 and telling an allocation the limit refused (MemoryLimitError) from any other failure.
-Imports torch, simsyft.config (size formatting) and simsyft.errors; used only by worker.py.
+Imports torch, simsyft.config (size formatting) and simsyft.errors; used only by the worker (core.py, main.py).
 
 Note [Memory limit]: since Linux 4.7, RLIMIT_DATA bounds a process's private writable
 mappings: the heap and anonymous mmaps (where torch's CPU allocator and Python get memory)
@@ -25,8 +25,8 @@ import re
 
 import torch
 
-from .config import format_size
-from .errors import MemoryLimitError
+from ..config import format_size
+from ..errors import MemoryLimitError
 
 __all__ = ["enforce", "memory_status", "private_resident", "refused"]
 

@@ -1,10 +1,14 @@
-"""The client side of one worker: send a message, wait for its reply, surface crashes.
+"""One party's link to another: send a message, wait for its reply, surface crashes, count bytes.
 
-Owns `Connection` (sequence numbers, batched frees, error rebuilding, traffic
-counters) and `ZmqConnection` (a DEALER socket over ipc). This is the seam
-between the user layer and transports: simsyft.testing provides an in-process
-connection with the same interface, so pointer code runs without processes.
-Imports protocol, sharing (segment receipts), config (the default timeout) and
+Owns `Link`, the one path every message between two parties takes: the client
+to a worker (a handle's `connection`) and a worker to another (pointer chains,
+`move`). It numbers requests, batches frees, matches replies, rebuilds remote
+exceptions, enforces the request timeout, and counts the traffic of both
+directions (`LinkStats`: messages, bytes in frames, bytes through shared
+memory). Transports subclass it with `_send`/`_recv`/`_close`: ZeroMQ
+(links/zmq.py), a worker in this process (backends/inprocess.py), a worker
+reaching itself (worker/peers.py). Traffic accounting and network emulation
+belong here, in one place. Imports wire, config (the default timeout) and
 errors; never the worker loop nor the user layer.
 
 Speed is guarded by bench/ (row "small sync op" against a raw REQ/REP).
@@ -13,41 +17,48 @@ Speed is guarded by bench/ (row "small sync op" against a raw REQ/REP).
 from __future__ import annotations
 
 import builtins
-import os
-import signal
 import threading
-import time
 from typing import Any, Callable
 
-from . import errors
+from .. import errors
+from ..errors import RemoteError, WorkerShutdownError, WorkerTimeoutError
+from ..wire import codec, messages, tensors
 
-from .wire import codec, messages, tensors
-from .config import REQUEST_TIMEOUT_S
-from .errors import RemoteError, WorkerCrashedError, WorkerShutdownError, WorkerTimeoutError
+__all__ = ["Link", "LinkStats", "rebuild_exception"]
 
-__all__ = ["Connection", "ZmqConnection", "pid_alive", "rebuild_exception"]
-
-# A blocking receive with a timeout beats poll()+recv() by ~25 us per round trip
-# (DESIGN.md); 100 ms bounds how late a crash, or the end of request_timeout_s, is noticed.
-_RECV_TIMEOUT_MS = 100
-# Before a request, whether the worker process still exists is asked at most this often
-# (a waitpid, or /proc for an attached client: 2-10 us, more than the rest of a small op's
-# client work). In between, a dead worker is still noticed by the send or receive timeout.
-_LIVENESS_INTERVAL_S = 0.05
 _FREE_BATCH = 256
-_IN_FLIGHT = tensors.IN_FLIGHT  # the segments of the message in progress on this thread (pool.py)
+_IN_FLIGHT = tensors.IN_FLIGHT  # the segments of the message in progress on this thread (wire/segments.py)
 
 
-class Connection:
-    """Client side of one worker, independent of transport.
+class LinkStats:
+    """Traffic in one direction of a link: messages, bytes in frames, and bytes that crossed
+    through shared memory (what a real network would carry on top of the frames)."""
+
+    __slots__ = ("messages", "bytes", "shm_bytes")
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.bytes = 0
+        self.shm_bytes = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"messages": self.messages, "bytes": self.bytes, "shm_bytes": self.shm_bytes}
+
+    def __repr__(self) -> str:
+        return f"<LinkStats messages={self.messages} bytes={self.bytes} shm_bytes={self.shm_bytes}>"
+
+
+class Link:
+    """One party's link to another (`source` -> `name`), independent of transport.
 
     Subclasses implement `_send(frames)` and `_recv() -> frames`; `_recv` must
     raise WorkerCrashedError when the worker is gone rather than block forever, and
     WorkerTimeoutError once the current request has waited `_wait_s` seconds (0: never).
     """
 
-    def __init__(self, name: str, namespace: str = "", timeout_s: float = 0.0) -> None:
-        self.name = name
+    def __init__(self, name: str, namespace: str = "", timeout_s: float = 0.0, source: str = "me") -> None:
+        self.name = name  # the party at the other end
+        self.source = source  # this end: "me" for the client, a worker's name for worker to worker
         self.namespace = namespace
         self.timeout_s = timeout_s  # [simulation] request_timeout_s; 0 waits forever
         self.pid: int | None = None  # the worker's, when known: named in timeout errors
@@ -59,10 +70,8 @@ class Connection:
         self._deferred: list[messages.ErrorReply] = []  # failures of pipelined commands, not yet raised
         self.posted = 0  # pipelined commands sent since the last synchronising request
         self._lock = threading.RLock()
-        self.bytes_sent = 0
-        self.bytes_received = 0
-        self.messages_sent = 0
-        self.messages_received = 0
+        self.sent = LinkStats()  # source -> name
+        self.received = LinkStats()  # name -> source
         self._armed: list = []  # segments sent in messages the worker has not answered yet (tensors.reclaim)
 
     # -- transport hooks --------------------------------------------------
@@ -103,8 +112,6 @@ class Connection:
                 self._transmit(self._encode(msg))
                 while True:
                     frames = self._recv()
-                    self.bytes_received += codec.frames_size(frames)
-                    self.messages_received += 1
                     reply = self._decode(frames, msg)
                     if reply.seq == msg.seq or (reply.seq == -1 and isinstance(reply, messages.ErrorReply)):
                         break
@@ -201,13 +208,42 @@ class Connection:
                 self._close()
 
     def traffic(self) -> dict[str, int]:
-        """Bytes and messages that went through the socket, counted at the protocol layer."""
+        """Bytes and messages both ways, counted where they are encoded and decoded.
+
+        `bytes_*` are the frames' bytes; `shm_bytes_*` the tensor bytes that crossed through
+        shared-memory segments instead (a real network would carry both).
+        """
         return {
-            "bytes_sent": self.bytes_sent,
-            "bytes_received": self.bytes_received,
-            "messages_sent": self.messages_sent,
-            "messages_received": self.messages_received,
+            "bytes_sent": self.sent.bytes,
+            "bytes_received": self.received.bytes,
+            "messages_sent": self.sent.messages,
+            "messages_received": self.received.messages,
+            "shm_bytes_sent": self.sent.shm_bytes,
+            "shm_bytes_received": self.received.shm_bytes,
         }
+
+    def ask_to_exit(self, timeout: float = 5.0) -> bool:
+        """Tell the worker to leave its loop (Shutdown), without waiting for its answer; then close.
+
+        Returns whether the message went out (a busy link is given up after `timeout`: the
+        caller then stops the worker by other means).
+        """
+        sent = False
+        if self.closed_reason is None and self._lock.acquire(timeout=timeout):
+            try:
+                self._transmit(codec.encode(messages.Shutdown(self.next_seq())))
+                sent = True
+            except Exception:  # noqa: BLE001 - best effort: the caller kills a worker that stays
+                pass
+            finally:
+                self._lock.release()
+        self.close("shut down")
+        return sent
+
+    def check_alive(self) -> None:
+        """Raise now if the other end is known to be gone (crashed or closed); no message is sent."""
+        with self._lock:
+            self._check_open()
 
     # -- internals --------------------------------------------------------
     def _timed_out(self, msg: messages.Message | None, verb: str) -> WorkerTimeoutError:
@@ -224,14 +260,16 @@ class Connection:
             raise WorkerShutdownError(f"worker {self.name!r} is {self.closed_reason}; start it again to use it")
 
     def _transmit(self, frames: list) -> None:
-        self.bytes_sent += codec.frames_size(frames)
-        self.messages_sent += 1
+        stats = self.sent
+        stats.bytes += codec.frames_size(frames)
+        stats.messages += 1
         self._send(frames)
 
     def _encode(self, msg: messages.Message) -> list:
         # tensors.sending() / sent(), inline: this runs for every message.
         mark = _IN_FLIGHT.sent
         _IN_FLIGHT.sent = armed = []
+        shm_before = _IN_FLIGHT.shm_bytes
         try:
             frames = codec.encode(msg, self.namespace)
         except BaseException:
@@ -241,6 +279,7 @@ class Connection:
             _IN_FLIGHT.sent = mark
         if armed:
             self._armed += armed
+        self.sent.shm_bytes += _IN_FLIGHT.shm_bytes - shm_before
         return frames
 
     def _decode(self, frames: list, msg: messages.Message) -> messages.Message:
@@ -249,8 +288,14 @@ class Connection:
         mark = _IN_FLIGHT.claims  # tensors.receiving() / received(), inline
         _IN_FLIGHT.claims = claims = []
         ok = True
+        stats = self.received
+        stats.bytes += codec.frames_size(frames)
+        stats.messages += 1
+        shm_before = _IN_FLIGHT.shm_bytes
         try:
-            return codec.decode(frames, namespace=self.namespace)
+            reply = codec.decode(frames, namespace=self.namespace)
+            stats.shm_bytes += _IN_FLIGHT.shm_bytes - shm_before
+            return reply
         except errors.SimsyftError as exc:
             if type(msg) is messages.Fetch and msg.remove and codec.peek_seq(frames) == msg.seq:
                 ok = False
@@ -285,6 +330,8 @@ def _describe_request(msg: messages.Message | None, posted: int) -> str:
     else:
         what = _REQUEST_NAMES.get(type(msg), type(msg).__name__)
     return what + (f" (after {posted} pipelined op{'s' if posted != 1 else ''})" if posted else "")
+
+
 class _NotTaken(errors.ProtocolError):
     """A Fetch(remove=True) reply this process could not decode; `fetch` hands its frames back."""
 
@@ -336,114 +383,3 @@ def rebuild_exception(reply: messages.ErrorReply) -> Exception:
             exc = RemoteError(f"{reply.type_module}.{reply.type_name}: {text}", reply.type_name)
     exc.add_note(f"remote traceback (worker {reply.worker!r}):\n{reply.traceback.rstrip()}")
     return exc
-
-
-class ZmqConnection(Connection):
-    """A DEALER socket connected to the worker's ROUTER over ipc://."""
-
-    def __init__(self, name: str, endpoint: str, namespace: str, exit_status: Callable[[], Any],
-                 describe_exit: Callable[[], str], timeout_s: float = REQUEST_TIMEOUT_S,
-                 pid: int | None = None) -> None:
-        import zmq
-
-        super().__init__(name, namespace, timeout_s)
-        self._zmq = zmq
-        self._exit_status = exit_status  # returns the exit code once the process is gone, else None
-        self._describe_exit = describe_exit
-        self.pid = pid
-        self._started = 0.0  # when the current request began (set in _check_open)
-        self._sock = _context().socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RCVTIMEO, _RECV_TIMEOUT_MS)
-        self._sock.setsockopt(zmq.SNDTIMEO, _RECV_TIMEOUT_MS)
-        self._sock.connect(endpoint)
-        self._next_liveness_check = 0.0
-
-    def _dead(self) -> WorkerCrashedError | None:
-        if self._exit_status() is None:
-            return None
-        message = self._describe_exit()
-        self.closed_reason = "crashed"
-        self._sock.close(0)
-        return WorkerCrashedError(message)
-
-    def _check_open(self) -> None:
-        if self.closed_reason == "crashed":
-            raise WorkerCrashedError(self._describe_exit())
-        super()._check_open()
-        now = time.monotonic()
-        self._started = now  # the request's clock for request_timeout_s (read only once it waits)
-        if now >= self._next_liveness_check:
-            self._next_liveness_check = now + _LIVENESS_INTERVAL_S
-            crashed = self._dead()
-            if crashed is not None:
-                raise crashed
-
-    def _send(self, frames: list) -> None:
-        while True:
-            try:
-                if len(frames) == 1:  # a compact or small message: skip send_multipart's checks
-                    self._sock.send(frames[0])
-                else:
-                    # Zero-copy only pays for large frames; below that pyzmq's tracking costs more than a copy.
-                    self._sock.send_multipart(frames, copy=False)
-                return
-            except self._zmq.Again:
-                self._still_there()
-
-    def _recv(self) -> list:
-        while True:
-            try:
-                return self._sock.recv_multipart(copy=True)
-            except self._zmq.Again:
-                self._still_there()
-
-    def _still_there(self) -> None:
-        """After 100 ms without progress: a dead worker is a crash (checked first, so a crash is
-        never reported as a timeout), and one that is alive but silent past the timeout, a timeout."""
-        crashed = self._dead()
-        if crashed is not None:
-            raise crashed from None
-        if self._wait_s and time.monotonic() - self._started >= self._wait_s:
-            # request() and post() replace this text with one that names what was asked.
-            raise WorkerTimeoutError(f"worker {self.name!r} did not answer within {self._wait_s:g} s")
-
-    def _close(self) -> None:
-        self._sock.close(0)
-
-
-_CONTEXT = None
-_CONTEXT_LOCK = threading.Lock()
-
-
-def _context():
-    global _CONTEXT
-    import zmq
-
-    with _CONTEXT_LOCK:
-        if _CONTEXT is None or _CONTEXT.closed:
-            _CONTEXT = zmq.Context()
-    return _CONTEXT
-
-
-def signal_name(code: int | None) -> str:
-    if code is not None and code < 0:
-        try:
-            return f" ({signal.Signals(-code).name})"
-        except ValueError:
-            return ""
-    return ""
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie has exited; only its parent's wait() is missing
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True

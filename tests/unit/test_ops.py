@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from simsyft.worker import execute
 from simsyft.wire import ops
 from simsyft.errors import OpNotAllowedError, ViewOutsideStorageError
 
@@ -117,7 +118,7 @@ def test_lookup_refuses(name):
 @pytest.mark.parametrize("name", REFUSED)
 def test_run_refuses_without_calling_anything(name):
     with pytest.raises(OpNotAllowedError) as info:
-        ops.run(name, (torch.ones(2),), {})
+        execute.run(name, (torch.ones(2),), {})
     assert str(info.value) == message(name)
 
 
@@ -127,13 +128,13 @@ def test_non_strings_are_refused(name):
         ops.lookup(name)
     assert str(info.value) == message(name)
     with pytest.raises(OpNotAllowedError) as info:
-        ops.run(name, (torch.ones(2), torch.ones(2)), {})
+        execute.run(name, (torch.ones(2), torch.ones(2)), {})
     assert str(info.value) == message(name)
 
 
 def test_the_documented_message_text():
     with pytest.raises(OpNotAllowedError) as info:
-        ops.run("torch.load", ("/etc/passwd",), {})
+        execute.run("torch.load", ("/etc/passwd",), {})
     assert str(info.value) == "'torch.load' is not in simsyft's op allowlist (simsyft/wire/ops.py)"
 
 
@@ -212,7 +213,7 @@ CASES = {
 def test_run_equals_calling_torch(case):
     name, make_args, kwargs, direct = case
     x = _x()
-    got = ops.run(name, make_args(x), dict(kwargs))
+    got = execute.run(name, make_args(x), dict(kwargs))
     expected = direct(_x())
     assert type(got) is type(expected)
     assert got.dtype == expected.dtype and torch.equal(got, expected)
@@ -220,11 +221,11 @@ def test_run_equals_calling_torch(case):
 
 def test_run_multi_output_ops():
     x = _x()
-    values, indices = ops.run("torch.max", (x,), {"dim": 1})
+    values, indices = execute.run("torch.max", (x,), {"dim": 1})
     expected = torch.max(x, dim=1)
-    assert type(ops.run("torch.max", (x,), {"dim": 1})) is type(expected)
+    assert type(execute.run("torch.max", (x,), {"dim": 1})) is type(expected)
     assert torch.equal(values, expected.values) and torch.equal(indices, expected.indices)
-    parts = ops.run("torch.functional.split", (x, 2), {"dim": 1})
+    parts = execute.run("torch.functional.split", (x, 2), {"dim": 1})
     assert isinstance(parts, tuple) and len(parts) == 2
     assert all(torch.equal(a, b) for a, b in zip(parts, torch.split(x, 2, dim=1)))
 
@@ -232,27 +233,27 @@ def test_run_multi_output_ops():
 def test_run_in_place_returns_the_same_object():
     x = _x()
     before = x.clone()
-    out = ops.run("torch.Tensor.add_", (x, 1), {})
+    out = execute.run("torch.Tensor.add_", (x, 1), {})
     assert out is x and torch.equal(x, before + 1)
-    ops.run("torch.Tensor.__setitem__", (x, (0, 0), 100.0), {})
+    execute.run("torch.Tensor.__setitem__", (x, (0, 0), 100.0), {})
     assert x[0, 0].item() == 100.0
 
 
 def test_run_backward_and_grad_accessors():
     w = torch.ones(3, requires_grad=True)
-    loss = ops.run("torch.Tensor.sum", (ops.run("torch.mul", (w, torch.tensor([1.0, 2.0, 3.0])), {}),), {})
-    assert ops.run("torch.Tensor.backward", (loss,), {}) is None
-    grad = ops.run("torch.Tensor.grad.__get__", (w,), {})
+    loss = execute.run("torch.Tensor.sum", (execute.run("torch.mul", (w, torch.tensor([1.0, 2.0, 3.0])), {}),), {})
+    assert execute.run("torch.Tensor.backward", (loss,), {}) is None
+    grad = execute.run("torch.Tensor.grad.__get__", (w,), {})
     assert torch.equal(grad, torch.tensor([1.0, 2.0, 3.0]))
-    ops.run("torch.Tensor.grad.__set__", (w, None), {})
+    execute.run("torch.Tensor.grad.__set__", (w, None), {})
     assert w.grad is None
 
 
 def test_run_propagates_torch_errors_unchanged():
     with pytest.raises(RuntimeError, match="size of tensor a"):
-        ops.run("torch.add", (torch.ones(2), torch.ones(3)), {})
+        execute.run("torch.add", (torch.ones(2), torch.ones(3)), {})
     with pytest.raises(TypeError):
-        ops.run("torch.add", (torch.ones(2),), {"no_such_kwarg": 1})
+        execute.run("torch.add", (torch.ones(2),), {"no_such_kwarg": 1})
 
 
 # -- Note [Views stay inside their storage] ------------------------------------------------
@@ -272,12 +273,12 @@ UNGUARDED = [  # they move no view: the common case pays only a set lookup
 
 @pytest.mark.parametrize("name", GUARDED)
 def test_ops_that_may_move_a_view_are_guarded(name):
-    assert ops.is_guarded(name)
+    assert execute.is_guarded(name)
 
 
 @pytest.mark.parametrize("name", UNGUARDED)
 def test_ops_that_move_no_view_are_not_guarded(name):
-    assert not ops.is_guarded(name)
+    assert not execute.is_guarded(name)
 
 
 def test_every_op_torch_tags_inplace_view_is_guarded():
@@ -285,7 +286,7 @@ def test_every_op_torch_tags_inplace_view_is_guarded():
         packet = getattr(torch.ops.aten, name.rsplit(".", 1)[-1], None)
         if isinstance(packet, torch._ops.OpOverloadPacket) and any(
                 torch.Tag.inplace_view in getattr(packet, o).tags for o in packet.overloads()):
-            assert ops.is_guarded(name), name
+            assert execute.is_guarded(name), name
 
 
 def _outside(t, size=10**13):
@@ -309,14 +310,14 @@ def _outside(t, size=10**13):
 ], ids=["plain", "strided-view", "empty", "scalar", "expanded", "empty-offset", "sparse", "failed-resize",
         "overflowing-stride", "last-element", "one-past-the-end"])
 def test_inside_storage(make, inside):
-    assert ops.inside_storage(make()) is inside
+    assert execute.inside_storage(make()) is inside
 
 
 def test_negative_sizes_are_outside():
     t = torch.zeros(3)
     with pytest.raises(RuntimeError):
         t.resize_(-2)
-    assert t.shape == (-2,) and not ops.inside_storage(t)
+    assert t.shape == (-2,) and not execute.inside_storage(t)
     t.set_(torch.zeros(3).untyped_storage())
 
 
@@ -338,17 +339,17 @@ def test_a_failed_op_puts_the_tensor_back_and_raises_torchs_error(name, make_arg
     before = (target.shape, target.stride(), target.storage_offset(), target._version)
     local = target.detach().clone()
     with pytest.raises(RuntimeError) as info:
-        ops.run(name, args, kwargs)
+        execute.run(name, args, kwargs)
     assert type(info.value) is RuntimeError  # torch's own error, unchanged
     assert any(note.startswith(f"simsyft: {name} failed after moving") for note in info.value.__notes__)
     assert (target.shape, target.stride(), target.storage_offset(), target._version) == before
-    assert ops.inside_storage(target) and torch.equal(target, local)
+    assert execute.inside_storage(target) and torch.equal(target, local)
 
 
 def test_an_op_that_returns_outside_is_refused_and_the_tensor_put_back():
     x = torch.arange(3, dtype=torch.float32)
     with pytest.raises(ViewOutsideStorageError) as info:
-        ops.run("torch.Tensor.as_strided_", (x, (3,), (2**62,)), {})
+        execute.run("torch.Tensor.as_strided_", (x, (3,), (2**62,)), {})
     assert isinstance(info.value, RuntimeError)
     assert str(info.value) == (
         "torch.Tensor.as_strided_ left a tensor viewing memory outside its storage: sizes [3], strides "
@@ -359,13 +360,13 @@ def test_an_op_that_returns_outside_is_refused_and_the_tensor_put_back():
 
 def test_ops_that_succeed_inside_are_unchanged():
     x = torch.zeros(2, 3)
-    assert ops.run("torch.Tensor.t_", (x,), {}) is x and x.shape == (3, 2)
-    assert ops.run("torch.Tensor.resize_", (x, 10), {}) is x and x.shape == (10,)
+    assert execute.run("torch.Tensor.t_", (x,), {}) is x and x.shape == (3, 2)
+    assert execute.run("torch.Tensor.resize_", (x, 10), {}) is x and x.shape == (10,)
     out = torch.zeros(1)
     with pytest.warns(UserWarning, match="resized"):
-        assert ops.run("torch.add", (torch.ones(4), 1), {"out": out}) is out
+        assert execute.run("torch.add", (torch.ones(4), 1), {"out": out}) is out
     assert torch.equal(out, torch.full((4,), 2.0))
-    view = ops.run("torch.Tensor.as_strided", (torch.arange(4.0), (2,), (2,), 1), {})
+    view = execute.run("torch.Tensor.as_strided", (torch.arange(4.0), (2,), (2,), 1), {})
     assert torch.equal(view, torch.tensor([1.0, 3.0]))
 
 
@@ -377,6 +378,6 @@ def test_an_unguarded_op_that_left_a_view_outside_is_emptied(monkeypatch):
     monkeypatch.setitem(ops._TABLE, "torch.Tensor.careless", careless)
     x = torch.zeros(3)
     with pytest.raises(RuntimeError) as info:
-        ops.run("torch.Tensor.careless", (x, 10**13), {})
+        execute.run("torch.Tensor.careless", (x, 10**13), {})
     assert "was emptied (no earlier geometry known)" in info.value.__notes__[0]
-    assert x.shape == (0,) and ops.inside_storage(x)
+    assert x.shape == (0,) and execute.inside_storage(x)
