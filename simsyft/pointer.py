@@ -274,32 +274,25 @@ class PointerTensor:
         return self
 
     def move(self, worker: Any) -> "PointerTensor":
-        """Move the data to `worker`, worker to worker through shared memory; returns this pointer.
+        """Move the data to `worker`, worker to worker; returns this pointer.
 
-        The bytes never pass through the client (it only relays the segment's
-        name). If the destination is dead, the crash error is raised and the data
-        stays where it was.
+        The worker holding the data sends it on its own link to `worker` (a frame, or a
+        shared-memory segment): the bytes never pass through the client. If the
+        destination is dead, the crash error is raised and the data stays where it was.
         """
         self._check_live()
         if worker is self.location:
             return self
         if getattr(worker, "is_local", False):
             return self.get()
-        source = self.location.connection
-        destination = worker.connection
-        destination._check_open()  # a dead destination fails here, before anything moves
-        if destination.namespace != source.namespace:
+        if getattr(worker, "simulation", None) is not getattr(self.location, "simulation", None):
             raise LocationMismatchError(
                 f"cannot move pointer {self.id} from {self.location.id!r} to {worker.id!r}: they belong to different "
                 "simulations, which never map each other's shared memory; use .get() and .send()")
-        descriptor, tags, description = source.request(lambda seq: messages.Export(seq, self.id_at_location)).value
+        worker.connection.check_alive()  # a destination known dead fails here, before anything moves
         new = new_id()
-        try:
-            ack = destination.request(lambda seq: messages.Import(seq, new, descriptor, tags, description))
-        except Exception:
-            # The segment is only consumed by a successful import: put the data back.
-            source.request(lambda seq: messages.Import(seq, self.id_at_location, descriptor, tags, description))
-            raise
+        ack = self.location.connection.request(
+            lambda seq: messages.Transfer(seq, self.id_at_location, worker.id, new, False))
         self.location, self.id_at_location = worker, new
         self._set_meta(ack.result[2:])
         return self

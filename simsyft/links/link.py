@@ -314,7 +314,7 @@ class Link:
 
 _REQUEST_NAMES = {
     messages.Fetch: "get()", messages.Store: "send()", messages.Info: "info()", messages.Clear: "clear_objects()",
-    messages.Search: "search()", messages.Export: "move()", messages.Import: "move()", messages.Objects: "_objects",
+    messages.Search: "search()", messages.Transfer: "move()", messages.Objects: "_objects",
     messages.RemoteGet: "remote_get()", messages.Aliases: "an alias query",
 }
 

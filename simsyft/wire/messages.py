@@ -175,23 +175,19 @@ class Search(Message):
 
 
 @_message(10)
-class Export(Message):
-    """Remove object `id` and put it in a shared-memory segment; reply with its descriptor only.
+class Transfer(Message):
+    """Send object `id` straight to worker `destination` (worker to worker), stored there under `new_id`.
 
-    With Import, moves data between two workers without the bytes touching the client.
+    The bytes go on the link from this worker to the destination, never through the client.
+    Without `keep_pointer` the object leaves this worker (`move`); with it, this worker keeps,
+    under `id`, a pointer to the object's new home (PySyft's `remote_send`). The Ack is the
+    destination's. If the destination fails, nothing changed here.
     """
     seq: int
     id: int
-
-
-@_message(11)
-class Import(Message):
-    """Store under `id` the tensor a descriptor from Export names (segments only, never frames)."""
-    seq: int
-    id: int
-    descriptor: tuple
-    tags: tuple = ()
-    description: Any = None
+    destination: str
+    new_id: int
+    keep_pointer: bool = False
 
 
 @_message(12)

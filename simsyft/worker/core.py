@@ -86,9 +86,10 @@ class WorkerCore:
             try:
                 reply = self._dispatch(msg, used)
             except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
-                # Only an Import stores nothing when it fails; a failed op may have stored results
-                # over what it received, which then stays ours.
-                ok = type(msg) is not messages.Import
+                # Only a Store stores nothing when it fails (so its sender, a client or a worker
+                # moving data, keeps its segment); a failed op may have stored results over what
+                # it received, which then stays ours.
+                ok = type(msg) is not messages.Store
                 return self._error(msg.seq, exc)
         finally:
             _IN_FLIGHT.claims = mark
@@ -235,19 +236,22 @@ class WorkerCore:
         self.store[msg.id] = value
         return messages.Ack(msg.seq, (NEW, msg.id, *describe_meta(value)))
 
-    def _on_export(self, msg: messages.Export, used: dict[int, Any]) -> messages.Message:
+    def _on_transfer(self, msg: messages.Transfer, used: dict[int, Any]) -> messages.Message:
         value = self._resolve(msg.id, used)
         if type(value) is messages.RemoteRef:
             raise TypeError(f"cannot move object {msg.id} from worker {self.name!r}: it is a pointer to "
                             "another worker; call remote_get() first")
-        descriptor = tensors.encode_tensor(value, [], self.namespace, -1)  # before removing: it may fail
-        del self.store[msg.id]
-        tags, description = self.tags.pop(msg.id, ((), None))
-        return messages.Value(msg.seq, (descriptor, tags, description))
-
-    def _on_import(self, msg: messages.Import, used: dict[int, Any]) -> messages.Message:
-        value = tensors.decode_tensor(msg.descriptor, [], self.namespace)
-        return messages.Ack(msg.seq, self._put(msg.id, value, msg.tags, msg.description))
+        if msg.destination == self.name:
+            raise ValueError(f"object {msg.id} is already on worker {self.name!r}")
+        tags, description = self.tags.get(msg.id, ((), None))
+        # On the link to the destination: the bytes (a frame, or a segment) go worker to worker.
+        ack = self.peers.get(msg.destination).request(
+            lambda seq: messages.Store(seq, msg.new_id, value, tags, description))
+        self.store.pop(msg.id)
+        self.tags.pop(msg.id, None)
+        if msg.keep_pointer:
+            self.store[msg.id] = messages.RemoteRef(msg.id, msg.destination, msg.new_id, tuple(ack.result[2:]))
+        return messages.Ack(msg.seq, ack.result)
 
     def _on_restore(self, msg: messages.Restore, used: dict[int, Any]) -> messages.Message:
         return messages.Ack(msg.seq, self._restore(msg.id, msg.frames))
@@ -268,9 +272,9 @@ class WorkerCore:
                 self._drop(object_id)
 
     def _put(self, object_id: int, value: torch.Tensor, tags: tuple, description: Any) -> tuple:
-        """Store a tensor that arrived (Store, Import, Restore) on this worker's device; its Ack descriptor.
+        """Store a tensor that arrived (Store, Restore) on this worker's device; its Ack descriptor.
 
-        Everything that can fail comes before the store: a failed Import must have stored nothing.
+        Everything that can fail comes before the store: a failed Store must have stored nothing.
         """
         tagged = bool(tags) or description is not None
         if tagged:
@@ -477,8 +481,7 @@ _HANDLERS: dict[type, Callable[[WorkerCore, Any, dict], messages.Message]] = {
     messages.Clear: WorkerCore._on_clear,
     messages.StorePointer: WorkerCore._on_store_pointer,
     messages.RemoteGet: WorkerCore._on_remote_get,
-    messages.Export: WorkerCore._on_export,
-    messages.Import: WorkerCore._on_import,
+    messages.Transfer: WorkerCore._on_transfer,
     messages.Restore: WorkerCore._on_restore,
     messages.Aliases: WorkerCore._on_aliases,
     messages.Search: WorkerCore._on_search,

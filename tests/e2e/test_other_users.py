@@ -245,7 +245,7 @@ def test_attaching_through_the_environment_accepts_only_run_dirs_in_the_root(tmp
 def test_segments_another_user_plants_in_a_simulations_namespace_change_nothing(process_bob):
     import torch
 
-    from simsyft.wire import messages, shm
+    from simsyft.wire import messages, shm, tensors
 
     namespace = process_bob.connection.namespace  # visible to everyone in `ls /dev/shm`
     creators = (os.getpid(), process_bob.pid)
@@ -268,7 +268,8 @@ def test_segments_another_user_plants_in_a_simulations_namespace_change_nothing(
         # A handle naming the other user's file is refused before anything is mapped.
         descriptor = ("float32", (capacity // 4,), False, ("s", forged, capacity, 1), None)
         with pytest.raises(rundir.SimsyftError, match=r"owned by uid \d+, not by this user"):
-            process_bob.connection.request(lambda seq: messages.Import(seq, 77, descriptor, (), None))
+            handed = tensors.Handover(descriptor[:3], descriptor[3], None, None)  # the descriptor as it is
+            process_bob.connection.request(lambda seq: messages.Store(seq, 77, handed, (), None))
         assert 77 not in process_bob._objects
     finally:
         for path in planted + [forged]:

@@ -116,11 +116,6 @@ def test_a_segment_of_another_simulation_is_refused(seg_a, process_bob):
     assert victim.connection.namespace != thief.connection.namespace
     x = torch.arange(BIG, dtype=torch.float32)
     p = x.send(victim)
-    # Import: a real, unused descriptor of the victim's simulation (what move() relays).
-    descriptor, tags, description = victim.connection.request(lambda seq: messages.Export(seq, p.id_at_location)).value
-    with pytest.raises(sy.ProtocolError, match="belongs to simulation"):
-        thief.connection.request(lambda seq: messages.Import(seq, 7, descriptor, (), None))
-    victim.connection.request(lambda seq: messages.Import(seq, p.id_at_location, descriptor, tags, description))
     # Store: a real Store of the victim's simulation, sent to the thief.
     conn = thief.connection
     mark = tensors.sending()

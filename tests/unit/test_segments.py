@@ -20,8 +20,8 @@ import torch
 from simsyft import rundir
 
 from simsyft.wire import messages, segments, shm, tensors
-from simsyft.errors import ObjectNotFoundError, ProtocolError
-from simsyft.wire.messages import Export, Import, Ref
+from simsyft.errors import ObjectNotFoundError, ProtocolError, WorkerCrashedError
+from simsyft.wire.messages import Ref
 from simsyft.testing import in_process_worker
 
 BIG = tensors.INLINE_MAX // 4 + 100  # float32 elements: just over the inline limit, so a segment
@@ -336,17 +336,32 @@ def test_a_get_the_client_cannot_take_leaves_the_object(bob, monkeypatch, where,
     assert segments.lost(bob.connection.namespace) == []
 
 
-def test_a_failed_import_stores_nothing_and_the_source_can_take_it_back(bob, alice):
-    x = big().send(bob)
-    descriptor, tags, description = bob.connection.request(lambda seq: Export(seq, x.id_at_location)).value
+def raw_store(link, object_id: int, descriptor: tuple, tags: tuple = ()):
+    """A Store carrying `descriptor` as it is (a segment's name and ticket), as a forger would send it."""
+    handed = tensors.Handover(tuple(descriptor[:3]), descriptor[3], None, None)
+    return link.request(lambda seq: messages.Store(seq, object_id, handed, tags, None))
+
+
+def test_a_failed_store_stores_nothing_and_its_sender_keeps_the_segment(bob, alice):
+    descriptor = tensors.encode_tensor(big(), [], bob.connection.namespace)  # armed, as a send arms it
     with pytest.raises(ProtocolError, match="tags must be strings"):
-        alice.connection.request(lambda seq: Import(seq, 5, descriptor, (1,), None))
+        raw_store(alice.connection, 5, descriptor, (1,))
     assert alice._objects == {}
-    bob.connection.request(lambda seq: Import(seq, x.id_at_location, descriptor, tags, description))
+    raw_store(bob.connection, 7, descriptor)  # the receipt was undone: the same segment can still be taken
     with pytest.raises(ProtocolError, match="ticket does not match"):  # a replay of the same descriptor
-        alice.connection.request(lambda seq: Import(seq, 6, descriptor, (), None))
+        raw_store(alice.connection, 6, descriptor)
     assert alice._objects == {}
+    assert torch.equal(bob._objects[7], big())
+
+
+def test_a_move_to_a_dead_worker_leaves_the_data(bob, alice):
+    x = big().tag("#kept").send(bob)
+    alice.simulation.kill("alice")
+    with pytest.raises(WorkerCrashedError, match="'alice'"):
+        x.move(alice)
+    assert x.location is bob and [q.id_at_location for q in bob.search("#kept")] == [x.id_at_location]
     assert torch.equal(x.get(), big())
+    assert segments.lost(bob.connection.namespace) == []
 
 
 def test_a_worker_to_worker_get_that_fails_leaves_the_object(bob, monkeypatch):
