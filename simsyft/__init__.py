@@ -26,7 +26,8 @@ from .errors import (
 from . import exceptions
 from .hook import TorchHook
 from .simulation import Simulation, connect, launch, shutdown
-from .pointer import PointerTensor, pipeline
+from .pipelining import pipeline
+from .pointer import PointerTensor
 from .handles import VirtualWorker, local_worker
 
 __version__ = "0.1.0"

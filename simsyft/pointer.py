@@ -11,51 +11,29 @@ Speed is guarded by bench/ (row "small sync op").
 
 from __future__ import annotations
 
-import math
-import os
-import random
 import weakref
 from typing import Any, Callable
 
 import torch
 
-from .wire import messages, ops, tensors
-from .wire.messages import Result
 from .errors import LocationMismatchError, ObjectNotFoundError, RemoteValueError
+from .ids import new_id
+from .pipelining import PIPELINE
+from .wire import messages, ops, tensors
+from .wire.args import walk as args_walk
+from .wire.messages import Result
 
 NEW, SAME, VALUE, NOTHING, SEQUENCE = Result.NEW, Result.SAME, Result.VALUE, Result.NOTHING, Result.SEQUENCE
 
-__all__ = ["FETCHED", "LIVE", "OBSERVER", "VOID", "PointerTensor", "new_id", "pipeline"]
+__all__ = ["FETCHED", "LIVE", "OBSERVER", "VOID", "PointerTensor", "from_remote_ref"]
 
 # Pointer states. Only a LIVE pointer owns (and so frees) its remote object.
 LIVE, FETCHED, VOID, OBSERVER = 0, 1, 2, 3
-
-# Ids come from a private generator: user code and hypothesis reseed the global
-# `random`, and a repeated id would silently overwrite a live remote object.
-_ids = random.Random(int.from_bytes(os.urandom(16), "little"))
-os.register_at_fork(after_in_child=lambda: _ids.seed(int.from_bytes(os.urandom(16), "little")))
-
 
 # Live pointers by the id they point to, so an op that changes *other* objects' metadata (an
 # in-place op through a view makes the base require grad) can refresh their pointers too.
 # A plain dict of weakrefs, emptied by __del__: a WeakValueDictionary cost ~2 us per new pointer.
 _BY_REMOTE_ID: dict[int, "weakref.ref[PointerTensor]"] = {}
-
-
-def new_id() -> int:
-    """A random 63-bit object id (never 0)."""
-    return _ids.getrandbits(63) or 1
-
-
-_NAMES: dict[Any, str] = {}
-
-
-def _op_name(func: Any) -> str:
-    name = _NAMES.get(func)
-    if name is None:
-        name = ops.op_name(func) or getattr(func, "__qualname__", repr(func))
-        _NAMES[func] = name
-    return name
 
 
 # Methods whose answer is a Python value computed from the data: refuse locally, with a hint.
@@ -225,7 +203,7 @@ class PointerTensor:
             raise AttributeError(f"'PointerTensor' object has no attribute {name!r}")
         if hasattr(attr, "__get__") and not callable(attr):  # a property such as T, mT, is_leaf
             getter = getattr(attr, "__get__")
-            if not ops.is_allowed(_op_name(getter)):
+            if not ops.is_allowed(ops.op_name_or_repr(getter)):
                 raise AttributeError(f"'PointerTensor' cannot read {name!r} remotely: not in the op allowlist")
             return _call_remote(getter, (self,), {})
         return _MethodForwarder(attr, self)
@@ -364,7 +342,7 @@ class _MethodForwarder:
         return _call_remote(self.method, (self.pointer, *args), kwargs)
 
     def __repr__(self) -> str:
-        return f"<remote method {_op_name(self.method)} of {self.pointer!r}>"
+        return f"<remote method {ops.op_name_or_repr(self.method)} of {self.pointer!r}>"
 
 
 def _needs_value(pointer: PointerTensor, name: str) -> Callable:
@@ -418,206 +396,40 @@ class _Collector:
         for value in args:
             kind = type(value)
             if kind is PointerTensor:
-                wire.append(self.walk(value))
+                wire.append(self.take(value))
             elif kind in _SCALARS:
                 wire.append(value)
             else:
                 return None  # walk() starts over; what it saw so far it sees again, the same way
         return tuple(wire)
 
-    def walk(self, value: Any) -> Any:
-        kind = type(value)
-        if kind is PointerTensor:
-            value._check_live()
-            if self.location is None:
-                self.location = value.location
-            elif value.location is not self.location:
-                raise LocationMismatchError(
-                    f"{self.op} got pointers to {self.location.id!r} and {value.location.id!r}; "
-                    "move one of them first (or .get() both)"
-                )
-            self.pointers[value.id_at_location] = value
-            return messages.Ref(value.id_at_location)
-        if kind is tuple or kind is list:
-            return kind(self.walk(v) for v in value)
-        if kind is dict:
-            return {k: self.walk(v) for k, v in value.items()}
+    def take(self, pointer: "PointerTensor") -> messages.Ref:
+        """A pointer among the arguments: it must be live and where the others are."""
+        pointer._check_live()
+        if self.location is None:
+            self.location = pointer.location
+        elif pointer.location is not self.location:
+            raise LocationMismatchError(
+                f"{self.op} got pointers to {self.location.id!r} and {pointer.location.id!r}; "
+                "move one of them first (or .get() both)"
+            )
+        self.pointers[pointer.id_at_location] = pointer
+        return messages.Ref(pointer.id_at_location)
+
+    def leaf(self, value: Any) -> Any:
         if isinstance(value, torch.Tensor):
             remote = value.__dict__.get("_simsyft_pointer")  # a sent module's parameter (models.py)
             if remote is not None:
-                return self.walk(remote)
+                return self.take(remote)
             self.local = value
         return value
 
-
-class pipeline:
-    """Pipelined mode: ops are sent without waiting for the worker's answer.
-
-    >>> with sy.pipeline():
-    ...     for _ in range(10_000):
-    ...         x = x + 1          # returns at once; shape and dtype are predicted locally
-    >>> x.get()                    # a synchronising call
-
-    The client predicts each result's shape, dtype and aliasing by running the
-    op on "meta" tensors (no data), so pointers come back at once with the
-    metadata torch would give. Ops whose result cannot be predicted that way
-    (data-dependent shapes, device changes, non-tensor results, ops that would
-    raise) run synchronously as usual.
-
-    Note [Errors in pipelined mode]: the worker answers a pipelined op only if
-    it fails. Such a failure is raised, with its own type and message, at the
-    next synchronising call on that worker: `get()`, `_objects`, any op that
-    ran synchronously, or at the latest when the `with` block ends.
-    """
-
-    _depth = 0
-
-    def __enter__(self) -> "pipeline":
-        pipeline._depth += 1
-        self.connections: dict[int, Any] = {}
-        _PIPELINES.append(self)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pipeline._depth -= 1
-        _PIPELINES.remove(self)
-        if exc[0] is None:
-            for connection in self.connections.values():
-                if connection.posted:
-                    connection.sync()
-
-
-_PIPELINES: list[pipeline] = []
-
-
-_PREDICTIONS: dict[tuple, tuple | None] = {}
-_PREDICTIONS_MAX = 4096
-
-
-def _signature(value: Any, pointers: list, out: list) -> None:
-    """Flatten op arguments into a hashable key; pointers contribute their metadata."""
-    kind = type(value)
-    if kind is PointerTensor:
-        out.append((value._shape, value._dtype, value._requires_grad))
-        pointers.append(value)
-    elif kind is tuple or kind is list or kind is dict:
-        out.append((kind, len(value)))
-        for v in (value.items() if kind is dict else value):
-            _signature(v, pointers, out)
-    elif isinstance(value, torch.Tensor):
-        remote = value.__dict__.get("_simsyft_pointer")
-        if remote is None:
-            raise TypeError("local tensor")  # never reached: the collector refused it already
-        _signature(remote, pointers, out)
-    else:
-        out.append((kind, value))
-
-
-def _predict(func: Callable, args: tuple, kwargs: dict, flat: bool) -> tuple | None:
-    """The result's metadata, predicted by running the op on "meta" tensors (no data).
-
-    Returns (NEW, None, meta) for a new tensor, (SAME, pointer, meta) when the op
-    returns one of its arguments (in-place, out=), or None when the op cannot be
-    predicted so (it must run synchronously). Predictions are cached per op and
-    argument signature, so a loop pays for the meta computation once.
-    """
-    pointers: list[PointerTensor] = []
-    grad_enabled = torch.is_grad_enabled()
-    key_parts: list = [func, grad_enabled]
-    try:
-        if flat:  # pointers and scalars only (_Collector.walk_flat): _signature's two cases, inline,
-            # because this runs once per pipelined op (calling _signature per arg cost ~1 us an op)
-            key_parts.append(len(args))
-            for value in args:
-                if type(value) is PointerTensor:
-                    key_parts.append((value._shape, value._dtype, value._requires_grad))
-                    pointers.append(value)
-                else:
-                    key_parts.append((type(value), value))
-        else:
-            _signature(args, pointers, key_parts)
-            _signature(kwargs, pointers, key_parts)
-        key = tuple(key_parts)
-        hash(key)
-    except TypeError:
-        return None
-    if key in _PREDICTIONS:
-        cached = _PREDICTIONS[key]
-    else:
-        with torch.set_grad_enabled(grad_enabled):  # whatever the op does to the mode stays in here
-            cached = _meta_run(func, args, kwargs, pointers)
-        if len(_PREDICTIONS) >= _PREDICTIONS_MAX:
-            _PREDICTIONS.clear()
-        _PREDICTIONS[key] = cached
-    if cached is None:
-        return None
-    alias_index, dtype, shape, requires_grad = cached
-    meta = (dtype, shape, requires_grad, pointers[0]._device)
-    return (SAME, pointers[alias_index], meta) if alias_index is not None else (NEW, None, meta)
-
-
-def _meta_run(func: Callable, args: tuple, kwargs: dict, pointers: list) -> tuple | None:
-    metas: list[int] = []
-
-    def to_meta(pointer: PointerTensor) -> torch.Tensor:
-        meta = torch.empty(pointer._shape, dtype=pointer._dtype, device="meta")
-        if pointer._requires_grad:
-            meta.requires_grad_(True)
-        metas.append(id(meta))
-        return meta
-
-    try:
-        meta_args, meta_kwargs = _stand_in(args, to_meta), _stand_in(kwargs, to_meta)
-        result = func(*meta_args, **meta_kwargs)
-    except Exception:  # noqa: BLE001 - unpredictable here; the synchronous path gives the real answer
-        return None
-    if not isinstance(result, torch.Tensor) or result.device.type != "meta":
-        return None
-    alias = metas.index(id(result)) if id(result) in metas else None
-    return (alias, tensors.dtype_name(_cpu_dtype(func, args, kwargs, pointers, result.dtype)), tuple(result.shape),
-            result.requires_grad)
-
-
-def _stand_in(value: Any, make: Callable[[PointerTensor], torch.Tensor]) -> Any:
-    """`value` with every pointer (and sent module parameter) replaced by `make(pointer)`."""
-    kind = type(value)
-    if kind is PointerTensor:
-        return make(value)
-    if kind is tuple or kind is list:
-        return kind(_stand_in(v, make) for v in value)
-    if kind is dict:
-        return {k: _stand_in(v, make) for k, v in value.items()}
-    if isinstance(value, torch.Tensor):
-        return make(value.__dict__["_simsyft_pointer"])
-    return value
-
-
-_PROBE_MAX_ELEMENTS = 4096
-
-
-def _cpu_dtype(func: Callable, args: tuple, kwargs: dict, pointers: list, meta_dtype: torch.dtype) -> torch.dtype:
-    """The result dtype the CPU kernel gives (the worker's), probed on zero tensors.
-
-    Meta kernels can promote differently from CPU ones (bool ** False is int64 on meta, bool on
-    the CPU), and CPU kernels can depend on sizes (an empty int8 einsum sums to int64). So small
-    operands are probed at their real shape; large ones with every size 1, which matches
-    everywhere the suite has looked. If the probe cannot run, the meta kernel's dtype is kept.
-    """
-    real = all(math.prod(p._shape) <= _PROBE_MAX_ELEMENTS for p in pointers)
-
-    def to_probe(pointer: PointerTensor) -> torch.Tensor:
-        return torch.zeros(pointer._shape if real else [1] * len(pointer._shape), dtype=pointer._dtype)
-
-    try:
-        with torch.no_grad():
-            probe = func(*_stand_in(args, to_probe), **_stand_in(kwargs, to_probe))
-    except Exception:  # noqa: BLE001 - the probe is only a cross-check
-        return meta_dtype
-    return probe.dtype if isinstance(probe, torch.Tensor) else meta_dtype
+    def walk(self, value: Any) -> Any:
+        return args_walk(value, {PointerTensor: self.take}, self.leaf)
 
 
 def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
-    op = _op_name(func)
+    op = ops.op_name_or_repr(func)
     walker = _Collector(op)
     wire_args = None if kwargs else walker.walk_flat(args)
     flat = wire_args is not None
@@ -632,14 +444,12 @@ def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
         )
     result_id = new_id()
     grad_enabled = torch.is_grad_enabled()
-    if pipeline._depth and pointers:
-        predicted = _predict(func, args, kwargs, flat)
+    if PIPELINE.depth and pointers:
+        predicted = PIPELINE.predict(func, args, kwargs, flat)
         if predicted is not None and predicted[0] == SAME and predicted[2][2] and not predicted[1]._requires_grad:
             predicted = None  # it may make its base or views require grad: ask synchronously
         if predicted is not None:
-            connection = location.connection
-            _PIPELINES[-1].connections[id(connection)] = connection
-            connection.post(lambda seq, free: messages.Command(
+            PIPELINE.post(location.connection, lambda seq, free: messages.Command(
                 seq, op, wire_args, wire_kwargs, result_id, grad_enabled, free, False))
             kind, pointer, meta = predicted
             if kind == SAME:
@@ -695,3 +505,6 @@ def _materialize(desc: tuple, location: Any, pointers: dict[int, PointerTensor],
             return getattr(torch.return_types, type_name.rsplit(".", 1)[1])(values)
         return tuple(values)
     raise ValueError(f"unknown result descriptor {desc!r:.100}")
+
+
+PIPELINE.pointer_type = PointerTensor  # pipelining.py sits below this module

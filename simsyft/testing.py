@@ -43,7 +43,8 @@ from .config import WorkerConfig
 from .errors import LocationMismatchError, ObjectNotFoundError, RemoteValueError
 from .handles import VirtualWorker
 from .hook import TorchHook
-from .pointer import PointerTensor, pipeline
+from .pipelining import pipeline
+from .pointer import PointerTensor
 from .simulation import Simulation
 from .wire import segments as shm_pool
 

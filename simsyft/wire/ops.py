@@ -26,7 +26,7 @@ from torch.overrides import get_overridable_functions, resolve_name
 
 from ..errors import OpNotAllowedError
 
-__all__ = ["OPERATOR_DUNDERS", "is_allowed", "lookup", "op_name", "ops", "table"]
+__all__ = ["OPERATOR_DUNDERS", "is_allowed", "lookup", "op_name", "op_name_or_repr", "ops", "table"]
 
 _NAMESPACES = (
     "torch.",
@@ -117,6 +117,11 @@ def op_name(func: Any) -> str | None:
         return name
     except TypeError:  # unhashable: not a torch callable anyway
         return resolve_name(func)
+
+
+def op_name_or_repr(func: Any) -> str:
+    """Wire name of a torch callable, or its qualified name (for messages) if torch has none."""
+    return op_name(func) or getattr(func, "__qualname__", repr(func))
 
 
 def is_allowed(name: str) -> bool:
