@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import LocationMismatchError, ObjectNotFoundError, RemoteValueError
+from .facts import TensorFacts
 from .ids import new_id
 from .pipelining import PIPELINE
 from .wire import messages, ops, tensors
@@ -40,7 +41,7 @@ _BY_REMOTE_ID: dict[int, "weakref.ref[PointerTensor]"] = {}
 _NEEDS_VALUE = {"item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__", "__complex__"}
 
 
-class PointerTensor:
+class PointerTensor(TensorFacts):
     """Points at object `id_at_location` on worker `location`.
 
     >>> x_ptr = torch.tensor([1, 2, 3]).send(bob)
@@ -88,81 +89,6 @@ class PointerTensor:
         return out
 
     __str__ = __repr__
-
-    # -- local metadata (no round trip: it came with the Ack) ----------------
-    @property
-    def shape(self) -> torch.Size:
-        self._check_live()
-        return self._shape
-
-    @property
-    def dtype(self) -> torch.dtype:
-        self._check_live()
-        return self._dtype
-
-    @property
-    def device(self) -> torch.device:
-        self._check_live()
-        return torch.device(self._device)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def is_pointer(self) -> bool:
-        return True
-
-    # Layout facts torch code (optimizers, nn) checks; pointers only ever hold dense strided tensors.
-    is_sparse = is_quantized = is_meta = is_nested = is_mkldnn = property(lambda self: False)
-    layout = property(lambda self: torch.strided)
-
-    @property
-    def is_cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    @property
-    def itemsize(self) -> int:
-        return self.dtype.itemsize
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel() * self.dtype.itemsize
-
-    def size(self, dim: int | None = None) -> Any:
-        shape = self.shape
-        if dim is None:
-            return shape
-        return torch.empty(shape, device="meta").size(dim)  # torch's own checks and messages
-
-    def dim(self) -> int:
-        return len(self.shape)
-
-    ndimension = dim
-
-    def numel(self) -> int:
-        return self.shape.numel()
-
-    nelement = numel
-
-    def element_size(self) -> int:
-        return self.dtype.itemsize
-
-    def is_floating_point(self) -> bool:
-        return self.dtype.is_floating_point
-
-    def is_complex(self) -> bool:
-        return self.dtype.is_complex
-
-    def __len__(self) -> int:
-        shape = self.shape
-        if not shape:
-            raise TypeError("len() of a 0-d tensor")
-        return shape[0]
-
-    def __iter__(self):
-        for i in range(len(self)):
-            yield self[i]
 
     # -- attributes that live remotely ---------------------------------------
     @property

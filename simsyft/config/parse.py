@@ -1,11 +1,10 @@
-"""Simulation configs: TOML file -> frozen dataclasses, with every check done here.
+"""Simulation configs: TOML file -> the frozen dataclasses of config/model.py, every check here.
 
-Owns the config format (documented in docs/config.md), worker-name rules,
-size parsing and the ``device = "cuda:*"`` expansion. Starts nothing: it only
-reads the file, looks at this process's CPU affinity (psutil) and, when some
-worker names a CUDA device, counts devices with torch (imported lazily, so a
-CPU-only config never pays for importing torch here). Imports the standard
-library, psutil and simsyft.errors; never imports the layers above it.
+Owns the config format (documented in docs/config.md) and the ``device = "cuda:*"``
+expansion. Starts nothing: it only reads the file, looks at this process's CPU affinity
+(psutil) and, when some worker names a CUDA device, counts devices with torch (imported
+lazily, so a CPU-only config never pays for importing torch here). Imports the standard
+library, psutil, config/model.py, simsyft.errors and the names in simsyft.backends' registry.
 
 Every error is a ConfigError whose text is ``<source>: <where>: <reason>``::
 
@@ -15,214 +14,23 @@ Every error is a ConfigError whose text is ``<source>: <where>: <reason>``::
 from __future__ import annotations
 
 import ast
-import datetime
 import math
 import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import psutil
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .model import (_BARE_KEY, _CPU_RANGE, _CUDA, _DATA_ITEM_KEYS, _NAME, _NAME_RULE, _REQUEST_TIMEOUT_MAX_S,
+                    _REQUEST_TIMEOUT_MIN_S, _SEED_MAX, _SIMULATION_KEYS, _STARTUP_MEMORY, _TAG, _TOP_LEVEL_KEYS,
+                    _WORKER_KEYS, ALL_GPUS, MEMORY_LIMIT_MIN, REQUEST_TIMEOUT_S, THREADS_MAX, DataItem,
+                    SimulationConfig, WorkerConfig, _describe, _name_problem, format_size, parse_size)
 
-__all__ = [
-    "ALL_GPUS",
-    "DataItem",
-    "SimulationConfig",
-    "WorkerConfig",
-    "check_worker_name",
-    "format_size",
-    "load_config",
-    "parse_config",
-    "parse_size",
-]
-
-ALL_GPUS = "cuda:*"
-"""Device value that turns one worker table into one worker per visible GPU."""
-
-REQUEST_TIMEOUT_S = 300.0
-"""Default ``[simulation] request_timeout_s``: how long a call waits for a worker's answer.
-
-Long enough for any single op a simulation plausibly runs on CPU (minutes), for multi-GiB
-transfers (seconds) and for a sync point that waits for a long queue of pipelined ops; short
-enough that a stopped or hung worker is reported in minutes instead of never. torch.rpc's
-default is 60 s; simsyft's calls include the whole op, so it waits longer. 0 waits forever.
-"""
-_REQUEST_TIMEOUT_MIN_S = 0.1  # a blocked call looks at the clock every 100 ms (connection.py)
-_REQUEST_TIMEOUT_MAX_S = 86400.0  # a day: anything longer is "forever", which is 0
-
-MEMORY_LIMIT_MIN = 256 * 2**20
-"""The smallest ``memory_limit``: a CPU worker's memory right after start-up is about 225 MiB
-(Python 3.11, torch 2.13 CPU, pyzmq: VmRSS 224 MiB, VmData 237 MiB, measured), so a limit
-below this leaves it nothing to work with, or stops it before it answers."""
-_STARTUP_MEMORY = "about 225 MiB"
-
-THREADS_MAX = 1024
-"""The most ``threads`` a worker may have: torch starts that many threads in the worker (each
-with its own stack), far beyond any machine's CPUs; more is a typo (8 on a 2-CPU machine is
-allowed: oversubscribed, but it works)."""
-
-_TOP_LEVEL_KEYS = ("simulation", "workers")
-_SIMULATION_KEYS = ("backend", "name", "request_timeout_s", "seed")
-_WORKER_KEYS = ("cpus", "data", "device", "gpu_memory_fraction", "memory_limit", "threads")
-_DATA_ITEM_KEYS = ("description", "path", "tags")
-_RESERVED_NAMES = frozenset({"me"})  # the local client, sy.local_worker
-
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
-_NAME_RULE = "use letters, digits, '_' and '-', starting with a letter or '_' (at most 64 characters)"
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_CUDA = re.compile(r"cuda(?::(0|[1-9][0-9]*))?")
-_TAG = re.compile(r"#\S+")
-_CPU_RANGE = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
-_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*")
-_SIZE_UNITS = {
-    "": 1, "b": 1,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
-}  # fmt: skip
-_SIZE_RULE = (
-    "use a number of bytes or a number with a unit: B, KB, MB, GB, TB (powers of 1000) "
-    'or KiB, MiB, GiB, TiB (powers of 1024), e.g. "4GiB"'
-)
-_SEED_MAX = 2**63 - 1
-
-
-@dataclass(frozen=True, slots=True)
-class DataItem:
-    """One tensor file loaded into a worker at start; ``path`` is absolute."""
-
-    key: str
-    path: str
-    tags: tuple[str, ...]
-    description: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerConfig:
-    """One worker process. Plain data, so it can cross to the spawned worker as JSON.
-
-    >>> spec = WorkerConfig("bob", threads=2)
-    >>> WorkerConfig.from_dict(spec.to_dict()) == spec
-    True
-    """
-
-    name: str
-    device: str = "cpu"
-    cpus: tuple[int, ...] | None = None
-    threads: int = 1
-    memory_limit: int | None = None
-    gpu_memory_fraction: float | None = None
-    seed: int | None = None
-    data: tuple[DataItem, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of lists, str, int, float and None (json.dumps-able)."""
-        return {
-            "name": self.name,
-            "device": self.device,
-            "cpus": None if self.cpus is None else list(self.cpus),
-            "threads": self.threads,
-            "memory_limit": self.memory_limit,
-            "gpu_memory_fraction": self.gpu_memory_fraction,
-            "seed": self.seed,
-            "data": [
-                {"key": d.key, "path": d.path, "tags": list(d.tags), "description": d.description}
-                for d in self.data
-            ],
-        }
-
-    @classmethod
-    def from_dict(cls, spec: Mapping[str, Any]) -> WorkerConfig:
-        """Inverse of to_dict(). The dict is trusted (it came from to_dict()), not re-validated."""
-        unknown = set(spec) - {"name", "device", "cpus", "threads", "memory_limit",
-                               "gpu_memory_fraction", "seed", "data"}  # fmt: skip
-        if unknown:
-            raise ConfigError(f"worker spec: unknown keys {sorted(unknown)}")
-        cpus = spec.get("cpus")
-        return cls(
-            name=spec["name"],
-            device=spec.get("device", "cpu"),
-            cpus=None if cpus is None else tuple(cpus),
-            threads=spec.get("threads", 1),
-            memory_limit=spec.get("memory_limit"),
-            gpu_memory_fraction=spec.get("gpu_memory_fraction"),
-            seed=spec.get("seed"),
-            data=tuple(
-                DataItem(d["key"], d["path"], tuple(d["tags"]), d.get("description"))
-                for d in spec.get("data", ())
-            ),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class SimulationConfig:
-    """A whole simulation: workers in file order (``cuda:*`` tables already expanded)."""
-
-    name: str
-    seed: int | None
-    workers: tuple[WorkerConfig, ...]
-    source: str = "<config>"
-    request_timeout_s: float = REQUEST_TIMEOUT_S  # 0: wait forever
-    backend: str = "local"  # where the workers run: a name in simsyft.backends.REGISTRY
-
-    def worker(self, name: str) -> WorkerConfig:
-        """The worker called ``name``; KeyError naming the known workers otherwise."""
-        for spec in self.workers:
-            if spec.name == name:
-                return spec
-        known = ", ".join(w.name for w in self.workers)
-        raise KeyError(f"simulation {self.name!r} has no worker {name!r} (workers: {known})")
-
-
-# ---------------------------------------------------------------------------
-# Public helpers
-
-
-def check_worker_name(name: str) -> None:
-    """Raise ConfigError unless ``name`` can name a worker (also used by sy.VirtualWorker).
-
-    >>> check_worker_name("bob")
-    """
-    problem = _name_problem(name)
-    if problem is not None:
-        raise ConfigError(problem)
-
-
-def parse_size(value: int | str) -> int:
-    """Bytes in ``value``: an int of bytes, or a string like "512MB" or "4GiB".
-
-    >>> parse_size("4GiB"), parse_size("1.5 KB"), parse_size(100)
-    (4294967296, 1500, 100)
-    """
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ConfigError(f"invalid size: expected an integer or a string, got {_describe(value)}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ConfigError(f"invalid size {value}: must not be negative")
-        return value
-    match = _SIZE.fullmatch(value)
-    unit = None if match is None else _SIZE_UNITS.get(match.group(2).lower())
-    if match is None or unit is None:
-        raise ConfigError(f"invalid size {value!r}: {_SIZE_RULE}")
-    number = match.group(1)
-    # Exact arithmetic for integers so "8TiB" is not rounded through a float.
-    return int(number) * unit if number.isdigit() else int(float(number) * unit)
-
-
-def format_size(size: int) -> str:
-    """``size`` bytes the way a config writes them, in the largest binary unit that fits.
-
-    >>> format_size(256 * 2**20), format_size(3 * 2**29), format_size(1000)
-    ('256MiB', '1.5GiB', '1000B')
-    """
-    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if size >= factor:
-            return f"{size / factor:.1f}".removesuffix(".0") + unit
-    return f"{size}B"
+__all__ = ["load_config", "parse_config"]
 
 
 def load_config(path: str | os.PathLike[str]) -> SimulationConfig:
@@ -313,7 +121,7 @@ class _Parser:
         if "request_timeout_s" in table:
             timeout = self._timeout("[simulation] request_timeout_s", table["request_timeout_s"])
         backend = self._str("[simulation] backend", table.get("backend", "local"))
-        from .backends import REGISTRY  # the names only: no backend is imported
+        from ..backends import REGISTRY  # the names only: no backend is imported
 
         if backend not in REGISTRY:
             self.fail("[simulation] backend", f"unknown backend {backend!r} (known: {', '.join(sorted(REGISTRY))})")
@@ -530,38 +338,9 @@ class _Parser:
 # Formatting
 
 
-def _name_problem(name: Any) -> str | None:
-    if not isinstance(name, str):
-        return f"invalid worker name {name!r}: expected a string, got {_describe(name)}"
-    if not _NAME.fullmatch(name):
-        return f"invalid worker name {name!r}: {_NAME_RULE}"
-    if name in _RESERVED_NAMES:
-        return f"invalid worker name {name!r}: it is reserved for the local client (sy.local_worker)"
-    return None
-
-
 def _replace_seed(worker: WorkerConfig, seed: int) -> WorkerConfig:
     return WorkerConfig(worker.name, worker.device, worker.cpus, worker.threads,
                         worker.memory_limit, worker.gpu_memory_fraction, seed, worker.data)  # fmt: skip
-
-
-def _describe(value: Any) -> str:
-    """TOML's name for the type of ``value``, for 'expected X, got Y' messages."""
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, int):
-        return f"an integer ({value})"
-    if isinstance(value, float):
-        return f"a float ({value})"
-    if isinstance(value, str):
-        return f"a string ({value!r})"
-    if isinstance(value, list | tuple):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, datetime.date | datetime.time):
-        return "a date/time"
-    return type(value).__name__
 
 
 def _key(key: str) -> str:
