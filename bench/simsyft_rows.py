@@ -3,7 +3,7 @@
     hook = sy.TorchHook(torch); bob = sy.VirtualWorker(hook, id="bob")
     x_ptr = x.send(bob); z = x_ptr + y_ptr; z.get(); bob.pid; sy.shutdown()
 
-(One exception, `simsyft_encode_decode_5`, times `simsyft.protocol` directly:
+(One exception, `simsyft_encode_decode_5`, times `simsyft.wire.codec` directly:
 DESIGN.md sets a goal for it and no public call isolates it.)
 
 Each `row_*` takes the mode's Settings and a `Lab` (the hook and the workers,
@@ -151,7 +151,7 @@ def row_send_get_small(s: Settings, lab: Lab) -> list[Figure]:
 
 
 def row_encode_decode(s: Settings, lab: Lab) -> list[Figure]:
-    """simsyft.protocol encode + decode of a Store message carrying a 5-element tensor."""
+    """simsyft.wire.codec encode + decode of a Store message carrying a 5-element tensor."""
     from simsyft.wire import codec, messages
 
     t = lab.torch.tensor([1.0, 2, 3, 4, 5])
