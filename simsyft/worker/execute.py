@@ -15,6 +15,7 @@ import torch
 
 from ..errors import ViewOutsideStorageError
 from ..wire import ops
+from ..wire.args import walk
 
 __all__ = ["inside_storage", "is_guarded", "run"]
 
@@ -124,15 +125,15 @@ def inside_storage(tensor: torch.Tensor) -> bool:
 
 def _tensors(value: Any, found: list) -> list:
     """Append the strided tensors in an op's arguments or result (nested tuples, lists, dict values)."""
-    if isinstance(value, torch.Tensor):
-        if value.layout is torch.strided:
-            found.append(value)
-    elif isinstance(value, (tuple, list)):
-        for item in value:
-            _tensors(item, found)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _tensors(item, found)
+    def collect(leaf: Any) -> Any:
+        if isinstance(leaf, torch.Tensor):
+            if leaf.layout is torch.strided:
+                found.append(leaf)
+        elif isinstance(leaf, tuple):  # torch.return_types are tuples of their own type
+            walk(tuple(leaf), {}, collect)
+        return leaf
+
+    walk(value, {}, collect)
     return found
 
 
