@@ -53,6 +53,12 @@ def _remote_torch_function(cls: type, func: Callable, types: tuple, args: tuple 
     if func is torch.Tensor.requires_grad.__set__:
         _remote_pointer(args[0]).requires_grad = args[1]
         return None
+    if getattr(func, "__name__", None) == "__set__":
+        # torch drops, without a decref, whatever __torch_function__ returns for a property
+        # setter (handle_torch_function_setter): returning the parameter's own pointer there
+        # kept it alive forever, and with it the remote tensor (`opt.zero_grad()` sets p.grad).
+        _pointer._call_remote(func, args, kwargs)
+        return None
     return _pointer._call_remote(func, args, kwargs)
 
 
