@@ -86,6 +86,11 @@ alice.clear_objects()
     "x",
     "bob._objects",
     "alice._objects",
+    # The 2020 edition: remote_send (bob sends the data straight to alice and keeps a pointer)
+    "x.remote_send(alice)",
+    "bob._objects",
+    "alice._objects",
+    "x.get().get()",
 ]
 
 

@@ -12,6 +12,7 @@ also inherits it, so ``except ValueError`` keeps working for bad config and
     ├── LocationMismatchError(ValueError) one op given pointers to different places
     ├── MemoryLimitError(MemoryError, RuntimeError) an op would pass the worker's memory_limit
     ├── RemoteValueError(ValueError)      a value exists only remotely (item(), bool(), ...)
+    ├── InvalidTensorForRemoteGet(TypeError) remote_get() on a pointer to a tensor, not to a pointer
     ├── WorkerCrashedError(RuntimeError)  the worker process died
     ├── WorkerShutdownError(RuntimeError) the worker was shut down on purpose
     ├── WorkerTimeoutError(TimeoutError)  no answer within request_timeout_s (or a start-up timeout)
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "InvalidTensorForRemoteGet",
     "LocationMismatchError",
     "MemoryLimitError",
     "ObjectNotFoundError",
@@ -101,3 +103,7 @@ class RemoteError(SimsyftError, RuntimeError):
     def __init__(self, message: str, type_name: str = "Exception") -> None:
         super().__init__(message)
         self.type_name = type_name
+
+
+class InvalidTensorForRemoteGet(SimsyftError, TypeError):
+    """remote_get() on a pointer whose worker holds the tensor itself (PySyft's name and message)."""

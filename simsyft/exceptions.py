@@ -3,9 +3,9 @@
 Aliases of the classes in errors.py, where the real hierarchy lives.
 """
 
-from .errors import LocationMismatchError, ObjectNotFoundError
+from .errors import InvalidTensorForRemoteGet, LocationMismatchError, ObjectNotFoundError
 
-__all__ = ["ObjectNotFoundError", "TensorsNotCollocatedException"]
+__all__ = ["InvalidTensorForRemoteGet", "ObjectNotFoundError", "TensorsNotCollocatedException"]
 
 # PySyft raised this when one op got tensors on different workers.
 TensorsNotCollocatedException = LocationMismatchError

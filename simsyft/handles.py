@@ -77,6 +77,7 @@ class VirtualWorker:
         self.simulation = simulation
         self.is_local = simulation is None
         self._link = None
+        self.holds_pointers = False  # set once it is sent a pointer: its frees may free a chain (pointer.py)
         self._local_objects: dict[int, Any] = {}
         self.owner = self if self.is_local else local_worker
 

@@ -163,12 +163,34 @@ class PointerTensor(TensorFacts):
             raise LocationMismatchError(
                 f"cannot send a pointer to {self.location.id!r} to {worker.id!r}: workers of one simulation only")
         meta = (tensors.dtype_name(self._dtype), tuple(self._shape), self._requires_grad, self._device)
-        new = new_id()
+        # As in PySyft, the worker keeps the pointer under this pointer's own id: `alice:A -> bob:B`
+        # for `me:A -> bob:B`. A pointer already sent on gets a fresh id, so no two copies share one.
+        new = self.id if self._state == LIVE else new_id()
         ack = worker.connection.request(
             lambda seq: messages.StorePointer(seq, new, self.location.id, self.id_at_location, meta))
         if self._state == LIVE:
             self._state = OBSERVER
+        worker.holds_pointers = True
         return PointerTensor(worker, new, worker.owner, ack.result[2:])
+
+    def remote_send(self, worker: Any) -> "PointerTensor":
+        """The worker holding the data sends it straight to `worker` and keeps a pointer to it; returns self.
+
+        This pointer still points at the first worker, which now holds a pointer (a chain):
+        `x.send(bob).remote_send(alice)` leaves the data on alice under bob's id for it.
+        """
+        self._check_live()
+        if getattr(worker, "is_local", False) or worker is self.location:
+            raise ValueError(f"remote_send() needs another worker of the simulation, got {worker.id!r}")
+        if getattr(worker, "simulation", None) is not getattr(self.location, "simulation", None):
+            raise LocationMismatchError(
+                f"cannot remote_send pointer {self.id} from {self.location.id!r} to {worker.id!r}: they belong to "
+                "different simulations")
+        worker.connection.check_alive()
+        self.location.connection.request(
+            lambda seq: messages.Transfer(seq, self.id_at_location, worker.id, self.id_at_location, True))
+        self.location.holds_pointers = True
+        return self
 
     def remote_get(self) -> "PointerTensor":
         """On a pointer to a pointer: bring the data to the middle worker (worker to worker); returns self."""
@@ -222,6 +244,11 @@ class PointerTensor(TensorFacts):
         if self._state != LIVE:
             return
         try:
+            if self.location.holds_pointers:
+                # It may be the head of a chain: its worker frees what it points to now, as PySyft did,
+                # not when we next talk to it.
+                self.location.connection.free_now(self.id_at_location)
+                return
             self.location.connection.free(self.id_at_location)
         except Exception:  # noqa: BLE001 - during interpreter teardown or after shutdown a lost free is harmless
             pass
@@ -251,8 +278,8 @@ class PointerTensor(TensorFacts):
 def from_remote_ref(ref: Any, holder: Any, owner: Any, state: int) -> PointerTensor:
     """A PointerTensor for a pointer a worker held (`holder` reaches the worker it points to)."""
     location = holder.peer(ref.location)
-    return PointerTensor(location, ref.id_at_location, owner, ref.meta, state=state,
-                         id=ref.id if state == OBSERVER else None)
+    # The pointer keeps the id it had where it was held (PySyft: `pointer_to_x_ptr.get()` is `me:A -> bob:B`).
+    return PointerTensor(location, ref.id_at_location, owner, ref.meta, state=state, id=ref.id)
 
 
 class _MethodForwarder:

@@ -195,6 +195,27 @@ class Link:
             finally:
                 self._lock.release()
 
+    def free_now(self, object_id: int) -> None:
+        """Free a remote object and wait until the worker has: for the head of a pointer chain,
+        whose worker in turn frees what it points to (PySyft freed a whole chain at once).
+
+        Falls back to `free()` (batched) where a round trip cannot be made safely: inside a
+        request on this thread (a __del__ run by the garbage collector mid-send), while another
+        thread talks to the worker, or while pipelined failures wait to be raised at a sync point.
+        """
+        lock = self._lock
+        if lock._is_owned() or self.posted or self._deferred or not lock.acquire(blocking=False):
+            self.free(object_id)
+            return
+        try:
+            if self.closed_reason is None:
+                self._pending_free.append(object_id)
+                self.request(lambda seq: messages.Objects(seq, False))  # sends the frees first
+        except errors.SimsyftError:
+            pass  # the worker is gone: its objects went with it
+        finally:
+            lock.release()
+
     def close(self, reason: str = "closed") -> None:
         with self._lock:
             if self.closed_reason is None:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import LocationMismatchError, ObjectNotFoundError, ProtocolError, SimsyftError
+from ..errors import InvalidTensorForRemoteGet, LocationMismatchError, ObjectNotFoundError, ProtocolError, SimsyftError
 from ..ids import new_id
 from ..wire import args, codec, messages, tensors
 from ..wire.messages import Result
@@ -226,8 +226,9 @@ class WorkerCore:
     def _on_remote_get(self, msg: messages.RemoteGet, used: dict[int, Any]) -> messages.Message:
         ref = self._resolve(msg.id, used)
         if type(ref) is not messages.RemoteRef:
-            raise TypeError(f"remote_get(): object {msg.id} on worker {self.name!r} is already a tensor, "
-                            "not a pointer")
+            raise InvalidTensorForRemoteGet(
+                "Tensor does not have attribute child. You remote get should be called on a chain of pointer "
+                f"tensors, instead you called it on object {msg.id} of worker {self.name!r}, a tensor.")
         value = self.peers.get(ref.location).fetch(ref.id_at_location)  # on failure, the object stays there
         if type(value) is messages.RemoteRef:  # a longer chain: we now point where our target pointed
             value.id = msg.id
