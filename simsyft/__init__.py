@@ -28,7 +28,7 @@ from .hook import TorchHook
 from .simulation import Simulation, connect, launch, shutdown
 from .pipelining import pipeline
 from .pointer import PointerTensor
-from .handles import VirtualWorker, local_worker
+from .handles import PrivateGridNetwork, VirtualWorker, local_worker
 
 __version__ = "0.1.0"
 
@@ -39,6 +39,7 @@ __all__ = [
     "ObjectNotFoundError",
     "OpNotAllowedError",
     "PointerTensor",
+    "PrivateGridNetwork",
     "ProtocolError",
     "RemoteError",
     "RemoteValueError",

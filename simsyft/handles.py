@@ -20,12 +20,12 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import WorkerShutdownError
+from .errors import OpNotAllowedError, WorkerShutdownError
 from .ids import new_id
-from .pointer import LIVE, OBSERVER, PointerTensor, from_remote_ref
-from .wire import messages
+from .pointer import LIVE, OBSERVER, PointerTensor, call_on, from_remote_ref
+from .wire import messages, ops
 
-__all__ = ["VirtualWorker", "local_worker", "release_pointers", "send"]
+__all__ = ["PrivateGridNetwork", "VirtualWorker", "local_worker", "release_pointers", "send"]
 
 
 def _no_default() -> Any:
@@ -58,7 +58,8 @@ class VirtualWorker:
         _check_name(id)
         handle = default_simulation().handle(id, hook, start=True)
         for tensor in data or ():
-            handle.send_tensor(tensor)
+            # The worker owns what it starts with (PySyft's `data=`): no pointer frees it.
+            handle.send_tensor(tensor)._state = OBSERVER
         return handle
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -121,6 +122,16 @@ class VirtualWorker:
         # Pointers this worker holds show as pointers owned by it; they only observe (never free).
         return {key: from_remote_ref(value, self, self, OBSERVER) if type(value) is messages.RemoteRef else value
                 for key, value in items}
+
+    @property
+    def _tensors(self) -> dict[int, Any]:
+        """PySyft's other name for `_objects`."""
+        return self._objects
+
+    @property
+    def remote(self) -> "_RemoteCall":
+        """`bob.remote.torch.zeros(3)`: run an allowlisted torch function on this worker; a pointer back."""
+        return _RemoteCall(self, "")
 
     def peer(self, name: str) -> "VirtualWorker":
         """The handle on worker `name` of this worker's simulation."""
@@ -187,6 +198,50 @@ class VirtualWorker:
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         raise TypeError(f"a worker handle ({self.id!r}) cannot be pickled")
+
+
+class _RemoteCall:
+    """A dotted path under `worker.remote`; calling it runs that op on the worker (checked there too)."""
+
+    __slots__ = ("_worker", "_path")
+
+    def __init__(self, worker: VirtualWorker, path: str) -> None:
+        self._worker, self._path = worker, path
+
+    def __getattr__(self, name: str) -> "_RemoteCall":
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _RemoteCall(self._worker, f"{self._path}.{name}" if self._path else name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._worker.is_local:
+            raise ValueError("the local worker 'me' runs torch directly; call it without .remote")
+        if not ops.is_allowed(self._path):
+            raise OpNotAllowedError(f"{self._path!r} is not in simsyft's op allowlist (simsyft/wire/ops.py); "
+                                    f"worker {self._worker.id!r} cannot run it")
+        return call_on(self._worker, ops.lookup(self._path), args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<remote {self._path or 'namespace'} on {self._worker.id!r}>"
+
+
+class PrivateGridNetwork:
+    """A set of workers searched together (PySyft's `sy.PrivateGridNetwork(bob, alice)`)."""
+
+    def __init__(self, *workers: VirtualWorker) -> None:
+        self.workers = list(workers)
+
+    def search(self, *query: str) -> dict[str, list[PointerTensor]]:
+        """{worker id: pointers tagged with every tag in `query`}, for workers with a match."""
+        results = {}
+        for worker in self.workers:
+            found = worker.search(*query)
+            if found:
+                results[worker.id] = found
+        return results
+
+    def __repr__(self) -> str:
+        return f"<PrivateGridNetwork {[w.id for w in self.workers]}>"
 
 
 local_worker: VirtualWorker = object.__new__(VirtualWorker)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from . import handles, models
+from .pointer import PointerTensor
 
 __all__ = ["TorchHook"]
 
@@ -37,7 +38,18 @@ def _tensor_describe(self: torch.Tensor, description: str) -> torch.Tensor:
     return self
 
 
-_ADDED = {"send": _tensor_send, "tag": _tensor_tag, "describe": _tensor_describe}
+def _tensor_send_(self: torch.Tensor, worker: Any, **kwargs: Any) -> torch.Tensor:
+    """Send this tensor to `worker` and turn this very object into a pointer (PySyft's `send_`)."""
+    return models.send_inplace(self, worker, **kwargs)
+
+
+def _tensor_copy(self: torch.Tensor) -> torch.Tensor:
+    """A copy (PySyft's hook method); on a tensor sent in place, a copy on its worker."""
+    return self.clone()
+
+
+_ADDED = {"send": _tensor_send, "send_": _tensor_send_, "copy": _tensor_copy, "tag": _tensor_tag,
+          "describe": _tensor_describe}
 
 
 def _module_send(self: torch.nn.Module, worker: Any) -> torch.nn.Module:
@@ -69,6 +81,17 @@ _MODULE_ADDED = {
 }
 
 
+_PARAMETER_NEW = torch.nn.Parameter.__new__
+
+
+def _parameter_new(cls: type, data: Any = None, requires_grad: bool = True) -> Any:
+    """`nn.Parameter(ptr)`: a Parameter whose data is on ptr's worker (sharing ptr's storage there,
+    as `nn.Parameter(t)` shares t's)."""
+    if isinstance(data, PointerTensor):
+        return models.parameter_from_pointer(data, requires_grad)
+    return _PARAMETER_NEW(cls, data, requires_grad)
+
+
 class TorchHook:
     """Make `tensor.send(worker)` available, as PySyft's hook did.
 
@@ -91,6 +114,7 @@ class TorchHook:
         for name, method in _MODULE_ADDED.items():
             if torch.nn.Module.__dict__.get(name) is not method:
                 setattr(torch.nn.Module, name, method)
+        torch.nn.Parameter.__new__ = _parameter_new
 
     @staticmethod
     def unhook() -> None:
@@ -101,6 +125,7 @@ class TorchHook:
         for name, method in _MODULE_ADDED.items():
             if torch.nn.Module.__dict__.get(name) is method:
                 delattr(torch.nn.Module, name)
+        torch.nn.Parameter.__new__ = _PARAMETER_NEW
 
     def __repr__(self) -> str:
         return "<TorchHook torch>"

@@ -26,7 +26,7 @@ from .wire.messages import Result
 
 NEW, SAME, VALUE, NOTHING, SEQUENCE = Result.NEW, Result.SAME, Result.VALUE, Result.NOTHING, Result.SEQUENCE
 
-__all__ = ["FETCHED", "LIVE", "OBSERVER", "VOID", "PointerTensor", "from_remote_ref"]
+__all__ = ["FETCHED", "LIVE", "OBSERVER", "VOID", "PointerTensor", "call_on", "from_remote_ref"]
 
 # Pointer states. Only a LIVE pointer owns (and so frees) its remote object.
 LIVE, FETCHED, VOID, OBSERVER = 0, 1, 2, 3
@@ -381,7 +381,12 @@ class _Collector:
         return args_walk(value, {PointerTensor: self.take}, self.leaf)
 
 
-def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
+def call_on(worker: Any, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """Run `func(*args, **kwargs)` on `worker`, also when no argument is a pointer (a factory)."""
+    return _call_remote(func, args, kwargs, worker)
+
+
+def _call_remote(func: Callable, args: tuple, kwargs: dict, at: Any = None) -> Any:
     op = ops.op_name_or_repr(func)
     walker = _Collector(op)
     wire_args = None if kwargs else walker.walk_flat(args)
@@ -390,6 +395,10 @@ def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
         wire_args = walker.walk(args)
     wire_kwargs = walker.walk(kwargs) if kwargs else kwargs
     location, pointers = walker.location, walker.pointers
+    if at is not None:
+        if location is not None and location is not at:
+            raise LocationMismatchError(f"{op} on {at.id!r} got a pointer to {location.id!r}; move it there first")
+        location = at
     if walker.local is not None:
         raise LocationMismatchError(
             f"{op} got a pointer to {location.id!r} and a local tensor on 'me'; "

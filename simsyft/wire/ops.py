@@ -62,6 +62,12 @@ _DENIED = re.compile(
 )
 
 
+# Factories are not in torch's overridable list (they take no tensor). These run for
+# `bob.remote.torch.zeros(3)`: they make a new tensor from sizes and scalars only.
+_FACTORIES = ("arange", "eye", "full", "linspace", "logspace", "ones", "rand", "randint", "randn", "randperm",
+              "tensor", "zeros")
+
+
 def _build() -> dict[str, Callable]:
     table: dict[str, Callable] = {}
     for funcs in get_overridable_functions().values():
@@ -82,6 +88,8 @@ def _build() -> dict[str, Callable]:
         method = getattr(torch.Tensor, dunder, None)
         if method is not None:
             table.setdefault(f"torch.Tensor.{dunder}", method)
+    for name in _FACTORIES:
+        table[f"torch.{name}"] = getattr(torch, name)
     for prop in _PROPERTIES:
         table[f"torch.Tensor.{prop}.__get__"] = getattr(torch.Tensor, prop).__get__
     for prop in _SETTABLE:
