@@ -166,9 +166,10 @@ class PointerDataset(BaseDataset):
     def __repr__(self) -> str:
         out = (f"[PointerDataset | me:{self.id} -> {self.location.id}:"
                f"(data {self.data.id_at_location}, targets {self.targets.id_at_location})]")
-        if self.tags:
+        out += _meta_lines(self.tags, None)
+        if self.tags:  # PySyft showed the shape under a tagged pointer
             out += f"\n\tShape: {tuple(self.data.shape)}"
-        return out + _meta_lines(self.tags, self.description)
+        return out + _meta_lines((), self.description)
 
 
 def _tagged(tensor: Any, tags: list[str], description: str | None) -> torch.Tensor:
