@@ -13,7 +13,7 @@ holds pointers. Imports federated/dataset.py and nothing of the worker.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
@@ -145,8 +145,8 @@ class FederatedDataLoader:
 
     def __len__(self) -> int:
         # Run the same schedule over batch counts only: no data is touched, no generator drawn.
-        counts: dict[str, Iterable] = {w: range(len(s)) for w, s in self.batch_samplers.items()}
-        iterators = self._iterators({w: ([0] for _ in c) for w, c in counts.items()})
+        # Lists, not generators: each sibling iterator starts its own pass, as over a BatchSampler.
+        iterators = self._iterators({w: [[0]] * len(s) for w, s in self.batch_samplers.items()})
         steps = 0
         try:
             while True:
