@@ -29,7 +29,6 @@ from .simulation import Simulation, connect, launch, shutdown
 from .pipelining import pipeline
 from .pointer import PointerTensor
 from .handles import VirtualWorker, local_worker
-from . import federated
 from .federated import BaseDataset, FederatedDataLoader, FederatedDataset
 
 __version__ = "0.1.0"
