@@ -7,7 +7,7 @@ to install `Dataset.federate`).
 
 Note [Dataset tags on the worker]
     A sent dataset is two tensors on the worker. Both carry the dataset's tags and a pair
-    tag `#dataset-<id>`; the data also carries "#data" and the targets "#target" (the
+    tag `#dataset-<id>` (<id>: the PointerDataset's, new for every send); the data also carries "#data" and the targets "#target" (the
     names PySyft's sandbox used, so `bob.search("#boston", "#data")` finds the data).
     `search_datasets` pairs them back through the pair tag.
 """
@@ -128,11 +128,12 @@ class BaseDataset(Dataset):
                 f"BaseDataset: cannot send a dataset with a transform ({self.transform_!r}): it is local Python "
                 f"code that cannot run on worker {getattr(worker, 'id', worker)!r}; apply it first with "
                 "dataset.transform(fn), or use dataset.federate(workers), which applies it before sending")
-        pair = f"{PAIR_PREFIX}{self.id}"
+        sent_id = new_id()  # one pair tag per send: the same dataset may go to a worker twice
+        pair = f"{PAIR_PREFIX}{sent_id}"
         data = _tagged(self.data, [*sorted(self.tags), DATA_TAG, pair], self.description).send(worker, **kwargs)
         targets = _tagged(self.targets, [*sorted(self.tags), TARGET_TAG, pair], self.description).send(
             worker, **kwargs)
-        return PointerDataset(data, targets, id=self.id, tags=self.tags, description=self.description)
+        return PointerDataset(data, targets, id=sent_id, tags=self.tags, description=self.description)
 
     def get(self) -> "BaseDataset":
         """Bring data and targets home, in place (PySyft's `get_`); returns self."""
@@ -199,7 +200,7 @@ def search_datasets(workers: Any, *query: str) -> list[PointerDataset]:
     found = []
     for worker in workers if isinstance(workers, (list, tuple)) else [workers]:
         for data in worker.search(*query, DATA_TAG):
-            pairs = [tag for tag in data.tags if tag.startswith(PAIR_PREFIX)]
+            pairs = [tag for tag in data.tags if tag.startswith(PAIR_PREFIX) and tag[len(PAIR_PREFIX):].isdigit()]
             if len(pairs) != 1:
                 continue  # tagged "#data" by hand, not sent as a dataset
             targets = worker.search(pairs[0], TARGET_TAG)

@@ -89,7 +89,9 @@ def test_a_transform_that_cannot_run_on_the_worker_is_refused(workers):
 def test_tags_description_and_search(workers):
     bob, alice = workers
     x, y = toy()
-    ptr = sy.BaseDataset(x, y).tag("#toy", "#train").describe("ten rows\nmore").send(bob)
+    ds = sy.BaseDataset(x, y).tag("#toy", "#train").describe("ten rows\nmore")
+    ptr, again = ds.send(bob), ds.send(bob)  # the same dataset twice: two datasets on bob
+    del again
     sy.BaseDataset(x + 1, y + 1).tag("#toy").send(bob)  # a second one; the pointer is dropped
     assert bob.object_count() == 2  # ... and with it that dataset's data
     assert "\tTags: #toy #train \n\tShape: (10, 3)\n\tDescription: ten rows..." in repr(ptr)
@@ -173,6 +175,7 @@ def test_loader_order_batch_size_and_drop_last(workers):
     dropped = sy.FederatedDataLoader(fed, batch_size=4, drop_last=True)
     assert batches(dropped) == [("bob", [0, 10, 20, 30]), ("alice", [60, 70, 80, 90])] and len(dropped) == 2
     assert batches(loader) == got  # a new epoch starts over
+    assert bob.object_count() == 2 and alice.object_count() == 2  # batches and indices were freed
 
 
 def test_loader_shuffle_draws_the_permutations_pysyft_drew(workers):
@@ -180,6 +183,7 @@ def test_loader_shuffle_draws_the_permutations_pysyft_drew(workers):
     fed = sy.BaseDataset(XS, YS).federate((bob, alice))
     loader = sy.FederatedDataLoader(fed, batch_size=4, shuffle=True)
     torch.manual_seed(3)
+    assert len(loader) == 4  # counts without drawing from the generator
     got = batches(loader)
     torch.manual_seed(3)  # PySyft: one RandomSampler per worker, drawn when its first batch is asked
     expected = [("bob", [int(YS[i]) for i in b]) for b in BatchSampler(RandomSampler(range(6)), 4, False)]
