@@ -29,11 +29,15 @@ from .simulation import Simulation, connect, launch, shutdown
 from .pipelining import pipeline
 from .pointer import PointerTensor
 from .handles import PrivateGridNetwork, VirtualWorker, local_worker
+from .federated import BaseDataset, FederatedDataLoader, FederatedDataset
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BaseDataset",
     "ConfigError",
+    "FederatedDataLoader",
+    "FederatedDataset",
     "LocationMismatchError",
     "MemoryLimitError",
     "ObjectNotFoundError",

@@ -2,7 +2,8 @@
 
 `TorchHook(torch)` adds `Tensor.send` (PySyft 0.2's entry point) and
 `Tensor.tag` / `Tensor.describe` (metadata carried by send), and
-`nn.Module.send/get/move/copy/location` (models.py); everything
+`nn.Module.send/get/move/copy/location` (models.py), and
+`torch.utils.data.Dataset.federate` (federated/dataset.py, where PySyft put it); everything
 else reaches simsyft through torch's own `__torch_function__` protocol on
 PointerTensor. Nothing happens at import time; `unhook()` undoes it for tests.
 """
@@ -15,6 +16,7 @@ import torch
 
 from . import handles, models
 from .pointer import PointerTensor
+from .federated.dataset import dataset_federate
 
 __all__ = ["TorchHook"]
 
@@ -115,6 +117,7 @@ class TorchHook:
             if torch.nn.Module.__dict__.get(name) is not method:
                 setattr(torch.nn.Module, name, method)
         torch.nn.Parameter.__new__ = _parameter_new
+        torch.utils.data.Dataset.federate = dataset_federate
 
     @staticmethod
     def unhook() -> None:
@@ -126,6 +129,8 @@ class TorchHook:
             if torch.nn.Module.__dict__.get(name) is method:
                 delattr(torch.nn.Module, name)
         torch.nn.Parameter.__new__ = _PARAMETER_NEW
+        if torch.utils.data.Dataset.__dict__.get("federate") is dataset_federate:
+            del torch.utils.data.Dataset.federate
 
     def __repr__(self) -> str:
         return "<TorchHook torch>"

@@ -35,6 +35,8 @@ LAYERS = {
     # L4: the user layer
     "simsyft.facts": 4, "simsyft.pipelining": 4, "simsyft.pointer": 4, "simsyft.models": 4, "simsyft.handles": 4,
     "simsyft.hook": 4,
+    "simsyft.federated": 4, "simsyft.federated.dataset": 4, "simsyft.federated.loader": 4,
+    "simsyft.federated.floptimizer": 4,
     # L5: simulations
     "simsyft.simulation": 5,
     # L6+: the face; nothing imports these
@@ -45,7 +47,8 @@ LAYERS = {
 }
 FACE = {"simsyft.cli", "simsyft.__main__", "simsyft.pytest_plugin", "simsyft.testing"}
 USER_LAYER = {"simsyft.facts", "simsyft.pipelining", "simsyft.pointer", "simsyft.models", "simsyft.handles",
-              "simsyft.hook"}
+              "simsyft.hook", "simsyft.federated", "simsyft.federated.dataset", "simsyft.federated.loader",
+              "simsyft.federated.floptimizer"}
 
 
 def modules() -> dict[str, str]:
