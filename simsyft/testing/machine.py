@@ -1,5 +1,5 @@
 """`PointerMachine`, a hypothesis RuleBasedStateMachine over send / op / get / clone / drop /
-backward and invalid steps, checked against a local model (docs/testing.md shows how to
+backward, optimizer steps, chains and invalid steps, checked against a local model (docs/testing.md shows how to
 subclass it).
 
 Part of simsyft.testing (imported by tests only; imports hypothesis).
@@ -43,7 +43,10 @@ class PointerMachine(RuleBasedStateMachine):
     reduction, index, shape, cast, in-place ...), `op2` (two operands on one worker,
     broadcasting, matmul, join), `copy` (`ptr.clone()`), `get`, `drop` (the last
     reference goes: GC frees it), `backward` (on `ptr.sum()`; then every leaf's `.grad`
-    must match), and invalid steps that must raise the right error and change nothing:
+    must match), `train` (a sent model, optimizer steps with or without momentum, then get,
+    move or drop: weights equal plain torch's, nothing left behind), `chain` (a pointer
+    sent on: its id kept, an op through it, get / remote_get / drop of the head), and
+    invalid steps that must raise the right error and change nothing:
     `mix_workers` (LocationMismatchError), `mix_local` (pointer with a local tensor),
     `use_after_get` (ObjectNotFoundError for `get()` twice and for ops), `value_of`
     (RemoteValueError for `item()`/`tolist()`/`bool()`). Invariants after every step:
@@ -173,6 +176,53 @@ class PointerMachine(RuleBasedStateMachine):
             if e.local.is_leaf and e.local.requires_grad:
                 grad = e.pointer.grad
                 assert_same(grad.get() if grad is not None else None, e.local.grad, f"leaf {key} .grad")
+
+    @rule(data=st.data(), steps=st.integers(1, 4), momentum=st.sampled_from([0.0, 0.9]),
+          end=st.sampled_from(["get", "move", "drop"]))
+    def train(self, data: Any, steps: int, momentum: float, end: str) -> None:
+        """A model sent to a worker, trained `steps` optimizer steps, then fetched, moved or dropped;
+        its weights must equal the same training in plain torch, and nothing may stay behind
+        (the invariants check the stores after the rule)."""
+        worker = data.draw(st.sampled_from(self.workers), label="worker")
+        features = data.draw(st.integers(1, 3), label="features")
+        x = torch.randn(4, features)
+        y = torch.randn(4, 1)
+        local = torch.nn.Linear(features, 1)
+        remote = local.copy().send(worker)
+        l_opt = torch.optim.SGD(local.parameters(), lr=0.1, momentum=momentum)
+        r_opt = torch.optim.SGD(remote.parameters(), lr=0.1, momentum=momentum)
+        x_ptr, y_ptr = x.send(worker), y.send(worker)
+        for _ in range(steps):
+            for model, opt, xs, ys in ((local, l_opt, x, y), (remote, r_opt, x_ptr, y_ptr)):
+                opt.zero_grad()
+                loss = ((model(xs) - ys) ** 2).sum()
+                loss.backward()
+                opt.step()
+        if end == "move" and len(self.workers) >= 2:
+            remote.move(next(w for w in self.workers if w is not worker))
+        if end != "drop":
+            remote.get()
+            for name, value in local.state_dict().items():
+                assert torch.allclose(remote.state_dict()[name], value, atol=1e-6), f"trained {name} differs"
+        del remote, r_opt, loss, x_ptr, y_ptr
+
+    @precondition(lambda self: len(self.workers) >= 2)
+    @rule(tensor=tensors(max_side=3), data=st.data(), end=st.sampled_from(["get", "drop", "remote_get"]))
+    def chain(self, tensor: torch.Tensor, data: Any, end: str) -> None:
+        """A pointer sent on to a second worker (a chain): it keeps its id there, an op runs
+        through it, and fetching or dropping the head leaves both stores as the model says."""
+        first, second = data.draw(st.permutations(self.workers), label="workers")[:2]
+        inner = tensor.send(first)
+        head = inner.send(second)
+        assert head.id_at_location == inner.id, "a pointer sent on is stored under its own id"
+        twice = head + head
+        assert_same(twice.get().get(), _reference(tensor) + _reference(tensor), "op through a chain")
+        if end == "get":
+            assert_same(head.get().get(), _reference(tensor), "chain get().get()")
+        elif end == "remote_get":
+            head.remote_get()
+            assert_same(head.get(), _reference(tensor), "remote_get() then get()")
+        del inner, head, twice  # a dropped head frees the whole chain at once
 
     @precondition(lambda self: len(self.workers) >= 2)
     @rule(a=pointers, data=st.data())
