@@ -28,6 +28,7 @@ from .hook import TorchHook
 from .simulation import Simulation, connect, launch, shutdown
 from .pipelining import pipeline
 from .pointer import PointerTensor
+from .multipointer import MultiPointerTensor, combine_pointers
 from .handles import VirtualWorker, local_worker
 
 __version__ = "0.1.0"
@@ -36,6 +37,7 @@ __all__ = [
     "ConfigError",
     "LocationMismatchError",
     "MemoryLimitError",
+    "MultiPointerTensor",
     "ObjectNotFoundError",
     "OpNotAllowedError",
     "PointerTensor",
@@ -50,6 +52,7 @@ __all__ = [
     "WorkerCrashedError",
     "WorkerShutdownError",
     "WorkerTimeoutError",
+    "combine_pointers",
     "connect",
     "launch",
     "local_worker",

@@ -35,6 +35,7 @@ LAYERS = {
     # L4: the user layer
     "simsyft.facts": 4, "simsyft.pipelining": 4, "simsyft.pointer": 4, "simsyft.models": 4, "simsyft.handles": 4,
     "simsyft.hook": 4,
+    "simsyft.multipointer": 4,
     # L5: simulations
     "simsyft.simulation": 5,
     # L6+: the face; nothing imports these
@@ -45,7 +46,7 @@ LAYERS = {
 }
 FACE = {"simsyft.cli", "simsyft.__main__", "simsyft.pytest_plugin", "simsyft.testing"}
 USER_LAYER = {"simsyft.facts", "simsyft.pipelining", "simsyft.pointer", "simsyft.models", "simsyft.handles",
-              "simsyft.hook"}
+              "simsyft.hook", "simsyft.multipointer"}
 
 
 def modules() -> dict[str, str]:
