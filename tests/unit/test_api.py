@@ -42,7 +42,7 @@ LAYERS = {
     "simsyft.__init__": 6, "simsyft.cli": 7, "simsyft.__main__": 7, "simsyft.pytest_plugin": 7,
     "simsyft.testing.inprocess": 7, "simsyft.testing.compare": 7, "simsyft.testing.strategies": 7,
     "simsyft.testing.grammar": 7, "simsyft.testing.worlds": 7, "simsyft.testing.programs": 7,
-    "simsyft.testing.machine": 7,
+    "simsyft.testing.machine": 7, "simsyft.testing.multi": 7,
 }
 FACE = {"simsyft.cli", "simsyft.__main__", "simsyft.pytest_plugin", "simsyft.testing"}
 USER_LAYER = {"simsyft.facts", "simsyft.pipelining", "simsyft.pointer", "simsyft.models", "simsyft.handles",
