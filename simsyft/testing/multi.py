@@ -22,6 +22,7 @@ from ..errors import LocationMismatchError, ObjectNotFoundError
 from ..multipointer import MultiPointerTensor, combine_pointers
 from .compare import _check_meta, _pair_results, _reference, assert_same, assert_same_outcome, outcome
 from .grammar import BINARY_KINDS, Op, ops
+from .programs import _backward
 from .strategies import partners, tensors
 
 
@@ -41,6 +42,7 @@ class MultiPointerRules:
     two to one worker must raise), `op_multi` / `op2_multi` (an op on multi-pointers equals
     the op run on each worker's local tensor, in `.child`'s order, stopping at the first
     error as the remote side does; workers that disagree on a Python value must raise),
+    `backward_multi` (`mpt.sum().backward()`, then every leaf's `.grad` on those workers),
     `get_multi` (the list, or the sum), `drop_multi`, and `mix_multi` (with a local tensor,
     a single pointer, or a multi-pointer on other workers: LocationMismatchError)."""
 
@@ -129,6 +131,25 @@ class MultiPointerRules:
         for op in ("a.get()", "a + 1"):
             again = outcome(Op(op), multi.pointer)
             assert again.error is ObjectNotFoundError and "already fetched" in again.message, f"{op}: {again!r}"
+
+    @rule(m=multis)
+    def backward_multi(self, m: int) -> None:
+        multi = self.multi_entries[m]
+        l_out = None
+        for name, key in multi.keys.items():  # worker by worker, stopping where the remote side stops
+            l_out = outcome(_backward, self.entries[key].local)
+            if not l_out.ok:
+                break
+        r_out = outcome(_backward, multi.pointer)
+        assert_same_outcome(r_out, l_out, "mpt.sum().backward()")
+        if not r_out.ok:
+            return
+        assert r_out.value.get() == [None] * len(multi.keys), "backward() must return pointers to nothing"
+        workers = {self.entries[key].worker for key in multi.keys.values()}
+        for key, e in self.entries.items():
+            if e.worker in workers and e.local.is_leaf and e.local.requires_grad:
+                grad = e.pointer.grad
+                assert_same(grad.get() if grad is not None else None, e.local.grad, f"leaf {key} .grad")
 
     @rule(m=consumes(multis))
     def drop_multi(self, m: int) -> None:
