@@ -125,7 +125,7 @@ class MultiPointerTensor:
 
     @property
     def grad(self) -> "MultiPointerTensor | None":
-        """The gradient on each worker as a MultiPointerTensor, or None where there is none."""
+        """The gradient on each worker as a MultiPointerTensor; None if no worker has one (an error if only some do)."""
         return _run(torch.Tensor.grad.__get__, (self,), {})
 
     @grad.setter
