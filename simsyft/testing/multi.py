@@ -81,7 +81,8 @@ class MultiPointerRules:
     @rule(target=multis, a=consumes(pointers), b=consumes(pointers), method=st.booleans())
     def combine(self, a: int, b: int, method: bool) -> Any:
         ea, eb = self.entries[a], self.entries[b]
-        call = (lambda: ea.pointer.combine(eb.pointer)) if method else (lambda: combine_pointers(eb.pointer, ea.pointer))
+        pa, pb = ea.pointer, eb.pointer
+        call = (lambda: pa.combine(pb)) if method else (lambda: combine_pointers(pb, pa))
         result = outcome(call)
         if ea.worker is eb.worker:
             # Both stay tracked (the store invariant still sees them); no rule reaches them again.
