@@ -30,6 +30,7 @@ from .pipelining import pipeline
 from .pointer import PointerTensor
 from .handles import PrivateGridNetwork, VirtualWorker, local_worker
 from .federated import BaseDataset, FederatedDataLoader, FederatedDataset
+from .multipointer import MultiPointerTensor, combine_pointers
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ __all__ = [
     "FederatedDataset",
     "LocationMismatchError",
     "MemoryLimitError",
+    "MultiPointerTensor",
     "ObjectNotFoundError",
     "OpNotAllowedError",
     "PointerTensor",
@@ -55,6 +57,7 @@ __all__ = [
     "WorkerCrashedError",
     "WorkerShutdownError",
     "WorkerTimeoutError",
+    "combine_pointers",
     "connect",
     "launch",
     "local_worker",

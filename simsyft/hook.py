@@ -14,16 +14,21 @@ from typing import Any
 
 import torch
 
-from . import handles, models
-from .pointer import PointerTensor
+from . import handles, models, multipointer
 from .federated.dataset import dataset_federate
+from .pointer import PointerTensor
 
 __all__ = ["TorchHook"]
 
 
-def _tensor_send(self: torch.Tensor, worker: Any) -> Any:
-    """Copy this tensor to `worker` and return a PointerTensor to the copy."""
-    return handles.send(self, worker)
+def _tensor_send(self: torch.Tensor, *workers: Any) -> Any:
+    """Copy this tensor to `worker` and return a PointerTensor to the copy; given several workers
+    (`x.send(bob, alice)`, or a list), a MultiPointerTensor holding one pointer per copy."""
+    if len(workers) == 1 and isinstance(workers[0], (list, tuple)):
+        workers = tuple(workers[0])
+    if len(workers) == 1:
+        return handles.send(self, workers[0])
+    return multipointer.send_many(self, workers)
 
 
 def _tensor_tag(self: torch.Tensor, *tags: str) -> torch.Tensor:
@@ -54,8 +59,11 @@ _ADDED = {"send": _tensor_send, "send_": _tensor_send_, "copy": _tensor_copy, "t
           "describe": _tensor_describe}
 
 
-def _module_send(self: torch.nn.Module, worker: Any) -> torch.nn.Module:
+def _module_send(self: torch.nn.Module, worker: Any, *more: Any) -> torch.nn.Module:
     """Send the module's parameters and buffers to `worker`, in place (PySyft's `model.send`)."""
+    if more or isinstance(worker, (list, tuple)):
+        raise NotImplementedError("a model is sent to one worker at a time: send a copy to each "
+                                  "(model.copy().send(bob), model.copy().send(alice))")
     return models.send_module(self, worker)
 
 

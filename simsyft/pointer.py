@@ -227,6 +227,13 @@ class PointerTensor(TensorFacts):
         """A remote copy on the same worker (`copy().get()` leaves this one in place)."""
         return _call_remote(torch.Tensor.clone, (self,), {})
 
+    def combine(self, *pointers: "PointerTensor") -> Any:
+        """PySyft's `p1.combine(p2, ...)`: a MultiPointerTensor of `pointers`, then this one (PySyft's order).
+
+        multipointer.py builds on this module, so it installs `_combine` when imported (Note [Combining pointers]).
+        """
+        return PointerTensor._combine(*pointers, self)
+
     def _check_live(self) -> None:
         if self._state == FETCHED:
             raise ObjectNotFoundError(

@@ -8,6 +8,7 @@ A package, one concern per module (imports flow down this list):
 - `grammar`: `Op` and `ops()`;
 - `worlds`: `World`, `worlds()`, `WorkerPool`;
 - `programs`: `programs()`, `run_program`;
+- `multi`: PointerMachine's multi-pointer rules;
 - `machine`: `PointerMachine`.
 
 What it offers:

@@ -21,6 +21,7 @@ from ..handles import VirtualWorker
 from ..pointer import PointerTensor
 from .compare import _check_meta, _pair_results, _reference, assert_same, assert_same_outcome, outcome
 from .grammar import BINARY_KINDS, Op, ops
+from .multi import MultiPointerRules
 from .programs import _assert_empty, _backward
 from .strategies import partners, tensors
 from .worlds import WorkerPool, World, worlds
@@ -34,7 +35,7 @@ class _Entry:
     worker: VirtualWorker
 
 
-class PointerMachine(RuleBasedStateMachine):
+class PointerMachine(MultiPointerRules, RuleBasedStateMachine):
     """Drives real pointers against a model, checking both after every step.
 
     The model is, for each live pointer, the local tensor it must equal (ops run on it
@@ -52,6 +53,7 @@ class PointerMachine(RuleBasedStateMachine):
     (RemoteValueError for `item()`/`tolist()`/`bool()`). Invariants after every step:
     each worker's `_objects` has the model's keys and bitwise-equal values (nothing
     leaked, nothing lost), every live pointer's shape/dtype/requires_grad match.
+    Multi-pointers (`x.send(bob, alice)`, `combine`) have their own rules (testing/multi.py).
     `teardown` drops everything and checks that the stores are empty.
 
     Run it (in-process workers by default, or a pool of processes):
@@ -287,6 +289,7 @@ class PointerMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         failing = sys.exc_info()[1] is not None  # teardown also runs after a failed step: do not mask it
+        self.multi_entries.clear()
         self.entries.clear()
         self.fetched.clear()
         try:

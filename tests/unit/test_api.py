@@ -37,18 +37,19 @@ LAYERS = {
     "simsyft.hook": 4,
     "simsyft.federated": 4, "simsyft.federated.dataset": 4, "simsyft.federated.loader": 4,
     "simsyft.federated.floptimizer": 4,
+    "simsyft.multipointer": 4,
     # L5: simulations
     "simsyft.simulation": 5,
     # L6+: the face; nothing imports these
     "simsyft.__init__": 6, "simsyft.cli": 7, "simsyft.__main__": 7, "simsyft.pytest_plugin": 7,
     "simsyft.testing.inprocess": 7, "simsyft.testing.compare": 7, "simsyft.testing.strategies": 7,
     "simsyft.testing.grammar": 7, "simsyft.testing.worlds": 7, "simsyft.testing.programs": 7,
-    "simsyft.testing.machine": 7,
+    "simsyft.testing.machine": 7, "simsyft.testing.multi": 7,
 }
 FACE = {"simsyft.cli", "simsyft.__main__", "simsyft.pytest_plugin", "simsyft.testing"}
 USER_LAYER = {"simsyft.facts", "simsyft.pipelining", "simsyft.pointer", "simsyft.models", "simsyft.handles",
               "simsyft.hook", "simsyft.federated", "simsyft.federated.dataset", "simsyft.federated.loader",
-              "simsyft.federated.floptimizer"}
+              "simsyft.federated.floptimizer", "simsyft.multipointer"}
 
 
 def modules() -> dict[str, str]:
