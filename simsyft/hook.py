@@ -18,9 +18,13 @@ from . import handles, models
 __all__ = ["TorchHook"]
 
 
-def _tensor_send(self: torch.Tensor, worker: Any) -> Any:
-    """Copy this tensor to `worker` and return a PointerTensor to the copy."""
-    return handles.send(self, worker)
+def _tensor_send(self: torch.Tensor, worker: Any, **kwargs: Any) -> Any:
+    """Copy this tensor to `worker` and return a PointerTensor to the copy.
+
+    Keywords (PySyft's): `requires_grad` (a remote backward fills this tensor's .grad) and
+    `garbage_collect_data` (False: dropping the pointer leaves the copy on the worker).
+    """
+    return handles.send(self, worker, **kwargs)
 
 
 def _tensor_tag(self: torch.Tensor, *tags: str) -> torch.Tensor:

@@ -21,6 +21,7 @@ PKG = os.path.dirname(simsyft.__file__)
 LAYERS = {
     # L0: no simsyft imports but each other
     "simsyft.errors": 0, "simsyft.exceptions": 0, "simsyft.ids": 0, "simsyft.wire.args": 0, "simsyft.backends": 0,
+    "simsyft.gradients": 0,
     "simsyft.wire": 0, "simsyft.links": 0, "simsyft.worker": 0, "simsyft.config": 1, "simsyft.testing": 7,
     # L1: the wire, configs, the run root
     "simsyft.wire.messages": 1, "simsyft.wire.shm": 1, "simsyft.wire.segments": 1, "simsyft.wire.tensors": 1,
@@ -30,11 +31,13 @@ LAYERS = {
     "simsyft.links.link": 2, "simsyft.links.zmq": 2,
     "simsyft.worker.spec": 2, "simsyft.worker.execute": 2, "simsyft.worker.limits": 2, "simsyft.worker.peers": 2,
     "simsyft.worker.core": 2, "simsyft.worker.main": 2, "simsyft.worker.__main__": 2,
+    "simsyft.worker.origins": 2,
     # L3: backends
     "simsyft.backends.base": 3, "simsyft.backends.local": 3, "simsyft.backends.inprocess": 3,
     # L4: the user layer
     "simsyft.facts": 4, "simsyft.pipelining": 4, "simsyft.pointer": 4, "simsyft.models": 4, "simsyft.handles": 4,
     "simsyft.hook": 4,
+    "simsyft.origins": 4,
     # L5: simulations
     "simsyft.simulation": 5,
     # L6+: the face; nothing imports these
@@ -45,7 +48,7 @@ LAYERS = {
 }
 FACE = {"simsyft.cli", "simsyft.__main__", "simsyft.pytest_plugin", "simsyft.testing"}
 USER_LAYER = {"simsyft.facts", "simsyft.pipelining", "simsyft.pointer", "simsyft.models", "simsyft.handles",
-              "simsyft.hook"}
+              "simsyft.hook", "simsyft.origins"}
 
 
 def modules() -> dict[str, str]:
