@@ -14,15 +14,17 @@ from typing import Any
 
 import torch
 
+from .errors import WorkerCrashedError, WorkerShutdownError
 from .gradients import backward_from
 from .ids import new_id
 from .wire import messages
 
-__all__ = ["collect", "forget", "held", "hold"]
+__all__ = ["collect", "forget", "held", "hold", "mark_holder"]
 
 # id -> the tensor a copy on a worker sends its gradients back to; by worker handle, its ids.
 _HELD: dict[int, torch.Tensor] = {}
 _BY_WORKER: dict[Any, set[int]] = {}
+_HOLDERS: list[Any] = []  # the handles of workers sent or moved a tracked copy, in order
 # Origins kept for one worker that prompt a look for released ones, so a loop of sends without a
 # backward pass keeps a bounded number of tensors alive.
 _CHECK_AT = 64
@@ -38,8 +40,15 @@ def hold(worker: Any, tensor: torch.Tensor) -> int:
     origin_id = new_id()
     _HELD[origin_id] = tensor
     ids.add(origin_id)
-    worker.holds_origins = True
+    mark_holder(worker)
     return origin_id
+
+
+def mark_holder(worker: Any) -> None:
+    """`worker` holds a tracked copy: a backward pass there starts a collection."""
+    if not worker.holds_origins:
+        worker.holds_origins = True
+        _HOLDERS.append(worker)
 
 
 def forget(worker: Any, origin_id: int) -> None:
@@ -59,10 +68,19 @@ def collect(worker: Any) -> None:
     The workers send each other theirs; the client's come back here and continue backward
     from their origins (`x.grad` fills, and a local graph upstream of `x` gets its gradients).
     """
-    todo = [worker]
-    while todo:
-        current = todo.pop(0)
-        grads, released, reached = current.connection.request(lambda seq: messages.Grads(seq)).value
+    todo = [worker] if worker.holds_origins else []
+    others = []
+    if worker.holds_pointers:  # the pass may have run where its pointers point: ask every holder
+        others = [h for h in _HOLDERS if h is not worker and h.simulation is worker.simulation]
+    while todo or others:
+        in_case = not todo  # a holder asked only in case the pass reached it
+        current = todo.pop(0) if todo else others.pop(0)
+        try:
+            grads, released, reached = current.connection.request(lambda seq: messages.Grads(seq)).value
+        except (WorkerShutdownError, WorkerCrashedError):
+            if not in_case:
+                raise
+            continue  # stopped: its copies went with it
         ids = _BY_WORKER.get(current, set())
         for origin_id, grad in grads:
             origin = _HELD.get(origin_id)
@@ -75,5 +93,7 @@ def collect(worker: Any) -> None:
             ids.discard(origin_id)
         for name in reached:
             peer = current.peer(name)
-            if getattr(peer, "holds_origins", False) and peer not in todo:
+            if peer.holds_origins and peer not in todo:
+                if peer in others:
+                    others.remove(peer)
                 todo.append(peer)

@@ -19,6 +19,7 @@ import torch
 from . import origins
 from .errors import LocationMismatchError, ObjectNotFoundError, RemoteValueError
 from .facts import TensorFacts
+from .gradients import check_can_require_grad
 from .ids import new_id
 from .pipelining import PIPELINE
 from .wire import messages, ops, tensors
@@ -222,11 +223,13 @@ class PointerTensor(TensorFacts):
                 f"cannot move pointer {self.id} from {self.location.id!r} to {worker.id!r}: they belong to different "
                 "simulations, which never map each other's shared memory; use .get() and .send()")
         worker.connection.check_alive()  # a destination known dead fails here, before anything moves
+        if requires_grad:
+            check_can_require_grad(torch.empty(0, dtype=self._dtype))  # torch's error, before anything moves
         new = new_id()
         ack = self.location.connection.request(
             lambda seq: messages.Transfer(seq, self.id_at_location, worker.id, new, False, requires_grad))
         if requires_grad:
-            worker.holds_origins = True  # a backward pass there now starts a collection (origins.py)
+            origins.mark_holder(worker)  # a backward pass there now starts a collection
         self.location, self.id_at_location = worker, new
         self._set_meta(ack.result[2:])
         return self
@@ -437,7 +440,7 @@ def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
         )
     result_id = new_id()
     grad_enabled = torch.is_grad_enabled()
-    if PIPELINE.depth and pointers and not (location.holds_origins and op == _BACKWARD):
+    if PIPELINE.depth and pointers and not (op == _BACKWARD and (location.holds_origins or location.holds_pointers)):
         predicted = PIPELINE.predict(func, args, kwargs, flat)
         if predicted is not None and predicted[0] == SAME and predicted[2][2] and not predicted[1]._requires_grad:
             predicted = None  # it may make its base or views require grad: ask synchronously
@@ -453,7 +456,7 @@ def _call_remote(func: Callable, args: tuple, kwargs: dict) -> Any:
         lambda seq, free: messages.Command(seq, op, wire_args, wire_kwargs, result_id, grad_enabled, free),
         carries_free=True,
     )
-    if location.holds_origins and op == _BACKWARD:
+    if op == _BACKWARD and (location.holds_origins or location.holds_pointers):
         origins.collect(location)  # gradients back to where tracked copies came from
     return _materialize(reply.result, location, pointers, op)
 

@@ -245,7 +245,7 @@ class TrackOrigin(Message):
 class Grads(Message):
     """After a backward pass: send the gradients that reached tracked copies on to the workers
     they came from (OriginGrads), and return the client's: a Value of
-    (((id, grad), ...), released ids, names of the workers that received gradients)."""
+    (((id, grad), ...), released ids, names of the workers it sent gradients or releases to)."""
     seq: int
 
 

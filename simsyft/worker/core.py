@@ -289,8 +289,7 @@ class WorkerCore:
             except Exception:
                 self.origins.put_back(name, grads, released)
                 raise
-            if grads:
-                reached.append(name)
+            reached.append(name)  # it may now have gradients or releases of its own for the client
         grads, released = self.origins.take(CLIENT)
         return messages.Value(msg.seq, (grads, released, tuple(reached)))
 

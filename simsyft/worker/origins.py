@@ -72,7 +72,10 @@ class Origins:
         hook = _ToOrigin(self, origin, id_at_origin)
         tensor.register_hook(hook)
         # Note [How long an origin is kept]: the hook dies with the copy, graph references included.
-        weakref.finalize(hook, self.released.append, (origin, id_at_origin))
+        weakref.finalize(hook, self._release, origin, id_at_origin)
+
+    def _release(self, origin: str, id_at_origin: int) -> None:
+        self.released.append((origin, id_at_origin))  # looked up now: `take` replaces the list
 
     def hold(self, object_id: int, tensor: torch.Tensor) -> None:
         """Keep `tensor`, just moved away with requires_grad=True, until its copy is gone."""
