@@ -9,6 +9,7 @@ import weakref
 import pytest
 import torch
 
+import simsyft as sy
 from simsyft.testing import in_process_worker
 
 
@@ -154,3 +155,12 @@ def test_workers_without_tracked_copies_pay_nothing():
         assert x.grad.tolist() == [2.0, 2.0, 2.0]
     finally:
         carol.shutdown()
+
+
+def test_backward_in_pipelined_mode_still_fills_the_grad(bob):
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    x_ptr = x.send(bob, requires_grad=True)
+    with sy.pipeline():
+        loss = (x_ptr * 3).sum()
+        loss.backward()  # synchronous where tracked copies live: the gradients come back with it
+        assert x.grad.tolist() == [3.0, 3.0]
