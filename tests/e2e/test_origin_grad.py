@@ -164,3 +164,11 @@ def test_backward_in_pipelined_mode_still_fills_the_grad(bob):
         loss = (x_ptr * 3).sum()
         loss.backward()  # synchronous where tracked copies live: the gradients come back with it
         assert x.grad.tolist() == [3.0, 3.0]
+
+
+def test_backward_through_a_pointer_chain_reaches_the_origin(bob, alice):
+    """The pass runs on bob, asked through alice's pointer: the client still collects from bob."""
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    y_chain = (x.send(bob, requires_grad=True) * 5).send(alice)
+    y_chain.sum().backward()
+    assert x.grad.tolist() == [5.0, 5.0]
