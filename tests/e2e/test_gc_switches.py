@@ -81,3 +81,18 @@ def test_nothing_to_collect_on_a_void_result(bob):
     nothing.gc = False  # already so
     with pytest.raises(ValueError, match="points at nothing"):
         nothing.gc = True
+
+
+def test_gc_off_and_requires_grad_together(bob):
+    x = torch.tensor([2.0], requires_grad=True)
+    x_ptr = x.send(bob, requires_grad=True, garbage_collect_data=False)
+    (x_ptr * 4).sum().backward()
+    assert x.grad.tolist() == [4.0] and x_ptr.gc is False
+    object_id = x_ptr.id_at_location
+    del x_ptr
+    assert not dropped(bob, object_id)
+
+
+def test_unknown_send_keywords_are_refused(bob):
+    with pytest.raises(TypeError, match="local_autograd"):
+        torch.tensor([1.0]).send(bob, local_autograd=True)
