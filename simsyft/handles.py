@@ -20,7 +20,9 @@ from typing import Any, Callable
 
 import torch
 
+from . import origins
 from .errors import OpNotAllowedError, WorkerShutdownError
+from .gradients import check_can_require_grad
 from .ids import new_id
 from .pointer import LIVE, OBSERVER, PointerTensor, call_on, from_remote_ref
 from .wire import messages, ops
@@ -79,6 +81,7 @@ class VirtualWorker:
         self.is_local = simulation is None
         self._link = None
         self.holds_pointers = False  # set once it is sent a pointer: its frees may free a chain (pointer.py)
+        self.holds_origins = False  # set once it is sent a copy with requires_grad=True (origins.py)
         self._local_objects: dict[int, Any] = {}
         self.owner = self if self.is_local else local_worker
 
@@ -167,17 +170,37 @@ class VirtualWorker:
             pointers.append(pointer)
         return pointers
 
-    def send_tensor(self, tensor: torch.Tensor) -> PointerTensor:
-        """Copy `tensor` to this worker; returns the pointer that owns the remote copy."""
+    def send_tensor(self, tensor: torch.Tensor, requires_grad: bool = False,
+                    garbage_collect_data: bool = True) -> PointerTensor:
+        """Copy `tensor` to this worker; returns the pointer that owns the remote copy.
+
+        With `requires_grad`, the copy requires grad and a remote backward pass that reaches it
+        continues here, from `tensor` (its .grad fills; a graph upstream of it gets gradients).
+        Without `garbage_collect_data`, dropping the pointer leaves the copy on the worker.
+        """
         if self.is_local:
             raise ValueError("cannot send to the local worker 'me': the tensor is already here")
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"only tensors can be sent, got {type(tensor).__name__}")
+        if requires_grad:
+            check_can_require_grad(tensor)  # torch's error, before anything is sent
         object_id = new_id()
         tags = tuple(getattr(tensor, "tags", None) or ())
         description = getattr(tensor, "description", None)
         reply = self.connection.request(lambda seq: messages.Store(seq, object_id, tensor, tags, description))
+        # Owns the copy from here: if tracking fails below, dropping it frees the copy.
         pointer = PointerTensor(self, object_id, self.owner, reply.result[2:])
+        if requires_grad:
+            origin_id = origins.hold(self, tensor)
+            try:
+                reply = self.connection.request(
+                    lambda seq: messages.TrackOrigin(seq, object_id, "me", origin_id))
+            except BaseException:
+                origins.forget(self, origin_id)
+                raise
+            pointer._set_meta(reply.result[2:])
+        if not garbage_collect_data:
+            pointer.garbage_collection = False
         if tags or description is not None:
             pointer.tags, pointer.description = set(tags), description
         return pointer
@@ -248,11 +271,12 @@ local_worker: VirtualWorker = object.__new__(VirtualWorker)
 local_worker._init(None, "me", None)
 
 
-def send(tensor: torch.Tensor, worker: VirtualWorker) -> PointerTensor:
-    """`tensor.send(worker)`, as TorchHook installs it."""
+def send(tensor: torch.Tensor, worker: VirtualWorker, requires_grad: bool = False,
+         garbage_collect_data: bool = True) -> PointerTensor:
+    """`tensor.send(worker, requires_grad=False, garbage_collect_data=True)`, as TorchHook installs it."""
     if not isinstance(worker, VirtualWorker):
         raise TypeError(f"send() needs a VirtualWorker, got {type(worker).__name__}")
-    return worker.send_tensor(tensor)
+    return worker.send_tensor(tensor, requires_grad=requires_grad, garbage_collect_data=garbage_collect_data)
 
 
 def release_pointers(simulation: Any) -> None:

@@ -21,14 +21,18 @@ from .pointer import PointerTensor
 __all__ = ["TorchHook"]
 
 
-def _tensor_send(self: torch.Tensor, *workers: Any) -> Any:
+def _tensor_send(self: torch.Tensor, *workers: Any, **kwargs: Any) -> Any:
     """Copy this tensor to `worker` and return a PointerTensor to the copy; given several workers
-    (`x.send(bob, alice)`, or a list), a MultiPointerTensor holding one pointer per copy."""
+    (`x.send(bob, alice)`, or a list), a MultiPointerTensor holding one pointer per copy.
+
+    Keywords (PySyft's): `requires_grad` (a remote backward fills this tensor's .grad) and
+    `garbage_collect_data` (False: dropping the pointer leaves the copy on the worker).
+    """
     if len(workers) == 1 and isinstance(workers[0], (list, tuple)):
         workers = tuple(workers[0])
     if len(workers) == 1:
-        return handles.send(self, workers[0])
-    return multipointer.send_many(self, workers)
+        return handles.send(self, workers[0], **kwargs)
+    return multipointer.send_many(self, workers, **kwargs)
 
 
 def _tensor_tag(self: torch.Tensor, *tags: str) -> torch.Tensor:

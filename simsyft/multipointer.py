@@ -212,7 +212,7 @@ del _dunder, _method
 
 # -- building ------------------------------------------------------------------
 
-def send_many(tensor: torch.Tensor, workers: Iterable[Any]) -> MultiPointerTensor:
+def send_many(tensor: torch.Tensor, workers: Iterable[Any], **kwargs: Any) -> MultiPointerTensor:
     """`tensor.send(bob, alice)`: a copy of `tensor` on each worker, as one MultiPointerTensor."""
     workers = list(workers)
     if not workers:
@@ -222,7 +222,7 @@ def send_many(tensor: torch.Tensor, workers: Iterable[Any]) -> MultiPointerTenso
     if repeated:
         raise ValueError(f"send() got worker {repeated[0]!r} twice: a MultiPointerTensor holds one pointer per worker")
     # If one send fails, the copies already made are freed with their pointers.
-    return MultiPointerTensor([handles.send(tensor, worker) for worker in workers])
+    return MultiPointerTensor([handles.send(tensor, worker, **kwargs) for worker in workers])
 
 
 def combine_pointers(*pointers: PointerTensor) -> MultiPointerTensor:

@@ -16,8 +16,10 @@ from typing import Any, Callable
 
 import torch
 
+from . import origins
 from .errors import LocationMismatchError, ObjectNotFoundError, RemoteValueError
 from .facts import TensorFacts
+from .gradients import check_can_require_grad
 from .ids import new_id
 from .pipelining import PIPELINE
 from .wire import messages, ops, tensors
@@ -199,26 +201,35 @@ class PointerTensor(TensorFacts):
         self._set_meta(ack.result[2:])
         return self
 
-    def move(self, worker: Any) -> "PointerTensor":
+    def move(self, worker: Any, requires_grad: bool = False) -> "PointerTensor":
         """Move the data to `worker`, worker to worker; returns this pointer.
 
         The worker holding the data sends it on its own link to `worker` (a frame, or a
         shared-memory segment): the bytes never pass through the client. If the
         destination is dead, the crash error is raised and the data stays where it was.
+        With `requires_grad` (PySyft's), the copy requires grad and a backward pass that reaches
+        it continues on the worker the data came from, which keeps the tensor for that.
         """
         self._check_live()
         if worker is self.location:
             return self
         if getattr(worker, "is_local", False):
+            if requires_grad:
+                raise ValueError("move(me, requires_grad=True): the data comes home with .get(); there is no "
+                                 "remote copy left to send gradients back")
             return self.get()
         if getattr(worker, "simulation", None) is not getattr(self.location, "simulation", None):
             raise LocationMismatchError(
                 f"cannot move pointer {self.id} from {self.location.id!r} to {worker.id!r}: they belong to different "
                 "simulations, which never map each other's shared memory; use .get() and .send()")
         worker.connection.check_alive()  # a destination known dead fails here, before anything moves
+        if requires_grad:
+            check_can_require_grad(torch.empty(0, dtype=self._dtype))  # torch's error, before anything moves
         new = new_id()
         ack = self.location.connection.request(
-            lambda seq: messages.Transfer(seq, self.id_at_location, worker.id, new, False))
+            lambda seq: messages.Transfer(seq, self.id_at_location, worker.id, new, False, requires_grad))
+        if requires_grad:
+            origins.mark_holder(worker)  # a backward pass there now starts a collection
         self.location, self.id_at_location = worker, new
         self._set_meta(ack.result[2:])
         return self
@@ -233,6 +244,36 @@ class PointerTensor(TensorFacts):
         multipointer.py builds on this module, so it installs `_combine` when imported (Note [Combining pointers]).
         """
         return PointerTensor._combine(*pointers, self)
+    # -- garbage collection switches (PySyft's) --------------------------------
+    @property
+    def garbage_collection(self) -> bool:
+        """Whether dropping this pointer frees the remote object (`x.send(bob, garbage_collect_data=False)`
+        makes one that does not). Settable: False leaves the object on the worker when the pointer
+        goes (it stays in `bob._objects`); True makes this pointer the one that frees it."""
+        return self._state == LIVE
+
+    @garbage_collection.setter
+    def garbage_collection(self, flag: bool) -> None:
+        self._check_live()
+        if self._state == VOID:
+            if flag:
+                raise ValueError(f"pointer {self.id} points at nothing (the result of an op that returns None); "
+                                 "there is no remote object to free")
+            return
+        if flag and self._state != LIVE:
+            self._state = LIVE
+            if self._shape is not None:  # as a LIVE pointer made with its metadata
+                _BY_REMOTE_ID.setdefault(self.id_at_location, weakref.ref(self))
+        elif not flag and self._state == LIVE:
+            self._state = OBSERVER
+
+    gc = garbage_collection  # PySyft's alias
+
+    @property
+    def disable_gc(self) -> "PointerTensor":
+        """This pointer, which no longer frees the remote object when dropped (PySyft's)."""
+        self.garbage_collection = False
+        return self
 
     def _check_live(self) -> None:
         if self._state == FETCHED:
@@ -334,6 +375,7 @@ del _dunder, _method
 # -- the remote call ----------------------------------------------------------
 
 _SCALARS = frozenset({int, float, bool, type(None)})
+_BACKWARD = "torch.Tensor.backward"  # the one allowlisted op that runs a backward pass
 
 
 class _Collector:
@@ -413,7 +455,7 @@ def _call_remote(func: Callable, args: tuple, kwargs: dict, at: Any = None) -> A
         )
     result_id = new_id()
     grad_enabled = torch.is_grad_enabled()
-    if PIPELINE.depth and pointers:
+    if PIPELINE.depth and pointers and not (op == _BACKWARD and (location.holds_origins or location.holds_pointers)):
         predicted = PIPELINE.predict(func, args, kwargs, flat)
         if predicted is not None and predicted[0] == SAME and predicted[2][2] and not predicted[1]._requires_grad:
             predicted = None  # it may make its base or views require grad: ask synchronously
@@ -429,6 +471,8 @@ def _call_remote(func: Callable, args: tuple, kwargs: dict, at: Any = None) -> A
         lambda seq, free: messages.Command(seq, op, wire_args, wire_kwargs, result_id, grad_enabled, free),
         carries_free=True,
     )
+    if op == _BACKWARD and (location.holds_origins or location.holds_pointers):
+        origins.collect(location)  # gradients back to where tracked copies came from
     return _materialize(reply.result, location, pointers, op)
 
 

@@ -180,14 +180,17 @@ class Transfer(Message):
 
     The bytes go on the link from this worker to the destination, never through the client.
     Without `keep_pointer` the object leaves this worker (`move`); with it, this worker keeps,
-    under `id`, a pointer to the object's new home (PySyft's `remote_send`). The Ack is the
-    destination's. If the destination fails, nothing changed here.
+    under `id`, a pointer to the object's new home (PySyft's `remote_send`). With `requires_grad`
+    the copy is tracked (TrackOrigin) and this worker keeps the tensor, out of its store, for the
+    gradients that come back. The Ack is the destination's. If the destination fails, nothing
+    changed here.
     """
     seq: int
     id: int
     destination: str
     new_id: int
     keep_pointer: bool = False
+    requires_grad: bool = False  # the copy sends its gradients back here (TrackOrigin)
 
 
 @_message(12)
@@ -225,6 +228,34 @@ class Restore(Message):
     seq: int
     id: int
     frames: tuple
+
+
+@_message(19)
+class TrackOrigin(Message):
+    """Make stored tensor `id` require grad, its gradients going back to tensor `id_at_origin` on
+    `origin` (a worker's name, or "me" for the client): PySyft's `send(..., requires_grad=True)`.
+    The Ack describes the tensor."""
+    seq: int
+    id: int
+    origin: str
+    id_at_origin: int
+
+
+@_message(20)
+class Grads(Message):
+    """After a backward pass: send the gradients that reached tracked copies on to the workers
+    they came from (OriginGrads), and return the client's: a Value of
+    (((id, grad), ...), released ids, names of the workers it sent gradients or releases to)."""
+    seq: int
+
+
+@_message(21)
+class OriginGrads(Message):
+    """Worker to worker: continue backward from the tensors `id` this worker moved away, with
+    `grads` ((id, grad), ...); forget the tensors in `released`, whose copies are gone."""
+    seq: int
+    grads: tuple
+    released: tuple
 
 
 @_message(16)

@@ -23,10 +23,12 @@ from typing import Any, Callable
 import torch
 
 from ..errors import InvalidTensorForRemoteGet, LocationMismatchError, ObjectNotFoundError, ProtocolError, SimsyftError
+from ..gradients import check_can_require_grad
 from ..ids import new_id
 from ..wire import args, codec, messages, tensors
 from ..wire.messages import Result
 from . import execute, limits
+from .origins import CLIENT, Origins
 from .peers import Peers
 
 __all__ = ["WorkerCore", "describe_meta"]
@@ -58,6 +60,7 @@ class WorkerCore:
         self.store: dict[int, Any] = {}
         self.tags: dict[int, tuple[tuple[str, ...], str | None]] = {}  # id -> (tags, description)
         self._taken: dict[int, tuple[tuple[str, ...], str | None]] = {}  # tags of objects just fetched (Restore)
+        self.origins = Origins(name)  # gradients back to where tensors came from (requires_grad=True)
         self.messages_in = 0
         self.messages_out = 0
         self.started = time.time()
@@ -244,15 +247,55 @@ class WorkerCore:
                             "another worker; call remote_get() first")
         if msg.destination == self.name:
             raise ValueError(f"object {msg.id} is already on worker {self.name!r}")
+        if msg.requires_grad:
+            check_can_require_grad(value)  # before anything moves
         tags, description = self.tags.get(msg.id, ((), None))
         # On the link to the destination: the bytes (a frame, or a segment) go worker to worker.
-        ack = self.peers.get(msg.destination).request(
-            lambda seq: messages.Store(seq, msg.new_id, value, tags, description))
+        peer = self.peers.get(msg.destination)
+        ack = peer.request(lambda seq: messages.Store(seq, msg.new_id, value, tags, description))
+        if msg.requires_grad:
+            try:
+                ack = peer.request(lambda seq: messages.TrackOrigin(seq, msg.new_id, self.name, msg.id))
+            except Exception:
+                peer.free(msg.new_id)  # the copy cannot send gradients back: it must not stay
+                raise
+            self.origins.hold(msg.id, value)  # out of the store: only gradients reach it now
         self.store.pop(msg.id)
         self.tags.pop(msg.id, None)
         if msg.keep_pointer:
             self.store[msg.id] = messages.RemoteRef(msg.id, msg.destination, msg.new_id, tuple(ack.result[2:]))
         return messages.Ack(msg.seq, ack.result)
+
+    def _on_track_origin(self, msg: messages.TrackOrigin, used: dict[int, Any]) -> messages.Message:
+        tensor = self._resolve(msg.id, used)
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"object {msg.id} on worker {self.name!r} is a pointer; only a tensor can send "
+                            "gradients back to its origin")
+        self.origins.track(tensor, msg.origin, msg.id_at_origin)
+        return messages.Ack(msg.seq, (NEW, msg.id, *describe_meta(tensor)))
+
+    def _on_grads(self, msg: messages.Grads, used: dict[int, Any]) -> messages.Message:
+        # Note [Gradients go back through the client's round trips] (worker/origins.py)
+        reached = []
+        for name in self.origins.waiting():
+            grads, released = self.origins.take(name)
+            try:
+                self.peers.get(name).request(lambda seq: messages.OriginGrads(seq, grads, released))
+            except SimsyftError:
+                if grads:
+                    self.origins.put_back(name, grads, released)
+                    raise
+                continue  # only releases, for a worker that is gone: its tensors went with it
+            except Exception:
+                self.origins.put_back(name, grads, released)
+                raise
+            reached.append(name)  # it may now have gradients or releases of its own for the client
+        grads, released = self.origins.take(CLIENT)
+        return messages.Value(msg.seq, (grads, released, tuple(reached)))
+
+    def _on_origin_grads(self, msg: messages.OriginGrads, used: dict[int, Any]) -> messages.Message:
+        self.origins.receive(msg.grads, msg.released)
+        return messages.Value(msg.seq, None)
 
     def _on_restore(self, msg: messages.Restore, used: dict[int, Any]) -> messages.Message:
         return messages.Ack(msg.seq, self._restore(msg.id, msg.frames))
@@ -484,6 +527,9 @@ _HANDLERS: dict[type, Callable[[WorkerCore, Any, dict], messages.Message]] = {
     messages.RemoteGet: WorkerCore._on_remote_get,
     messages.Transfer: WorkerCore._on_transfer,
     messages.Restore: WorkerCore._on_restore,
+    messages.TrackOrigin: WorkerCore._on_track_origin,
+    messages.Grads: WorkerCore._on_grads,
+    messages.OriginGrads: WorkerCore._on_origin_grads,
     messages.Aliases: WorkerCore._on_aliases,
     messages.Search: WorkerCore._on_search,
     messages.Shutdown: WorkerCore._on_shutdown,
