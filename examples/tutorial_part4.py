@@ -124,6 +124,7 @@ preds = model(data)
 loss = ((preds - target) ** 2).sum()
 """,
     "print(preds)\nprint(target)\nprint(loss.data)",
+    "len(secure_worker._objects)  # added: only the last round's two models remain (4 tensors)",
     "model.weight.data.tolist(), model.bias.data.tolist()  # added: the averaged weights, in full",
 ]
 

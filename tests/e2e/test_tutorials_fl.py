@@ -12,6 +12,7 @@ from torch import nn, optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FINAL = re.compile(r"Out\[\d+\]: \(\[\[([-\d.e]+), ([-\d.e]+)\]\], \[([-\d.e]+)\]\)\s*$")
+WEIGHTS = re.compile(r"Out\[\d+\]: \(\[\[([-\d.e]+), ([-\d.e]+)\]\], \[([-\d.e]+)\]\)")
 
 
 def run_example(name: str) -> str:
@@ -47,12 +48,29 @@ def test_part2_federated_training_equals_plain_torch():
             ((model(d) - t) ** 2).sum().backward()
             opt.step()
     expected = torch.cat([model.weight.detach().flatten(), model.bias.detach()])
-    assert torch.allclose(final_weights(out), expected, atol=1e-5)
+    sgd_weights, adam_weights = [torch.tensor([float(v) for v in m]) for m in WEIGHTS.findall(out)]
+    assert torch.allclose(sgd_weights, expected, atol=1e-5)
+    # v0.2.9's second half: Optims, one Adam per worker, each starting from the same state
+    model = nn.Linear(2, 1)
+    start = optim.Adam(model.parameters(), lr=0.1)
+    opts = {name: optim.Adam(model.parameters(), lr=0.1) for name in ("bob", "alice")}
+    for opt in opts.values():
+        opt.load_state_dict(start.state_dict())
+    for _ in range(10):
+        for name, d, t in (("bob", x[:2], y[:2]), ("alice", x[2:], y[2:])):
+            opts[name].zero_grad()
+            ((model(d) - t) ** 2).sum().backward()
+            opts[name].step()
+    expected = torch.cat([model.weight.detach().flatten(), model.bias.detach()])
+    assert torch.allclose(adam_weights, expected, atol=1e-5)
+    assert torch.allclose(final_weights(out), adam_weights)
 
 
 def test_part4_trusted_aggregator_equals_plain_torch():
     out = run_example("tutorial_part4.py")
     assert "Linear(in_features=2, out_features=1, bias=True)" in out
+    # Regression: every round's trained models stayed on secure_worker (4 tensors a round).
+    assert re.search(r"len\(secure_worker._objects\).*\nOut\[\d+\]: 4\n", out), out[-1500:]
     torch.manual_seed(0)
     x, y = data()
     model = nn.Linear(2, 1)
