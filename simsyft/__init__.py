@@ -25,7 +25,7 @@ from .errors import (
 )
 from . import exceptions
 from .hook import TorchHook
-from .simulation import Simulation, connect, launch, shutdown
+from .simulation import Simulation, connect, launch, measure, shutdown, traffic
 from .pipelining import pipeline
 from .pointer import PointerTensor
 from .handles import VirtualWorker, local_worker
@@ -53,6 +53,8 @@ __all__ = [
     "connect",
     "launch",
     "local_worker",
+    "measure",
     "pipeline",
     "shutdown",
+    "traffic",
 ]

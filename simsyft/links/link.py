@@ -56,6 +56,10 @@ class Link:
     WorkerTimeoutError once the current request has waited `_wait_s` seconds (0: never).
     """
 
+    # Traffic accounting is always on; bench/ turns it off on one link to measure its cost
+    # (row "small sync op, traffic not counted").
+    counting = True
+
     def __init__(self, name: str, namespace: str = "", timeout_s: float = 0.0, source: str = "me") -> None:
         self.name = name  # the party at the other end
         self.source = source  # this end: "me" for the client, a worker's name for worker to worker
@@ -90,13 +94,15 @@ class Link:
         return self._seq
 
     def request(self, make: Callable[..., messages.Message], carries_free: bool = False,
-                timeout_s: float | None = None) -> messages.Message:
+                timeout_s: float | None = None, quiet: bool = False) -> messages.Message:
         """Send `make(seq)` and return its reply; remote exceptions are raised here.
 
         With `carries_free`, `make(seq, free_ids)` puts the pending frees into the
         message itself (Command does), saving a message per dropped pointer. Past
         `timeout_s` (default: the connection's `timeout_s`; 0 waits forever) it raises
         WorkerTimeoutError, and the connection stays usable (Note [Late replies]).
+        A `quiet` request (status, readiness, the ledger's own questions) is left out of the
+        traffic: a deployment would not send it. It must carry no tensor.
         """
         with self._lock:
             self._check_open()
@@ -109,11 +115,18 @@ class Link:
                 else:
                     self._flush_free()
                     msg = make(self.next_seq())
-                self._transmit(self._encode(msg))
+                frames = self._encode(msg)
+                if quiet:
+                    self._send(frames)
+                else:
+                    self._transmit(frames)
                 while True:
                     frames = self._recv()
                     reply = self._decode(frames, msg)
                     if reply.seq == msg.seq or (reply.seq == -1 and isinstance(reply, messages.ErrorReply)):
+                        if quiet and self.counting:
+                            self.received.messages -= 1
+                            self.received.bytes -= codec.frames_size(frames)
                         break
                     if reply.seq in self._abandoned:
                         self._abandoned.discard(reply.seq)  # Note [Late replies]
@@ -231,7 +244,7 @@ class Link:
         sent = False
         if self.closed_reason is None and self._lock.acquire(timeout=timeout):
             try:
-                self._transmit(codec.encode(messages.Shutdown(self.next_seq())))
+                self._send(codec.encode(messages.Shutdown(self.next_seq())))  # not traffic: the simulation's own
                 sent = True
             except Exception:  # noqa: BLE001 - best effort: the caller kills a worker that stays
                 pass
@@ -260,9 +273,10 @@ class Link:
             raise WorkerShutdownError(f"worker {self.name!r} is {self.closed_reason}; start it again to use it")
 
     def _transmit(self, frames: list) -> None:
-        stats = self.sent
-        stats.bytes += codec.frames_size(frames)
-        stats.messages += 1
+        if self.counting:
+            stats = self.sent
+            stats.bytes += codec.frames_size(frames)
+            stats.messages += 1
         self._send(frames)
 
     def _encode(self, msg: messages.Message) -> list:
@@ -279,7 +293,8 @@ class Link:
             _IN_FLIGHT.sent = mark
         if armed:
             self._armed += armed
-        self.sent.shm_bytes += _IN_FLIGHT.shm_bytes - shm_before
+        if self.counting:
+            self.sent.shm_bytes += _IN_FLIGHT.shm_bytes - shm_before
         return frames
 
     def _decode(self, frames: list, msg: messages.Message) -> messages.Message:
@@ -288,13 +303,16 @@ class Link:
         mark = _IN_FLIGHT.claims  # tensors.receiving() / received(), inline
         _IN_FLIGHT.claims = claims = []
         ok = True
-        stats = self.received
-        stats.bytes += codec.frames_size(frames)
-        stats.messages += 1
+        counting = self.counting
+        if counting:
+            stats = self.received
+            stats.bytes += codec.frames_size(frames)
+            stats.messages += 1
         shm_before = _IN_FLIGHT.shm_bytes
         try:
             reply = codec.decode(frames, namespace=self.namespace)
-            stats.shm_bytes += _IN_FLIGHT.shm_bytes - shm_before
+            if counting:
+                stats.shm_bytes += _IN_FLIGHT.shm_bytes - shm_before
             return reply
         except errors.SimsyftError as exc:
             if type(msg) is messages.Fetch and msg.remove and codec.peek_seq(frames) == msg.seq:
