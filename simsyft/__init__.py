@@ -22,6 +22,7 @@ from .errors import (
     WorkerCrashedError,
     WorkerShutdownError,
     WorkerTimeoutError,
+    WorkerUnavailableError,
 )
 from . import exceptions
 from .hook import TorchHook
@@ -50,6 +51,7 @@ __all__ = [
     "WorkerCrashedError",
     "WorkerShutdownError",
     "WorkerTimeoutError",
+    "WorkerUnavailableError",
     "connect",
     "launch",
     "local_worker",

@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any, Iterator
 
-from . import backends, handles
+from . import backends, handles, network
 from .config import REQUEST_TIMEOUT_S, SimulationConfig, WorkerConfig, load_config
 from .errors import SimsyftError, WorkerCrashedError, WorkerShutdownError, WorkerTimeoutError
 from .handles import VirtualWorker
@@ -81,20 +81,30 @@ class Simulation:
         return getattr(self.backend, "run_dir", None)
 
     # -- handles ------------------------------------------------------------------------------
-    def handle(self, name: str, hook: Any = None, start: bool = False) -> VirtualWorker:
+    def handle(self, name: str, hook: Any = None, start: bool = False,
+               message_pending_time: float | None = None) -> VirtualWorker:
         """The one handle on worker `name`.
 
         With `start` (what `VirtualWorker(...)` does), a worker that is not running, or has
         crashed, is started afresh. Without it (`sim["bob"]`), the existing handle is returned
-        even if its worker died, so its calls report the crash.
+        even if its worker died, so its calls report the crash. `message_pending_time`
+        (PySyft 0.2's): seconds each message to the worker really waits before it is handled.
         """
         with self._lock:
             running = name in self.backend.names()
+            if message_pending_time is not None:
+                _check_pending(name, message_pending_time)
             if start and (not running or not self.backend.alive(name)):
                 if running:
                     self._retire(name)
                     self.backend.stop(name)  # crashed: a new process for the same handle
-                self.backend.start(WorkerConfig(name))
+                self.backend.start(WorkerConfig(name, message_pending_time=float(message_pending_time or 0.0)))
+            elif running and message_pending_time is not None:
+                have = self.backend.config(name).message_pending_time
+                if have != message_pending_time:
+                    raise ValueError(f"worker {name!r} is already running with message_pending_time={have:g}, "
+                                     f"not {message_pending_time:g}; shut it down first (.shutdown()) to "
+                                     "start it again with another")
             elif not running:
                 known = ", ".join(self.backend.names()) or "none"
                 raise KeyError(f"simulation {self.name!r} has no worker {name!r} (workers: {known})")
@@ -171,6 +181,7 @@ class Simulation:
         if not self.owner and not self.closed:
             self._leave_ledger()
         self.backend.shutdown()
+        network.uninstall(self.namespace)
 
     # -- traffic and time ------------------------------------------------------------------
     def traffic(self, clients: bool = False) -> Traffic:
@@ -217,7 +228,14 @@ class Simulation:
     def clock_s(self) -> float:
         """This client's simulated clock, in seconds since the simulation started (with
         `[network] mode = "off"`, the wall time since then: the links are the machine's)."""
-        return time.perf_counter() - self._wall_origin
+        net = network.lookup(self.namespace)
+        return time.perf_counter() - self._wall_origin if net is None else net.now()
+
+    @property
+    def network_mode(self) -> str:
+        """`[network] mode`: "off", "account" or "enforce"."""
+        net = network.lookup(self.namespace)
+        return "off" if net is None else net.config.mode
 
     def detached_clients(self) -> list[dict]:
         """What each process that attached and detached left: {"pid", "traffic", "clock_s"}."""
@@ -278,6 +296,11 @@ class Simulation:
         return f"<Simulation {self.name!r}{role} workers: {', '.join(self.backend.names())}>"
 
 
+def _check_pending(name: str, seconds: Any) -> None:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 3600:
+        raise ValueError(f"message_pending_time for worker {name!r} must be from 0 to 3600 seconds, got {seconds!r}")
+
+
 def _count_link(ledger: Traffic, link: Any) -> None:
     """Add a client link's two directions (me -> worker, worker -> me) to `ledger`."""
     sent, received = link.sent, link.received
@@ -293,14 +316,22 @@ def launch(config: str | os.PathLike | SimulationConfig, wait: bool = True) -> S
     """
     cfg = config if isinstance(config, SimulationConfig) else load_config(config)
     backend = backends.create(cfg.backend, cfg.name, cfg.request_timeout_s)
+    net = None
     try:
+        if cfg.network.mode != "off":  # before any link is made: every link stamps what it sends
+            origin = time.monotonic()
+            network.write(backend.run_dir, cfg.network, origin)
+            net = network.install(backend.namespace, network.Network(cfg.network, "me", origin=origin))
         for worker in cfg.workers:
             backend.start(worker)  # all start in parallel: each imports torch on its own
         if wait:
             backend.wait_ready()
     except BaseException:
         backend.shutdown()
+        network.uninstall(backend.namespace)
         raise
+    if net is not None:
+        net.restart_clock()  # simulated time starts once the workers are up
     sim = Simulation(backend, cfg)
     adopt_default(sim)
     return sim
@@ -329,7 +360,12 @@ def connect(name: str | None = None, timeout: float = 0.0) -> Simulation:
 def attach(run_dir: str) -> Simulation:
     """The simulation in local run directory `run_dir`, attached (not made the default)."""
     from .backends.local import LocalBackend
+    from .rundir import read_meta, verify_run_dir
 
+    run_dir = verify_run_dir(run_dir)
+    found = network.read(run_dir)
+    if found is not None and found[0].mode != "off":
+        network.install(read_meta(run_dir)["namespace"], network.Network(found[0], "me", origin=found[1]))
     return Simulation(LocalBackend.attach(run_dir))
 
 

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from .. import errors
 from ..errors import RemoteError, WorkerShutdownError, WorkerTimeoutError
+from ..network import QUIET_STAMP
 from ..wire import codec, messages, tensors
 
 __all__ = ["Link", "LinkStats", "rebuild_exception"]
@@ -77,6 +78,10 @@ class Link:
         self.sent = LinkStats()  # source -> name
         self.received = LinkStats()  # name -> source
         self._armed: list = []  # segments sent in messages the worker has not answered yet (tensors.reclaim)
+        # The network model (network.py), where the simulation has one: every message then
+        # carries a stamp (its send time and size) as its last frame, and replies move our clock.
+        self.net: Any = None
+        self._out_shm = 0  # shared-memory bytes of the message being sent
 
     # -- transport hooks --------------------------------------------------
     def _send(self, frames: list) -> None:
@@ -117,7 +122,7 @@ class Link:
                     msg = make(self.next_seq())
                 frames = self._encode(msg)
                 if quiet:
-                    self._send(frames)
+                    self._send_quiet(frames)
                 else:
                     self._transmit(frames)
                 while True:
@@ -141,6 +146,8 @@ class Link:
                     self._abandoned.add(msg.seq)
                 raise self._timed_out(msg, "answer") from None
             self.posted = 0
+            if type(reply) is messages.ErrorReply and reply.type_name == "WorkerUnavailableError" and carries_free:
+                self._pending_free[:0] = msg.free  # refused unread (offline): its frees go with the next message
             deferred, self._deferred = self._deferred, []
             if self._armed:
                 armed, self._armed = self._armed, []
@@ -244,7 +251,7 @@ class Link:
         sent = False
         if self.closed_reason is None and self._lock.acquire(timeout=timeout):
             try:
-                self._send(codec.encode(messages.Shutdown(self.next_seq())))  # not traffic: the simulation's own
+                self._send_quiet(codec.encode(messages.Shutdown(self.next_seq())))  # the simulation's own
                 sent = True
             except Exception:  # noqa: BLE001 - best effort: the caller kills a worker that stays
                 pass
@@ -277,7 +284,14 @@ class Link:
             stats = self.sent
             stats.bytes += codec.frames_size(frames)
             stats.messages += 1
+        net = self.net
+        if net is not None:
+            frames = [*frames, net.stamp(codec.frames_size(frames) + self._out_shm)]
         self._send(frames)
+
+    def _send_quiet(self, frames: list) -> None:
+        """Send what is not traffic (status, readiness, the ledger's questions, Shutdown)."""
+        self._send(frames if self.net is None else [*frames, QUIET_STAMP])
 
     def _encode(self, msg: messages.Message) -> list:
         # tensors.sending() / sent(), inline: this runs for every message.
@@ -293,8 +307,9 @@ class Link:
             _IN_FLIGHT.sent = mark
         if armed:
             self._armed += armed
+        self._out_shm = shm = _IN_FLIGHT.shm_bytes - shm_before
         if self.counting:
-            self.sent.shm_bytes += _IN_FLIGHT.shm_bytes - shm_before
+            self.sent.shm_bytes += shm
         return frames
 
     def _decode(self, frames: list, msg: messages.Message) -> messages.Message:
@@ -303,6 +318,8 @@ class Link:
         mark = _IN_FLIGHT.claims  # tensors.receiving() / received(), inline
         _IN_FLIGHT.claims = claims = []
         ok = True
+        net = self.net
+        stamp = frames.pop() if net is not None else None  # Link._transmit's, or the worker's
         counting = self.counting
         if counting:
             stats = self.received
@@ -311,8 +328,11 @@ class Link:
         shm_before = _IN_FLIGHT.shm_bytes
         try:
             reply = codec.decode(frames, namespace=self.namespace)
+            shm = _IN_FLIGHT.shm_bytes - shm_before
             if counting:
-                stats.shm_bytes += _IN_FLIGHT.shm_bytes - shm_before
+                stats.shm_bytes += shm
+            if net is not None:
+                net.receive(stamp, codec.frames_size(frames) + shm)  # our clock waits for it
             return reply
         except errors.SimsyftError as exc:
             if type(msg) is messages.Fetch and msg.remove and codec.peek_seq(frames) == msg.seq:
@@ -327,6 +347,7 @@ class Link:
     def _flush_free(self) -> None:
         if self._pending_free:
             ids, self._pending_free = self._pending_free, []
+            self._out_shm = 0
             self._transmit(codec.encode(messages.Free(tuple(ids))))
 
 

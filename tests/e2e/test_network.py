@@ -131,3 +131,123 @@ def test_traffic_since_start_and_to_dict(pair):
     data = total.to_dict()
     assert data["total_bytes"] == total.total_bytes == sum(row["bytes"] for row in data["links"])
     assert "me -> bob" in str(total) and "total" in str(total)
+
+
+# -- the network model -----------------------------------------------------------------------
+
+def _sim(tmp_path, name, network, workers="[workers.bob]\n[workers.alice]\n"):
+    return sy.launch(write(tmp_path, f'[simulation]\nname = "{name}"\n{network}\n{workers}', f"{name}.toml"))
+
+
+SLOW = """
+[network]
+mode = "{mode}"
+latency_ms = 50
+bandwidth_mbps = 8
+"""
+
+
+def test_account_mode_one_mb_over_8_mbits_and_50_ms(tmp_path, hook):
+    with _sim(tmp_path, "e2e-account", SLOW.format(mode="account")) as sim:
+        data = torch.zeros(1_000_000, dtype=torch.uint8)
+        with sim.measure() as m:
+            ptr = data.send(sim["bob"])
+        on_link = m.traffic.links[("me", "bob")].bytes
+        expected = on_link * 8 / 8e6 + 0.050 + 0.050  # there, and the Ack's latency back
+        assert expected - 0.001 <= m.simulated_s <= expected + 0.05
+        assert m.simulated_s >= 1.1
+        assert m.wall_s < m.simulated_s / 2  # accounted, not waited
+        del ptr
+
+
+def test_enforce_mode_really_waits(tmp_path, hook):
+    with _sim(tmp_path, "e2e-enforce", SLOW.format(mode="enforce")) as sim:
+        data = torch.zeros(1_000_000, dtype=torch.uint8)
+        with sim.measure() as m:
+            ptr = data.send(sim["bob"])
+        assert m.wall_s >= 1.1 - 0.005  # 1 MB at 8 Mbit/s, 50 ms each way
+        assert m.simulated_s >= 1.1 - 0.005
+        del ptr
+
+
+def test_pipelined_commands_overlap_on_the_link(tmp_path, hook):
+    with _sim(tmp_path, "e2e-overlap", SLOW.format(mode="account")) as sim:
+        x = torch.ones(3).send(sim["bob"])
+        with sim.measure() as sync:
+            for _ in range(10):
+                x = x + 1
+            x.get()
+        x = torch.ones(3).send(sim["bob"])
+        with sim.measure() as piped:
+            with sy.pipeline():
+                for _ in range(10):
+                    x = x + 1
+            x.get()
+        assert sync.simulated_s >= 11 * 0.1  # every call waits 50 ms there and back
+        assert piped.simulated_s < 4 * 0.1  # the ten commands travel together
+
+
+def test_compute_factor_scales_the_simulated_compute_time(tmp_path, hook):
+    workers = "[workers.bob]\ncompute_factor = 4.0\n[workers.alice]\n"
+    with _sim(tmp_path, "e2e-factor", '[network]\nmode = "account"', workers) as sim:
+        times = {}
+        for name in ("bob", "alice"):
+            a = torch.rand(300, 300).send(sim[name])
+            with sim.measure() as m:
+                for _ in range(20):
+                    b = a.mm(a).sin().cos()
+                b.sum().get()
+            times[name] = m.simulated_s
+        assert 2.5 < times["bob"] / times["alice"] < 5.5, times
+
+
+def test_same_program_same_seed_same_times(tmp_path, hook):
+    """Jitter is drawn per link from a seeded generator: the same program under the same seed
+    gives the same times. What may differ between runs is only real time (CPU time of the ops,
+    the client's own time between calls, both small here), so equal means equal within 20 ms,
+    while the jitter itself spans 0-200 ms per message."""
+    net = '[network]\nmode = "account"\nlatency_ms = 5\njitter_ms = 200\nseed = {seed}'
+
+    def run(name, seed):
+        with _sim(tmp_path, name, net.format(seed=seed), "[workers.bob]\n") as sim:
+            x = torch.ones(4).send(sim["bob"])
+            x = x + 1  # the first op warms the worker up
+            stamps = []
+            for _ in range(6):
+                with sim.measure() as m:
+                    x = x + 1
+                stamps.append(m.simulated_s)
+            return stamps
+
+    first, again, other = run("e2e-seed-a", 7), run("e2e-seed-b", 7), run("e2e-seed-c", 8)
+    assert all(abs(a - b) < 0.020 for a, b in zip(first, again)), (first, again)
+    assert sum(abs(a - b) for a, b in zip(first, other)) > 0.1, (first, other)
+    assert all(t >= 0.010 for t in first)
+
+
+def test_offline_window_refuses_and_changes_nothing(tmp_path, hook):
+    workers = "[workers.bob]\noffline = [[0.0, 0.4]]\n[workers.alice]\n"
+    with _sim(tmp_path, "e2e-offline", '[network]\nmode = "account"', workers) as sim:
+        bob = sim["bob"]
+        with pytest.raises(sy.WorkerUnavailableError, match="offline") as caught:
+            torch.ones(3).send(bob)
+        assert isinstance(caught.value, ConnectionError) and isinstance(caught.value, sy.SimsyftError)
+        import time
+
+        time.sleep(0.45)  # the client's clock runs on its own time between calls
+        assert bob._objects == {}  # the refused send stored nothing
+        ptr = torch.ones(3).send(bob)
+        assert torch.equal(ptr.get(), torch.ones(3))
+
+
+def test_message_pending_time_really_waits(hook):
+    import time
+
+    carol = sy.VirtualWorker(hook, id="carol_pending", message_pending_time=0.2)
+    try:
+        x = torch.ones(2).send(carol)
+        start = time.perf_counter()
+        x.get()
+        assert time.perf_counter() - start >= 0.2
+    finally:
+        carol.shutdown()
