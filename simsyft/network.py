@@ -27,6 +27,7 @@ import zlib
 from typing import Callable
 
 from .config import NetworkConfig
+from .errors import ProtocolError
 from .rundir import write_json
 
 __all__ = ["FILE", "QUIET_STAMP", "Clock", "Network", "install", "lookup", "read", "uninstall", "write"]
@@ -138,8 +139,14 @@ class Network:
     def arrival(self, stamp: bytes, nbytes: int = 0) -> tuple[str, float | None]:
         """(sender, when the message with `stamp` arrives here); None for a quiet message.
         `nbytes`: its size, as the receiver counted it, for a REPLY stamp."""
-        sent_at, stamped = _STAMP.unpack_from(stamp)
-        src = bytes(stamp[_STAMP.size:]).decode()
+        try:
+            sent_at, stamped = _STAMP.unpack_from(stamp)
+            src = bytes(stamp[_STAMP.size:]).decode()
+        except (struct.error, UnicodeDecodeError, TypeError):
+            raise ProtocolError(f"a message without a valid network stamp ({len(stamp)} bytes where one was "
+                                "expected): both ends must run the simulation's network model") from None
+        if not math.isfinite(sent_at):
+            raise ProtocolError(f"a network stamp with send time {sent_at!r}")
         if stamped == QUIET:
             return src, None
         link = self._incoming.get(src)

@@ -17,6 +17,7 @@ import time
 import torch
 
 from .. import network
+from ..errors import ProtocolError
 from ..links.zmq import context as zmq_context
 from ..wire import codec, messages, segments, shm
 from . import limits
@@ -129,9 +130,12 @@ def _network(launch: WorkerLaunch) -> network.Network | None:
 def _serve(core: WorkerCore, net: network.Network, frames: list) -> list | None:
     """Handle one stamped request (frames: routing id, the message, its stamp) on the simulated
     clock: start at max(our clock, its arrival), take CPU time x compute_factor, stamp the reply."""
-    stamp = frames.pop()
+    stamp = frames.pop() if len(frames) > 2 else b""
     body = frames[1:]
-    src, arrival = net.arrival(stamp)
+    try:
+        src, arrival = net.arrival(stamp)
+    except ProtocolError:
+        src, arrival = "?", None  # a malformed message: the decoder refuses it, without the clock
     if arrival is None:  # quiet: status, readiness, the ledger's questions
         reply = core.handle(body)
         return None if reply is None else [*reply, network.QUIET_STAMP]
