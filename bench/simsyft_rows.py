@@ -155,7 +155,6 @@ def row_traffic_cost(s: Settings, lab: Lab) -> list[Figure]:
             counted += time_calls(op, block)
     finally:
         link.__dict__.pop("counting", None)  # back to the class's: always on
-    del x_ptr, y_ptr
     floor = "simsyft_small_op_uncounted"
     return [
         time_figure(uncounted, name=floor, group="floor",

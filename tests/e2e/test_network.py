@@ -251,3 +251,54 @@ def test_message_pending_time_really_waits(hook):
         assert time.perf_counter() - start >= 0.2
     finally:
         carol.shutdown()
+
+
+# -- the command line ------------------------------------------------------------------------
+
+def _cli(*args, timeout=120):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items() if k != "SIMSYFT_RUN_DIR"}
+    env["PYTHONPATH"] = root
+    return subprocess.run([sys.executable, "-m", "simsyft", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=root)
+
+
+def test_run_prints_the_traffic_and_the_simulated_time(tmp_path):
+    config = write(tmp_path, """
+        [simulation]
+        name = "e2e-net-run"
+        [network]
+        mode = "account"
+        latency_ms = 100
+        [workers.bob]
+        [workers.alice]
+    """)
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import torch, simsyft as sy
+        hook = sy.TorchHook(torch)
+        bob, alice = sy.VirtualWorker(hook, id="bob"), sy.VirtualWorker(hook, id="alice")
+        x = torch.zeros(100_000).send(bob).move(alice)
+        print("done", x.get().shape)
+    """))
+    result = _cli("run", config, "--", __import__("sys").executable, str(script))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "done torch.Size([100000])"
+    rows = {line.strip().split("  ")[0]: line for line in result.stderr.splitlines() if "->" in line}
+    assert {"me -> bob", "bob -> me", "me -> alice", "alice -> me", "bob -> alice", "alice -> bob"} <= set(rows)
+    assert "390.6 KiB" in rows["bob -> alice"] or "390.7 KiB" in rows["bob -> alice"]  # 400,000 bytes and a frame
+    clock = [line for line in result.stderr.splitlines() if line.startswith("simulated time (account): ")]
+    assert clock and float(clock[0].split(": ")[1].split(" s")[0]) >= 0.6  # three round trips of 2 x 100 ms
+
+
+def test_status_shows_each_links_traffic(pair):
+    bob, alice = pair["bob"], pair["alice"]
+    torch.ones(20_000).send(bob).move(alice)
+    result = _cli("status", "e2e-ledger")
+    assert result.returncode == 0, result.stderr
+    assert "  traffic:" in result.stdout
+    assert any(line.strip().startswith("bob -> alice") for line in result.stdout.splitlines()), result.stdout
