@@ -302,3 +302,17 @@ def test_status_shows_each_links_traffic(pair):
     assert result.returncode == 0, result.stderr
     assert "  traffic:" in result.stdout
     assert any(line.strip().startswith("bob -> alice") for line in result.stdout.splitlines()), result.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_ipc_bytes_are_counted(tmp_path, hook):
+    workers = '[workers.bob]\ndevice = "cuda:0"\ngpu_memory_fraction = 0.25\n'
+    with _sim(tmp_path, "e2e-net-cuda", "", workers) as sim:
+        local = torch.ones(MiB // 4, device="cuda")  # 1 MiB of float32
+        with sim.measure() as m:
+            ptr = local.send(sim["bob"])
+            back = (ptr * 2).get()
+        assert back.device.type == "cuda"
+        assert m.traffic.links[("me", "bob")].shm_bytes == MiB
+        assert m.traffic.links[("bob", "me")].shm_bytes == MiB
+        assert MiB <= m.traffic.links[("me", "bob")].bytes <= MiB + 4096
