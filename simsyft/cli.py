@@ -86,7 +86,12 @@ def format_status(name: str, status: dict[str, dict[str, Any]]) -> str:
 def format_traffic(sim: Any, indent: str = "") -> str:
     """The traffic table of a simulation: this process's links, the workers' own, and the client
     links of processes that attached and have left (a script under `simsyft run`)."""
-    ledger = sim.traffic(clients=True)
+    from .errors import SimsyftError
+
+    try:
+        ledger = sim.traffic(clients=True, timeout_s=2.0)  # as the status table: a stopped worker must not hold it
+    except SimsyftError as exc:
+        return f"{indent}traffic: not available ({type(exc).__name__}: {exc})"
     if not ledger.links:
         return f"{indent}traffic: none yet"
     return "\n".join([f"{indent}traffic:"] + [indent + "  " + line for line in str(ledger).splitlines()])
@@ -248,7 +253,7 @@ def _print_run_summary(sim: Any) -> None:
 
     try:
         lines = [format_traffic(sim), format_clock(sim)]
-    except SimsyftError as exc:  # a worker the command left hung: say so, still stop the rest
+    except SimsyftError as exc:  # say so, and still stop the workers
         lines = [f"traffic: not available ({exc})"]
     print("\n".join(line for line in lines if line), file=sys.stderr, flush=True)
 

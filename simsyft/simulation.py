@@ -184,13 +184,14 @@ class Simulation:
         network.uninstall(self.namespace)
 
     # -- traffic and time ------------------------------------------------------------------
-    def traffic(self, clients: bool = False) -> Traffic:
+    def traffic(self, clients: bool = False, timeout_s: float | None = None) -> Traffic:
         """The traffic on every directed link since the simulation started (or this process attached).
 
         Links of "me" are this process's own; worker-to-worker links are what each worker counted
         on its own links, asked here (a round trip per worker, left out of the ledger). With
         `clients`, the client links of processes that attached and have detached since (a script
-        under `simsyft run`) are added to "me"'s.
+        under `simsyft run`) are added to "me"'s. A worker that does not answer within `timeout_s`
+        (default: the simulation's request timeout) raises WorkerTimeoutError.
 
         >>> sim.traffic().links[("me", "bob")].bytes
         4412
@@ -200,7 +201,7 @@ class Simulation:
             ledger = ledger.merge([self._retired])
             for name in self.backend.names():
                 _count_link(ledger, self.backend.link(name))
-                for peer, (sent, received) in self._report(name).items():
+                for peer, (sent, received) in self._report(name, timeout_s).items():
                     ledger.add(name, peer, *sent)
                     ledger.add(peer, name, *received)
         if clients and self.run_dir:
@@ -248,12 +249,13 @@ class Simulation:
                 continue  # being written (write_json replaces atomically), or not ours to read
         return found
 
-    def _report(self, name: str) -> dict:
+    def _report(self, name: str, timeout_s: float | None = None) -> dict:
         """Worker `name`'s own account of its links to its peers ({} once it is gone)."""
         if self.backend.exit_status(name) is not None:
             return {}
         try:
-            info = self.backend.link(name).request(lambda seq: messages.Info(seq), quiet=True).value
+            info = self.backend.link(name).request(lambda seq: messages.Info(seq), quiet=True,
+                                                   timeout_s=timeout_s).value
         except (WorkerCrashedError, WorkerShutdownError):
             return {}  # gone since: its own links went with it
         return info.get("links", {})
@@ -263,7 +265,7 @@ class Simulation:
         if name not in self.backend.names():
             return
         try:
-            report = self._report(name)
+            report = self._report(name, _STATUS_TIMEOUT_S)
         except SimsyftError:
             report = {}  # hung: its own links' counts are lost, the client's are kept below
         _count_link(self._retired, self.backend.link(name))
