@@ -157,6 +157,11 @@ def test_account_mode_one_mb_over_8_mbits_and_50_ms(tmp_path, hook):
         assert expected - 0.001 <= m.simulated_s <= expected + 0.05
         assert m.simulated_s >= 1.1
         assert m.wall_s < m.simulated_s / 2  # accounted, not waited
+        with sim.measure() as moved:
+            ptr = ptr.move(sim["alice"])  # bob -> alice carries the MB, on the same 8 Mbit/s
+        assert moved.traffic.links[("bob", "alice")].bytes >= 1_000_000
+        # me -> bob, the MB bob -> alice, alice's Ack back, bob's Ack to me: 4 latencies, 1 s of bytes
+        assert 1.2 <= moved.simulated_s <= 1.2 + 0.05
         del ptr
 
 
@@ -192,11 +197,12 @@ def test_compute_factor_scales_the_simulated_compute_time(tmp_path, hook):
     with _sim(tmp_path, "e2e-factor", '[network]\nmode = "account"', workers) as sim:
         times = {}
         for name in ("bob", "alice"):
-            a = torch.rand(300, 300).send(sim[name])
+            a = torch.rand(500, 500).send(sim[name])
+            a.mm(a)  # warm up
             with sim.measure() as m:
-                for _ in range(20):
-                    b = a.mm(a).sin().cos()
-                b.sum().get()
+                for _ in range(10):
+                    b = a.mm(a)  # milliseconds of CPU each, against the client's microseconds
+                b[0, 0].get()
             times[name] = m.simulated_s
         assert 2.5 < times["bob"] / times["alice"] < 5.5, times
 
