@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import simsyft as sy
+from simsyft.network import QUIET_STAMP
 
 MiB = 2**20
 
@@ -183,6 +184,9 @@ def test_pipelined_commands_overlap_on_the_link(tmp_path, hook):
                 x = x + 1
             x.get()
         x = torch.ones(3).send(sim["bob"])
+        with sy.pipeline():  # the first pipelined op pays for its prediction here (client time counts)
+            x = x + 1
+        x = torch.ones(3).send(sim["bob"])
         with sim.measure() as piped:
             with sy.pipeline():
                 for _ in range(10):
@@ -190,6 +194,19 @@ def test_pipelined_commands_overlap_on_the_link(tmp_path, hook):
             x.get()
         assert sync.simulated_s >= 11 * 0.1  # every call waits 50 ms there and back
         assert piped.simulated_s < 4 * 0.1  # the ten commands travel together
+        # The stamps that carry the clock (each message's last frame) are not traffic.
+        x = torch.ones(3).send(sim["bob"])
+        link = sim["bob"].connection
+        sent, send = [], link._send
+        link._send = lambda frames: (sent.append(frames), send(frames))[1]
+        try:
+            with sim.measure() as m:
+                (x * 3).get()
+        finally:
+            del link._send
+        requests = [f for f in sent if f[-1] != QUIET_STAMP]  # not the ledger's own questions
+        assert m.traffic.links[("me", "bob")].messages == len(requests) == 2
+        assert m.traffic.links[("me", "bob")].frame_bytes == sum(sum(map(len, f[:-1])) for f in requests)
 
 
 def test_compute_factor_scales_the_simulated_compute_time(tmp_path, hook):
