@@ -14,6 +14,7 @@ setup(
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6"],
         "bench": ["matplotlib"],
+        "examples": ["matplotlib", "tqdm"],  # examples/fedavg_hospitals.py: its plot and progress bar
     },
     entry_points={
         "console_scripts": ["simsyft=simsyft.cli:main"],

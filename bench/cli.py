@@ -53,6 +53,7 @@ ROWS: list[Row] = [
     _row("torch_rpc", "peer", peers.peer_torch_rpc),
     _row("ray", "peer", peers.peer_ray),
     _row("small_op", "simsyft", simsyft_rows.row_small_op, ("zmq_reqrep", "torch_rpc", "ray")),
+    _row("traffic_cost", "simsyft", simsyft_rows.row_traffic_cost),
     _row("send_get_small", "simsyft", simsyft_rows.row_send_get_small, ("zmq_reqrep",)),
     _row("encode_decode", "simsyft", simsyft_rows.row_encode_decode, ("tensor_pickle",)),
     _row("chain", "simsyft", simsyft_rows.row_chain, ("zmq_pipelined", "torch_rpc", "ray")),

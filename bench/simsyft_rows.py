@@ -129,6 +129,42 @@ def row_small_op(s: Settings, lab: Lab) -> list[Figure]:
     return out
 
 
+def row_traffic_cost(s: Settings, lab: Lab) -> list[Figure]:
+    """The traffic ledger's cost: `x_ptr + y_ptr` with counting on, against the same op on the
+    same link with counting off (`Link.counting`), alternating in blocks in one run.
+
+    DESIGN.md's goal: accounting on costs at most 2 % of the small op (ratio <= 1.02).
+    """
+    torch, bob = lab.torch, lab.worker("bob")
+    x_ptr = torch.tensor([1.0, 2, 3, 4, 5]).send(bob)
+    y_ptr = torch.ones(5).send(bob)
+    link = bob.connection
+
+    def op() -> None:
+        z = x_ptr + y_ptr
+        del z
+
+    block = 250
+    counted, uncounted = [], []
+    time_calls(op, 0, s.warmup)
+    try:
+        for _ in range(max(1, s.reps // block)):
+            link.counting = False
+            uncounted += time_calls(op, block)
+            link.counting = True
+            counted += time_calls(op, block)
+    finally:
+        link.__dict__.pop("counting", None)  # back to the class's: always on
+    floor = "simsyft_small_op_uncounted"
+    return [
+        time_figure(uncounted, name=floor, group="floor",
+                    what="x_ptr + y_ptr, 5 elements, traffic not counted, alternating with the counted op"),
+        time_figure(counted, name="simsyft_small_op_counted", group=G,
+                    what="x_ptr + y_ptr, 5 elements, traffic counted (the default)",
+                    compare=[Compare(floor, goal=1.02, limit=1.05)]),
+    ]
+
+
 def row_send_get_small(s: Settings, lab: Lab) -> list[Figure]:
     """`send` of a 5-element tensor, and `get` of one."""
     torch, bob = lab.torch, lab.worker("bob")

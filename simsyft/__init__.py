@@ -22,10 +22,11 @@ from .errors import (
     WorkerCrashedError,
     WorkerShutdownError,
     WorkerTimeoutError,
+    WorkerUnavailableError,
 )
 from . import exceptions
 from .hook import TorchHook
-from .simulation import Simulation, connect, launch, shutdown
+from .simulation import Simulation, connect, launch, measure, shutdown, traffic
 from .pipelining import pipeline
 from .pointer import PointerTensor
 from .handles import PrivateGridNetwork, VirtualWorker, local_worker
@@ -57,10 +58,13 @@ __all__ = [
     "WorkerCrashedError",
     "WorkerShutdownError",
     "WorkerTimeoutError",
+    "WorkerUnavailableError",
     "combine_pointers",
     "connect",
     "launch",
     "local_worker",
+    "measure",
     "pipeline",
     "shutdown",
+    "traffic",
 ]

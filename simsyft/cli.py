@@ -1,8 +1,9 @@
 """The `simsyft` command line (also `python -m simsyft`). Nothing imports this module.
 
     simsyft up CONFIG [--detach] [--verbose]   start a simulation, show live status; Ctrl-C stops it
-    simsyft run CONFIG [--verbose] -- CMD...   start, run CMD attached to it, stop; exit with CMD's code
-    simsyft status [NAME]                      status of running simulations
+    simsyft run CONFIG [--verbose] -- CMD...   start, run CMD attached to it, print its traffic (and
+                                               simulated time), stop; exit with CMD's code
+    simsyft status [NAME]                      status of running simulations and their links' traffic
     simsyft down [NAME]                        stop running simulations and remove leftovers
     simsyft check CONFIG                       validate a config file only
     simsyft demo                               the Part 1 tutorial on configs/default.toml
@@ -80,6 +81,30 @@ def format_status(name: str, status: dict[str, dict[str, Any]]) -> str:
     lines = [f"simulation {name!r}", "  ".join(h.ljust(w) for h, w in zip(headers, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     return "\n".join(lines)
+
+
+def format_traffic(sim: Any, indent: str = "") -> str:
+    """The traffic table of a simulation: this process's links, the workers' own, and the client
+    links of processes that attached and have left (a script under `simsyft run`)."""
+    from .errors import SimsyftError
+
+    try:
+        ledger = sim.traffic(clients=True, timeout_s=2.0)  # as the status table: a stopped worker must not hold it
+    except SimsyftError as exc:
+        return f"{indent}traffic: not available ({type(exc).__name__}: {exc})"
+    if not ledger.links:
+        return f"{indent}traffic: none yet"
+    return "\n".join([f"{indent}traffic:"] + [indent + "  " + line for line in str(ledger).splitlines()])
+
+
+def format_clock(sim: Any) -> str | None:
+    """The simulated time the clients that left took (mode account or enforce), else None."""
+    if sim.network_mode == "off":
+        return None
+    clocks = [c["clock_s"] for c in sim.detached_clients() if isinstance(c.get("clock_s"), (int, float))]
+    if not clocks:
+        return f"simulated time ({sim.network_mode}): no client has finished"
+    return f"simulated time ({sim.network_mode}): {max(clocks):.3f} s (the command's clock when it ended)"
 
 
 # -- log streaming -------------------------------------------------------------------
@@ -209,6 +234,7 @@ def _run(args: argparse.Namespace) -> int:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
     try:
         code = subprocess.call(command, env=env)
+        _print_run_summary(sim)
     except FileNotFoundError:
         code = _fail(f"command not found: {command[0]}", 127)
     except KeyboardInterrupt:
@@ -219,6 +245,17 @@ def _run(args: argparse.Namespace) -> int:
             streamer.poll()
         sim.shutdown()
     return code
+
+
+def _print_run_summary(sim: Any) -> None:
+    """On stderr, so the command's own output stays the last thing on stdout."""
+    from .errors import SimsyftError
+
+    try:
+        lines = [format_traffic(sim), format_clock(sim)]
+    except SimsyftError as exc:  # say so, and still stop the workers
+        lines = [f"traffic: not available ({exc})"]
+    print("\n".join(line for line in lines if line), file=sys.stderr, flush=True)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -239,6 +276,7 @@ def _status(args: argparse.Namespace) -> int:
         try:
             print(format_status(sim.name, sim.status()))
             print(f"  owner pid {meta.get('owner_pid')}, run dir {run_dir}")
+            print(format_traffic(sim, "  "))
         finally:
             sim.backend.shutdown()  # attached: closes our sockets only
     return 0

@@ -16,6 +16,7 @@ also inherits it, so ``except ValueError`` keeps working for bad config and
     ├── WorkerCrashedError(RuntimeError)  the worker process died
     ├── WorkerShutdownError(RuntimeError) the worker was shut down on purpose
     ├── WorkerTimeoutError(TimeoutError)  no answer within request_timeout_s (or a start-up timeout)
+    ├── WorkerUnavailableError(ConnectionError) the call reached the worker in one of its offline windows
     ├── ViewOutsideStorageError(RuntimeError) an op left or made a view reaching outside its storage
     └── RemoteError(RuntimeError)         a remote exception of a type we do not rebuild
 """
@@ -37,6 +38,7 @@ __all__ = [
     "WorkerCrashedError",
     "WorkerShutdownError",
     "WorkerTimeoutError",
+    "WorkerUnavailableError",
 ]
 
 
@@ -89,6 +91,11 @@ class WorkerTimeoutError(SimsyftError, TimeoutError):
 
     The connection stays usable: if the worker resumes, the late answer is dropped.
     """
+
+
+class WorkerUnavailableError(SimsyftError, ConnectionError):
+    """A call reached a worker inside one of its ``offline`` windows (simulated seconds, config
+    ``[workers.<name>] offline``); the worker did nothing with it. Retry after the window."""
 
 
 class ViewOutsideStorageError(SimsyftError, RuntimeError):

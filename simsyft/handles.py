@@ -58,7 +58,8 @@ class VirtualWorker:
 
     def __new__(cls, hook: Any = None, id: str = "worker", data: Any = (), **kwargs: Any) -> "VirtualWorker":
         _check_name(id)
-        handle = default_simulation().handle(id, hook, start=True)
+        handle = default_simulation().handle(id, hook, start=True,
+                                             message_pending_time=kwargs.get("message_pending_time"))
         for tensor in data or ():
             # The worker owns what it starts with (PySyft's `data=`): no pointer frees it.
             handle.send_tensor(tensor)._state = OBSERVER

@@ -98,7 +98,7 @@ class Backend(abc.ABC):
             # Start-up (importing torch) has its own timeout, not request_timeout_s.
             try:
                 self.link(name).request(lambda seq: messages.Info(seq),
-                                        timeout_s=max(deadline - time.monotonic(), 0.001))
+                                        timeout_s=max(deadline - time.monotonic(), 0.001), quiet=True)
             except WorkerTimeoutError:
                 raise WorkerTimeoutError(f"worker {name!r} took more than {timeout:.0f}s to start") from None
         self.ready()

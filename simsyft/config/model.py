@@ -21,7 +21,10 @@ __all__ = [
     "MEMORY_LIMIT_MIN",
     "REQUEST_TIMEOUT_S",
     "THREADS_MAX",
+    "NETWORK_MODES",
     "DataItem",
+    "LinkConfig",
+    "NetworkConfig",
     "SimulationConfig",
     "WorkerConfig",
     "check_worker_name",
@@ -54,9 +57,16 @@ THREADS_MAX = 1024
 with its own stack), far beyond any machine's CPUs; more is a typo (8 on a 2-CPU machine is
 allowed: oversubscribed, but it works)."""
 
-_TOP_LEVEL_KEYS = ("simulation", "workers")
+_TOP_LEVEL_KEYS = ("network", "simulation", "workers")
 _SIMULATION_KEYS = ("backend", "name", "request_timeout_s", "seed")
-_WORKER_KEYS = ("cpus", "data", "device", "gpu_memory_fraction", "memory_limit", "threads")
+_WORKER_KEYS = ("compute_factor", "cpus", "data", "device", "gpu_memory_fraction", "memory_limit",
+                "message_pending_time", "offline", "threads")
+_LINK_KEYS = ("bandwidth_mbps", "jitter_ms", "latency_ms")
+_NETWORK_KEYS = ("bandwidth_mbps", "jitter_ms", "latency_ms", "links", "mode", "seed")
+
+NETWORK_MODES = ("off", "account", "enforce")
+"""``[network] mode``: "off" counts traffic only; "account" keeps a simulated clock without real
+delays; "enforce" also makes every delivery really wait until its arrival time (docs/network.md)."""
 _DATA_ITEM_KEYS = ("description", "path", "tags")
 _RESERVED_NAMES = frozenset({"me"})  # the local client, sy.local_worker
 
@@ -106,10 +116,16 @@ class WorkerConfig:
     gpu_memory_fraction: float | None = None
     seed: int | None = None
     data: tuple[DataItem, ...] = ()
+    compute_factor: float = 1.0  # its compute counts this many times its CPU time (simulated clock)
+    offline: tuple[tuple[float, float], ...] = ()  # simulated [start, end) seconds it refuses calls
+    message_pending_time: float = 0.0  # PySyft 0.2's: each message really waits this long first
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of lists, str, int, float and None (json.dumps-able)."""
         return {
+            "compute_factor": self.compute_factor,
+            "offline": [list(window) for window in self.offline],
+            "message_pending_time": self.message_pending_time,
             "name": self.name,
             "device": self.device,
             "cpus": None if self.cpus is None else list(self.cpus),
@@ -126,8 +142,8 @@ class WorkerConfig:
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> WorkerConfig:
         """Inverse of to_dict(). The dict is trusted (it came from to_dict()), not re-validated."""
-        unknown = set(spec) - {"name", "device", "cpus", "threads", "memory_limit",
-                               "gpu_memory_fraction", "seed", "data"}  # fmt: skip
+        unknown = set(spec) - {"name", "device", "cpus", "threads", "memory_limit", "gpu_memory_fraction",
+                               "seed", "data", "compute_factor", "offline", "message_pending_time"}  # fmt: skip
         if unknown:
             raise ConfigError(f"worker spec: unknown keys {sorted(unknown)}")
         cpus = spec.get("cpus")
@@ -143,7 +159,55 @@ class WorkerConfig:
                 DataItem(d["key"], d["path"], tuple(d["tags"]), d.get("description"))
                 for d in spec.get("data", ())
             ),
+            compute_factor=spec.get("compute_factor", 1.0),
+            offline=tuple((float(a), float(b)) for a, b in spec.get("offline", ())),
+            message_pending_time=spec.get("message_pending_time", 0.0),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConfig:
+    """One directed link's model; None: the ``[network]`` default (bandwidth None: unlimited)."""
+
+    latency_ms: float | None = None
+    bandwidth_mbps: float | None = None
+    jitter_ms: float | None = None
+
+    def over(self, default: "LinkConfig") -> "LinkConfig":
+        """This link's settings, the default's where it sets none."""
+        return LinkConfig(*(mine if mine is not None else theirs for mine, theirs in
+                            zip((self.latency_ms, self.bandwidth_mbps, self.jitter_ms),
+                                (default.latency_ms, default.bandwidth_mbps, default.jitter_ms))))
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    """``[network]``: the mode, the default link, the jitter seed, and per-link overrides
+    (``links``: ((src, dst, LinkConfig), ...), "me" for the client; "a<->b" is already two)."""
+
+    mode: str = "off"
+    default: LinkConfig = LinkConfig(0.0, None, 0.0)
+    seed: int = 0
+    links: tuple[tuple[str, str, LinkConfig], ...] = ()
+
+    def link(self, src: str, dst: str) -> LinkConfig:
+        """The model of link src -> dst."""
+        for a, b, config in self.links:
+            if a == src and b == dst:
+                return config.over(self.default)
+        return self.default
+
+    def to_dict(self) -> dict[str, Any]:
+        def one(link: LinkConfig) -> list:
+            return [link.latency_ms, link.bandwidth_mbps, link.jitter_ms]
+        return {"mode": self.mode, "default": one(self.default), "seed": self.seed,
+                "links": [[a, b, one(config)] for a, b, config in self.links]}
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> "NetworkConfig":
+        """Inverse of to_dict() (trusted input, as WorkerConfig.from_dict)."""
+        return cls(spec["mode"], LinkConfig(*spec["default"]), spec["seed"],
+                   tuple((a, b, LinkConfig(*config)) for a, b, config in spec["links"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +220,7 @@ class SimulationConfig:
     source: str = "<config>"
     request_timeout_s: float = REQUEST_TIMEOUT_S  # 0: wait forever
     backend: str = "local"  # where the workers run: a name in simsyft.backends.REGISTRY
+    network: NetworkConfig = NetworkConfig()
 
     def worker(self, name: str) -> WorkerConfig:
         """The worker called ``name``; KeyError naming the known workers otherwise."""

@@ -14,6 +14,7 @@ Every error is a ConfigError whose text is ``<source>: <where>: <reason>``::
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 import os
 import re
@@ -25,10 +26,11 @@ from typing import Any, NoReturn
 import psutil
 
 from ..errors import ConfigError
-from .model import (_BARE_KEY, _CPU_RANGE, _CUDA, _DATA_ITEM_KEYS, _NAME, _NAME_RULE, _REQUEST_TIMEOUT_MAX_S,
-                    _REQUEST_TIMEOUT_MIN_S, _SEED_MAX, _SIMULATION_KEYS, _STARTUP_MEMORY, _TAG, _TOP_LEVEL_KEYS,
-                    _WORKER_KEYS, ALL_GPUS, MEMORY_LIMIT_MIN, REQUEST_TIMEOUT_S, THREADS_MAX, DataItem,
-                    SimulationConfig, WorkerConfig, _describe, _name_problem, format_size, parse_size)
+from .model import (_BARE_KEY, _CPU_RANGE, _CUDA, _DATA_ITEM_KEYS, _LINK_KEYS, _NAME, _NAME_RULE, _NETWORK_KEYS,
+                    _REQUEST_TIMEOUT_MAX_S, _REQUEST_TIMEOUT_MIN_S, _SEED_MAX, _SIMULATION_KEYS, _STARTUP_MEMORY,
+                    _TAG, _TOP_LEVEL_KEYS, _WORKER_KEYS, ALL_GPUS, MEMORY_LIMIT_MIN, NETWORK_MODES,
+                    REQUEST_TIMEOUT_S, THREADS_MAX, DataItem, LinkConfig, NetworkConfig, SimulationConfig,
+                    WorkerConfig, _describe, _name_problem, format_size, parse_size)
 
 __all__ = ["load_config", "parse_config"]
 
@@ -97,7 +99,9 @@ class _Parser:
                           f"(worker i gets seed + i, and there are {len(workers)} workers)")  # fmt: skip
             workers = [_replace_seed(w, seed + i) for i, w in enumerate(workers)]
         self._check_gpu_fractions(workers)
-        return SimulationConfig(name, seed, tuple(workers), self.source, timeout, backend)
+        network = self._network(data.get("network", {}), [w.name for w in workers], backend)
+        self._check_network_use(workers, network)
+        return SimulationConfig(name, seed, tuple(workers), self.source, timeout, backend, network)
 
     # -- [simulation] --------------------------------------------------------
 
@@ -173,8 +177,9 @@ class _Parser:
         if "gpu_memory_fraction" in spec:
             fraction = self._fraction(f"{where} gpu_memory_fraction", spec["gpu_memory_fraction"], device)
         data = self._data(f"workers.{_key(name)}.data", spec.get("data", {}))
+        extra = self._worker_network(where, spec)
         if device != ALL_GPUS:
-            return [WorkerConfig(name, device, cpus, threads, memory_limit, fraction, None, data)]
+            return [WorkerConfig(name, device, cpus, threads, memory_limit, fraction, None, data, **extra)]
         count = self._cuda_device_count()
         if count == 0:
             self.fail(f"{where} device", f"{ALL_GPUS!r} needs at least one CUDA device "
@@ -185,8 +190,115 @@ class _Parser:
             if problem is not None:
                 self.fail(f"{where} device", f"{ALL_GPUS!r} cannot name worker {i}: {problem}")
             workers.append(WorkerConfig(f"{name}{i}", f"cuda:{i}", cpus, threads, memory_limit,
-                                        fraction, None, data))  # fmt: skip
+                                        fraction, None, data, **extra))  # fmt: skip
         return workers
+
+    def _worker_network(self, where: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """A worker's keys for the network model: compute_factor, offline, message_pending_time."""
+        extra: dict[str, Any] = {}
+        if "compute_factor" in spec:
+            factor = self._number(f"{where} compute_factor", spec["compute_factor"])
+            if not factor > 0 or math.isinf(factor):
+                self.fail(f"{where} compute_factor", f"must be a finite number more than 0, got {factor}")
+            extra["compute_factor"] = float(factor)
+        if "offline" in spec:
+            value = spec["offline"]
+            if not isinstance(value, list | tuple):
+                self.fail(f"{where} offline", f"expected an array of [start, end] pairs, got {_describe(value)}")
+            windows = []
+            for window in value:
+                if not isinstance(window, list | tuple) or len(window) != 2:
+                    self.fail(f"{where} offline", f"each window is [start, end] in simulated seconds, e.g. "
+                              f"[30.0, 90.0]; got {window!r}")
+                start, end = (self._number(f"{where} offline", t) for t in window)
+                if not 0 <= start < end or math.isinf(end):
+                    self.fail(f"{where} offline", f"window [{start}, {end}]: need 0 <= start < end (finite)")
+                windows.append((float(start), float(end)))
+            extra["offline"] = tuple(sorted(windows))
+        if "message_pending_time" in spec:
+            pending = self._number(f"{where} message_pending_time", spec["message_pending_time"])
+            if not 0 <= pending <= 3600:
+                self.fail(f"{where} message_pending_time", f"must be from 0 to 3600 seconds, got {pending}")
+            extra["message_pending_time"] = float(pending)
+        return extra
+
+    # -- [network] -------------------------------------------------------------
+
+    def _network(self, table: Any, names: list[str], backend: str) -> NetworkConfig:
+        if not isinstance(table, Mapping):
+            self.fail("network", f"expected a table [network], got {_describe(table)}")
+        self._check_keys("[network]", table, _NETWORK_KEYS)
+        mode = self._str("[network] mode", table.get("mode", "off"))
+        if mode not in NETWORK_MODES:
+            self.fail("[network] mode", f"unknown mode {mode!r} (expected one of: {', '.join(NETWORK_MODES)})")
+        default = self._link("[network]", table, LinkConfig(0.0, None, 0.0))
+        seed = self._int("[network] seed", table.get("seed", 0))
+        if not 0 <= seed <= _SEED_MAX:
+            self.fail("[network] seed", f"must be from 0 to {_SEED_MAX}, got {seed}")
+        links_table = table.get("links", {})
+        if not isinstance(links_table, Mapping):
+            self.fail("[network] links", f'expected tables such as [network.links."me->bob"], got {_describe(links_table)}')
+        links: dict[tuple[str, str], LinkConfig] = {}
+        for key, spec in links_table.items():
+            where = f"[network.links.{_quote(key)}]"
+            pairs = self._link_ends(where, key, names)
+            if not isinstance(spec, Mapping):
+                self.fail(where, f"expected a table of {', '.join(_LINK_KEYS)}, got {_describe(spec)}")
+            self._check_keys(where, spec, _LINK_KEYS)
+            config = self._link(where, spec, LinkConfig())
+            for pair in pairs:
+                if pair in links:
+                    self.fail(where, f"link {pair[0]}->{pair[1]} is set twice")
+                links[pair] = config
+        if mode == "off":
+            given = [k for k in _NETWORK_KEYS if k in table and k not in ("mode", "seed")]
+            if given:
+                self.fail(f"[network] {given[0]}", 'has no effect with mode = "off" (traffic only): set mode = '
+                          '"account" (a simulated clock) or "enforce" (real waits)')
+        elif backend != "local":
+            self.fail("[network] mode", f"the network model needs worker processes (backend = \"local\"), "
+                      f"not backend {backend!r}")
+        return NetworkConfig(mode, default, seed, tuple((a, b, c) for (a, b), c in links.items()))
+
+    def _link(self, where: str, table: Mapping[str, Any], base: LinkConfig) -> LinkConfig:
+        latency, bandwidth, jitter = base.latency_ms, base.bandwidth_mbps, base.jitter_ms
+        if "latency_ms" in table:
+            latency = float(self._number(f"{where} latency_ms", table["latency_ms"]))
+            if not 0 <= latency < math.inf:
+                self.fail(f"{where} latency_ms", f"must be 0 or more (milliseconds), got {latency}")
+        if "jitter_ms" in table:
+            jitter = float(self._number(f"{where} jitter_ms", table["jitter_ms"]))
+            if not 0 <= jitter < math.inf:
+                self.fail(f"{where} jitter_ms", f"must be 0 or more (milliseconds), got {jitter}")
+        if "bandwidth_mbps" in table:
+            bandwidth = float(self._number(f"{where} bandwidth_mbps", table["bandwidth_mbps"]))
+            if not 0 < bandwidth < math.inf:
+                self.fail(f"{where} bandwidth_mbps", f"must be more than 0 (megabits per second; leave it out "
+                          f"for unlimited), got {bandwidth}")
+        return LinkConfig(latency, bandwidth, jitter)
+
+    def _link_ends(self, where: str, key: str, names: list[str]) -> list[tuple[str, str]]:
+        both = "<->" in key
+        parts = key.split("<->" if both else "->")
+        if len(parts) != 2 or not all(p.strip() for p in parts):
+            self.fail(where, 'a link is "src->dst" (one direction) or "a<->b" (both), with worker names or '
+                      '"me" for the client')
+        a, b = (p.strip() for p in parts)
+        for end in (a, b):
+            if end != "me" and end not in names:
+                self.fail(where, f"no worker {end!r} (workers: {', '.join(names)}; \"me\" is the client)")
+        if a == b:
+            self.fail(where, f"a link joins two different parties, not {a!r} to itself")
+        return [(a, b), (b, a)] if both else [(a, b)]
+
+    def _check_network_use(self, workers: list[WorkerConfig], network: NetworkConfig) -> None:
+        if network.mode != "off":
+            return
+        for worker in workers:
+            for key, unset in (("compute_factor", 1.0), ("offline", ())):
+                if getattr(worker, key) != unset:
+                    self.fail(f"[workers.{_key(worker.name)}] {key}", 'needs the simulated clock: set [network] '
+                              'mode = "account" or "enforce"')
 
     def _device(self, where: str, value: Any) -> str:
         device = self._str(where, value)
@@ -299,6 +411,11 @@ class _Parser:
             self.fail(where, f"expected a string, got {_describe(value)}")
         return value
 
+    def _number(self, where: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            self.fail(where, f"expected a number, got {_describe(value)}")
+        return value
+
     def _int(self, where: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):  # bool is an int subclass
             self.fail(where, f"expected an integer, got {_describe(value)}")
@@ -339,8 +456,7 @@ class _Parser:
 
 
 def _replace_seed(worker: WorkerConfig, seed: int) -> WorkerConfig:
-    return WorkerConfig(worker.name, worker.device, worker.cpus, worker.threads,
-                        worker.memory_limit, worker.gpu_memory_fraction, seed, worker.data)  # fmt: skip
+    return dataclasses.replace(worker, seed=seed)
 
 
 def _key(key: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from .. import errors
 from ..errors import RemoteError, WorkerShutdownError, WorkerTimeoutError
+from ..network import QUIET_STAMP
 from ..wire import codec, messages, tensors
 
 __all__ = ["Link", "LinkStats", "rebuild_exception"]
@@ -56,6 +57,10 @@ class Link:
     WorkerTimeoutError once the current request has waited `_wait_s` seconds (0: never).
     """
 
+    # Traffic accounting is always on; bench/ turns it off on one link to measure its cost
+    # (row "small sync op, traffic not counted").
+    counting = True
+
     def __init__(self, name: str, namespace: str = "", timeout_s: float = 0.0, source: str = "me") -> None:
         self.name = name  # the party at the other end
         self.source = source  # this end: "me" for the client, a worker's name for worker to worker
@@ -73,6 +78,10 @@ class Link:
         self.sent = LinkStats()  # source -> name
         self.received = LinkStats()  # name -> source
         self._armed: list = []  # segments sent in messages the worker has not answered yet (tensors.reclaim)
+        # The network model (network.py), where the simulation has one: every message then
+        # carries a stamp (its send time and size) as its last frame, and replies move our clock.
+        self.net: Any = None
+        self._out_shm = 0  # shared-memory bytes of the message being sent
 
     # -- transport hooks --------------------------------------------------
     def _send(self, frames: list) -> None:
@@ -90,13 +99,15 @@ class Link:
         return self._seq
 
     def request(self, make: Callable[..., messages.Message], carries_free: bool = False,
-                timeout_s: float | None = None) -> messages.Message:
+                timeout_s: float | None = None, quiet: bool = False) -> messages.Message:
         """Send `make(seq)` and return its reply; remote exceptions are raised here.
 
         With `carries_free`, `make(seq, free_ids)` puts the pending frees into the
         message itself (Command does), saving a message per dropped pointer. Past
         `timeout_s` (default: the connection's `timeout_s`; 0 waits forever) it raises
         WorkerTimeoutError, and the connection stays usable (Note [Late replies]).
+        A `quiet` request (status, readiness, the ledger's own questions) is left out of the
+        traffic: a deployment would not send it. It must carry no tensor.
         """
         with self._lock:
             self._check_open()
@@ -109,11 +120,18 @@ class Link:
                 else:
                     self._flush_free()
                     msg = make(self.next_seq())
-                self._transmit(self._encode(msg))
+                frames = self._encode(msg)
+                if quiet:
+                    self._send_quiet(frames)
+                else:
+                    self._transmit(frames)
                 while True:
                     frames = self._recv()
                     reply = self._decode(frames, msg)
                     if reply.seq == msg.seq or (reply.seq == -1 and isinstance(reply, messages.ErrorReply)):
+                        if quiet and self.counting:
+                            self.received.messages -= 1
+                            self.received.bytes -= codec.frames_size(frames)
                         break
                     if reply.seq in self._abandoned:
                         self._abandoned.discard(reply.seq)  # Note [Late replies]
@@ -128,6 +146,8 @@ class Link:
                     self._abandoned.add(msg.seq)
                 raise self._timed_out(msg, "answer") from None
             self.posted = 0
+            if type(reply) is messages.ErrorReply and reply.type_name == "WorkerUnavailableError" and carries_free:
+                self._pending_free[:0] = msg.free  # refused unread (offline): its frees go with the next message
             deferred, self._deferred = self._deferred, []
             if self._armed:
                 armed, self._armed = self._armed, []
@@ -252,7 +272,7 @@ class Link:
         sent = False
         if self.closed_reason is None and self._lock.acquire(timeout=timeout):
             try:
-                self._transmit(codec.encode(messages.Shutdown(self.next_seq())))
+                self._send_quiet(codec.encode(messages.Shutdown(self.next_seq())))  # the simulation's own
                 sent = True
             except Exception:  # noqa: BLE001 - best effort: the caller kills a worker that stays
                 pass
@@ -281,10 +301,18 @@ class Link:
             raise WorkerShutdownError(f"worker {self.name!r} is {self.closed_reason}; start it again to use it")
 
     def _transmit(self, frames: list) -> None:
-        stats = self.sent
-        stats.bytes += codec.frames_size(frames)
-        stats.messages += 1
+        if self.counting:
+            stats = self.sent
+            stats.bytes += codec.frames_size(frames)
+            stats.messages += 1
+        net = self.net
+        if net is not None:
+            frames = [*frames, net.stamp(codec.frames_size(frames) + self._out_shm)]
         self._send(frames)
+
+    def _send_quiet(self, frames: list) -> None:
+        """Send what is not traffic (status, readiness, the ledger's questions, Shutdown)."""
+        self._send(frames if self.net is None else [*frames, QUIET_STAMP])
 
     def _encode(self, msg: messages.Message) -> list:
         # tensors.sending() / sent(), inline: this runs for every message.
@@ -300,7 +328,9 @@ class Link:
             _IN_FLIGHT.sent = mark
         if armed:
             self._armed += armed
-        self.sent.shm_bytes += _IN_FLIGHT.shm_bytes - shm_before
+        self._out_shm = shm = _IN_FLIGHT.shm_bytes - shm_before
+        if self.counting:
+            self.sent.shm_bytes += shm
         return frames
 
     def _decode(self, frames: list, msg: messages.Message) -> messages.Message:
@@ -309,13 +339,21 @@ class Link:
         mark = _IN_FLIGHT.claims  # tensors.receiving() / received(), inline
         _IN_FLIGHT.claims = claims = []
         ok = True
-        stats = self.received
-        stats.bytes += codec.frames_size(frames)
-        stats.messages += 1
+        net = self.net
+        stamp = frames.pop() if net is not None else None  # Link._transmit's, or the worker's
+        counting = self.counting
+        if counting:
+            stats = self.received
+            stats.bytes += codec.frames_size(frames)
+            stats.messages += 1
         shm_before = _IN_FLIGHT.shm_bytes
         try:
             reply = codec.decode(frames, namespace=self.namespace)
-            stats.shm_bytes += _IN_FLIGHT.shm_bytes - shm_before
+            shm = _IN_FLIGHT.shm_bytes - shm_before
+            if counting:
+                stats.shm_bytes += shm
+            if net is not None:
+                net.receive(stamp, codec.frames_size(frames) + shm)  # our clock waits for it
             return reply
         except errors.SimsyftError as exc:
             if type(msg) is messages.Fetch and msg.remove and codec.peek_seq(frames) == msg.seq:
@@ -330,6 +368,7 @@ class Link:
     def _flush_free(self) -> None:
         if self._pending_free:
             ids, self._pending_free = self._pending_free, []
+            self._out_shm = 0
             self._transmit(codec.encode(messages.Free(tuple(ids))))
 
 

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from ..config import REQUEST_TIMEOUT_S
 from ..errors import WorkerCrashedError, WorkerTimeoutError
+from ..network import lookup as network_of
 from .link import Link
 
 __all__ = ["ZmqLink", "context"]
@@ -40,6 +41,7 @@ class ZmqLink(Link):
         self._exit_status = exit_status  # returns the exit code once the process is gone, else None
         self._describe_exit = describe_exit
         self.pid = pid
+        self.net = network_of(namespace)  # the simulation's network model in this process, if any
         self._started = 0.0  # when the current request began (set in _check_open)
         self._sock = context().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)

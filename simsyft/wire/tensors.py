@@ -366,6 +366,7 @@ def _contiguous_stride(shape: tuple) -> tuple:
 
 def _encode_cuda(tensor: torch.Tensor) -> tuple:
     private = tensor.detach().clone()
+    IN_FLIGHT.shm_bytes += private.numel() * private.element_size()  # the ledger counts IPC bytes too
     storage = private._typed_storage()
     (device, handle, storage_bytes, storage_offset_bytes, ref_handle, ref_offset, event_handle,
      event_sync) = storage._share_cuda_()
@@ -398,4 +399,5 @@ def _decode_cuda(data: tuple, dtype: torch.dtype, shape: tuple, used: set) -> to
     )
     owned = mapped.clone()  # Note [CUDA tensors cross with CUDA IPC]
     del mapped
+    IN_FLIGHT.shm_bytes += owned.numel() * owned.element_size()
     return owned

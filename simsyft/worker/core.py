@@ -486,6 +486,7 @@ class WorkerCore:
             "threads": torch.get_num_threads(),
             # Note [Views stay inside their storage] (worker/execute.py): always empty; tests assert it.
             "views_outside_storage": sorted(oid for oid, v in self.store.items() if not _inside_storage(v)),
+            "links": self.peers.traffic(),  # traffic on its own links to its peers (the ledger merges it)
         }
 
 

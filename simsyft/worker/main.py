@@ -12,11 +12,14 @@ import os
 import shutil
 import signal
 import sys
+import time
 
 import torch
 
+from .. import network
+from ..errors import ProtocolError
 from ..links.zmq import context as zmq_context
-from ..wire import segments, shm
+from ..wire import codec, messages, segments, shm
 from . import limits
 from .core import WorkerCore
 from .peers import ZmqPeers
@@ -52,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(device)
         if config.gpu_memory_fraction:
             torch.cuda.set_per_process_memory_fraction(config.gpu_memory_fraction, device)
+    net = _network(launch)  # before any link to a peer is made: they stamp what they send
+    pending = config.message_pending_time
     peers = ZmqPeers(launch.run_dir, launch.request_timeout_s)
     core = WorkerCore(config.name, launch.namespace, str(device), peers)
     core.load_data(config.data)
@@ -85,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
                     _cleanup_after_parent(launch)
                     return 0
                 continue
-            reply = core.handle(frames[1:])
+            if pending:
+                time.sleep(pending)  # PySyft 0.2's message_pending_time: each message really waits
+            reply = core.handle(frames[1:]) if net is None else _serve(core, net, frames)
             if reply is not None:
                 sock.send(frames[0], more)
                 if len(reply) == 1:
@@ -107,3 +114,42 @@ def main(argv: list[str] | None = None) -> int:
         peers.close()
         ctx.term()
     return 0
+
+
+def _network(launch: WorkerLaunch) -> network.Network | None:
+    """This worker's side of the simulation's network model, if it has one (network.json)."""
+    found = network.read(launch.run_dir)
+    if found is None or found[0].mode == "off":
+        return None
+    config, origin = found
+    worker = launch.config
+    return network.install(launch.namespace, network.Network(
+        config, worker.name, worker.compute_factor, worker.offline, origin))
+
+
+def _serve(core: WorkerCore, net: network.Network, frames: list) -> list | None:
+    """Handle one stamped request (frames: routing id, the message, its stamp) on the simulated
+    clock: start at max(our clock, its arrival), take CPU time x compute_factor, stamp the reply."""
+    stamp = frames.pop() if len(frames) > 2 else b""
+    body = frames[1:]
+    try:
+        src, arrival = net.arrival(stamp)
+    except ProtocolError:
+        src, arrival = "?", None  # a malformed message: the decoder refuses it, without the clock
+    if arrival is None:  # quiet: status, readiness, the ledger's questions
+        reply = core.handle(body)
+        return None if reply is None else [*reply, network.QUIET_STAMP]
+    seq = codec.peek_seq(body)
+    if net.is_offline(arrival) and seq >= 0:  # a Free (no seq) is still applied: it only drops garbage
+        window = next((a, b) for a, b in net.offline if a <= arrival < b)
+        text = (f"worker {core.name!r} is offline at simulated time {arrival:.3f} s (its offline window "
+                f"[{window[0]:g}, {window[1]:g}) s): the call from {src!r} changed nothing on it; retry after "
+                f"{window[1]:g} s")
+        refusal = messages.ErrorReply(seq, "simsyft.errors", "WorkerUnavailableError", text, "", core.name)
+        return [*codec.encode(refusal), net.stamp(at=arrival)]  # refused at once: the clock does not move
+    net.clock.arrive(arrival)
+    cpu = time.process_time()
+    reply = core.handle(body)
+    if net.enforce and net.factor != 1.0:
+        net.clock.extend((net.factor - 1.0) * (time.process_time() - cpu))
+    return None if reply is None else [*reply, net.stamp()]

@@ -50,6 +50,7 @@ class Peers:
         self.request_timeout_s = request_timeout_s  # the simulation's, as the client's links
         self.core: Any = None
         self._links: dict[str, Link] = {}
+        self._retired: dict[str, list[list[int]]] = {}  # traffic of links closed and replaced, by peer
 
     def bind(self, core: Any) -> None:
         """Attach to the worker these links start from (WorkerCore does this)."""
@@ -60,6 +61,8 @@ class Peers:
         link = self._links.get(name)
         if link is not None and link.closed_reason is None:
             return link
+        if link is not None:
+            self._retired[name] = _add(self._retired.get(name), _counts(link))
         link = Loopback(self.core) if name == self.core.name else self._connect(name)
         self._links[name] = link
         return link
@@ -68,10 +71,30 @@ class Peers:
         raise SimsyftError(f"worker {self.core.name!r} cannot reach worker {name!r}: its workers do not "
                            "share a simulation that links them")
 
+    def traffic(self) -> dict[str, list[list[int]]]:
+        """This worker's traffic with each peer, as it counted it on its own links:
+        {peer: [[messages, frame bytes, shm bytes] sent, [...] received]}. The loopback to
+        itself is no network link and is left out. The client merges these into its ledger
+        (simsyft/simulation.py)."""
+        report = {name: list(counts) for name, counts in self._retired.items()}
+        for name, link in self._links.items():
+            if not isinstance(link, Loopback):
+                report[name] = _add(report.get(name), _counts(link))
+        return report
+
     def close(self) -> None:
         for link in self._links.values():
             link.close()
         self._links.clear()
+
+
+def _counts(link: Link) -> list[list[int]]:
+    sent, received = link.sent, link.received
+    return [[sent.messages, sent.bytes, sent.shm_bytes], [received.messages, received.bytes, received.shm_bytes]]
+
+
+def _add(a: list | None, b: list) -> list:
+    return b if a is None else [[x + y for x, y in zip(ra, rb)] for ra, rb in zip(a, b)]
 
 
 class ZmqPeers(Peers):

@@ -27,6 +27,7 @@ LAYERS = {
     "simsyft.wire.messages": 1, "simsyft.wire.shm": 1, "simsyft.wire.segments": 1, "simsyft.wire.tensors": 1,
     "simsyft.wire.compact": 1, "simsyft.wire.codec": 1, "simsyft.wire.ops": 1,
     "simsyft.config.model": 1, "simsyft.config.parse": 1, "simsyft.rundir": 1,
+    "simsyft.ledger": 1, "simsyft.network": 1,
     # L2: links, and the worker side
     "simsyft.links.link": 2, "simsyft.links.zmq": 2,
     "simsyft.worker.spec": 2, "simsyft.worker.execute": 2, "simsyft.worker.limits": 2, "simsyft.worker.peers": 2,

@@ -290,7 +290,7 @@ def test_worker_lookup(tmp_path: Path) -> None:
 
 # --- refusals: exact text ----------------------------------------------------------
 
-WORKER_KEYS = "cpus, data, device, gpu_memory_fraction, memory_limit, threads"
+WORKER_KEYS = "compute_factor, cpus, data, device, gpu_memory_fraction, memory_limit, message_pending_time, offline, threads"
 
 
 THREADS_TOO_MANY = (
@@ -327,8 +327,8 @@ TIMEOUT_RANGE = "must be 0 (wait forever) or from 0.1 to 86400 seconds (a day), 
         (HEAD + "request_timeout_s = nan\n[workers.bob]\n", f"[simulation] request_timeout_s: {TIMEOUT_RANGE % 'nan'}"),
         (HEAD, "[workers]: no workers (add a table such as [workers.bob])"),
         (HEAD + "[workers]\n", "[workers]: no workers (add a table such as [workers.bob])"),
-        (HEAD + "[gpus.x]\n", "[gpus]: unknown table (expected one of: simulation, workers)"),
-        ("version = 2\n" + HEAD, "version: unknown key (expected one of: simulation, workers)"),
+        (HEAD + "[gpus.x]\n", "[gpus]: unknown table (expected one of: network, simulation, workers)"),
+        ("version = 2\n" + HEAD, "version: unknown key (expected one of: network, simulation, workers)"),
         (HEAD + "[[workers]]\n", "workers: expected tables [workers.<name>], got an array"),
         # worker tables
         (HEAD + "[workers]\nbob = 1\n", "[workers.bob]: expected a table, got an integer (1)"),
