@@ -39,10 +39,12 @@ _BY_REMOTE_ID: dict[int, "weakref.ref[PointerTensor]"] = {}
 
 
 # Methods whose answer is a Python value computed from the data: refuse locally, with a hint
-# (RemoteValueError, also a RuntimeError as in PySyft). `__array__` too: without it numpy would
-# read a pointer as a sequence and build an object array of row pointers.
-_NEEDS_VALUE = {"item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__", "__complex__",
-                "__array__"}
+# (RemoteValueError, also a RuntimeError as in PySyft).
+_NEEDS_VALUE = {"item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__", "__complex__"}
+# Exports of the data to another array: numpy and torch's constructors try these first. Without
+# them they read a pointer as a sequence (it has len() and [i]): np.asarray(ptr) built an object
+# array of row pointers and torch.tensor(ptr) of an empty pointer gave tensor([]), shape (0,).
+_EXPORTS = {"__array__", "__dlpack__", "__dlpack_device__"}
 
 
 class PointerTensor(TensorFacts):
@@ -331,6 +333,10 @@ class _MethodForwarder:
 def _needs_value(pointer: PointerTensor, name: str) -> Callable:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         pointer._check_live()
+        if name in _EXPORTS:
+            raise RemoteValueError(
+                f"converting a pointer to a local array or tensor (np.asarray(ptr), torch.tensor(ptr): {name}) "
+                f"needs the tensor's value, which lives on worker {pointer.location.id!r}: call .get() first")
         raise RemoteValueError(
             f"{name}() needs the tensor's value, which lives on worker {pointer.location.id!r}: "
             f"call .get() first (e.g. ptr.get().{name}())"
@@ -349,7 +355,7 @@ for _dunder in ops.OPERATOR_DUNDERS:
     _method = getattr(torch.Tensor, _dunder, None)
     if _method is not None:
         setattr(PointerTensor, _dunder, _forwarder(_method))
-for _dunder in sorted(n for n in _NEEDS_VALUE if n.startswith("__")):
+for _dunder in sorted(n for n in _NEEDS_VALUE | _EXPORTS if n.startswith("__")):
     setattr(PointerTensor, _dunder, lambda self, *args, _n=_dunder, **kwargs: _needs_value(self, _n)())
 del _dunder, _method
 
