@@ -72,11 +72,18 @@ KNOWN_BUGS = {
     # (locally the .grad stays); seen through the in-process backend.
     "torch.dequantize(a)": "the worker drops the operand's .grad",
     "torch.Tensor.dequantize()": "the worker drops the operand's .grad",
+    # A list of *empty* pointers: torch's C constructors special-case real tensors inside the
+    # list and read anything else through the sequence protocol, which stops at len() == 0
+    # (tensor([], size=(2, 0)) where locally a ValueError). Non-empty pointers raise. Nothing
+    # of torch's reaches the pointer there but __len__/__iter__ called from C.
+    "torch.tensor([a, b])": "empty pointers read as empty sequences",
+    "torch.as_tensor([a, b])": "empty pointers read as empty sequences",
+    "torch.asarray([a, b])": "empty pointers read as empty sequences",
 }
 
-FUNCTION_TEMPLATES = (("a",), ("a", "b"), ("a", 0), ("a", 1), ("a", -1), ("a", 2.0), ("a", "b", "b"),
+FUNCTION_TEMPLATES = (("a",), ("a", "b"), ("a", 0), ("a", -1), ("a", 2.0), ("a", "b", "b"),
                       (["a", "b"],), (["a"], 1.0), ("a", ["b"]))
-METHOD_TEMPLATES = ((), ("b",), (0,), (1,), (-1,), (2.0,), ("b", "b"))
+METHOD_TEMPLATES = ((), ("b",), (0,), (-1,), (2.0,), ("b", "b"))
 
 # Builtins and numpy reading a tensor (through the dunders a pointer has or lacks).
 BUILTINS = {
@@ -180,7 +187,7 @@ def _tensor_differs(remote: Any, local: torch.Tensor, what: str) -> str | None:
                 f"{local.dtype} {tuple(local.shape)} requires_grad={local.requires_grad}")
     if local.layout != torch.strided or remote.layout != torch.strided:
         return None if remote.layout == local.layout else f"{what}: layout {remote.layout} != {local.layout}"
-    r, l = (t.detach().resolve_conj().resolve_neg().contiguous().reshape(-1) for t in (remote, local))
+    r, l = (torch.empty(t.numel(), dtype=t.dtype).copy_(t.detach().reshape(-1)) for t in (remote, local))
     if torch.equal(r.view(torch.uint8), l.view(torch.uint8)):  # bitwise, any dtype (complex32 too)
         return None
     if l.is_complex() and l.dtype.itemsize == 4:
@@ -320,7 +327,7 @@ def _method(name: str) -> Callable:
     return lambda t, *args: getattr(t, name)(*args)
 
 
-@settings(max_examples=30 if THOROUGH else 3)
+@settings(max_examples=30 if THOROUGH else 2)
 @given(pair=operands())
 @example(pair=_leaf_with_grad())
 def test_torch_functions(simsyft_inprocess, pair):
@@ -329,7 +336,7 @@ def test_torch_functions(simsyft_inprocess, pair):
     assert not bad, _report(bad)
 
 
-@settings(max_examples=30 if THOROUGH else 3)
+@settings(max_examples=30 if THOROUGH else 2)
 @given(pair=operands())
 @example(pair=_leaf_with_grad())
 def test_tensor_methods_and_properties(simsyft_inprocess, pair):
