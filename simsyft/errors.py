@@ -10,9 +10,9 @@ also inherits it, so ``except ValueError`` keeps working for bad config and
     ├── OpNotAllowedError(PermissionError) op outside the executor allowlist
     ├── ObjectNotFoundError(LookupError)  id not in a worker's store, or pointer already fetched
     ├── LocationMismatchError(ValueError) one op given pointers to different places
-    ├── MemoryLimitError(MemoryError, RuntimeError) an op would pass the worker's memory_limit
-    ├── RemoteValueError(ValueError, RuntimeError) a value exists only remotely (item(), bool(), ...)
     ├── NotATensorError(TypeError)        torch code took a pointer for a non-tensor (iterated it)
+    ├── MemoryLimitError(MemoryError, RuntimeError) an op would pass the worker's memory_limit
+    ├── RemoteValueError(ValueError)      a value exists only remotely (item(), bool(), ...)
     ├── WorkerCrashedError(RuntimeError)  the worker process died
     ├── WorkerShutdownError(RuntimeError) the worker was shut down on purpose
     ├── WorkerTimeoutError(TimeoutError)  no answer within request_timeout_s (or a start-up timeout)
