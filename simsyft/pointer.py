@@ -17,12 +17,13 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import LocationMismatchError, NotATensorError, ObjectNotFoundError, RemoteValueError
+from .errors import LocationMismatchError, ObjectNotFoundError, RemoteValueError
 from .facts import TensorFacts
 from .ids import new_id
 from .pipelining import PIPELINE
 from .wire import messages, ops, tensors
 from .wire.args import walk as args_walk
+from .errors import NotATensorError
 from .wire.messages import Result
 
 NEW, SAME, VALUE, NOTHING, SEQUENCE = Result.NEW, Result.SAME, Result.VALUE, Result.NOTHING, Result.SEQUENCE
