@@ -38,8 +38,9 @@ MODULES = (torch, torch.nn.functional, torch.linalg, torch.fft, torch.special, t
            torch.nn.utils.rnn, torch.nn.init, torch.autograd, torch.testing)
 
 # Not tensor functions: process-wide switches, seeds and introspection of the build. (The C
-# bindings of a few switches, e.g. set_anomaly_enabled, read any object that has
-# __torch_function__ as False instead of refusing it; nothing a pointer can change.)
+# bindings of a few switches read any object with __torch_function__ given as a flag as False,
+# without an error: set_anomaly_enabled(ptr) turns anomaly mode off. Torch never calls the
+# pointer there, so nothing in simsyft can refuse it; they take flags, not tensors.)
 NOT_TENSOR_FUNCTIONS = re.compile(
     r"^(set_|use_|get_|is_\w*(enabled|available)|are_|manual_seed$|seed$|initial_seed$|init_num_threads$|autocast_"
     r"|clear_autocast|prepare_multiprocessing|profiler_|import_ir|parse_|merge_type|unify_type|compiled_with)")
