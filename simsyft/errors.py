@@ -10,6 +10,7 @@ also inherits it, so ``except ValueError`` keeps working for bad config and
     ├── OpNotAllowedError(PermissionError) op outside the executor allowlist
     ├── ObjectNotFoundError(LookupError)  id not in a worker's store, or pointer already fetched
     ├── LocationMismatchError(ValueError) one op given pointers to different places
+    ├── NotATensorError(TypeError)        torch code took a pointer for a non-tensor (iterated it)
     ├── MemoryLimitError(MemoryError, RuntimeError) an op would pass the worker's memory_limit
     ├── RemoteValueError(ValueError)      a value exists only remotely (item(), bool(), ...)
     ├── InvalidTensorForRemoteGet(TypeError) remote_get() on a pointer to a tensor, not to a pointer
@@ -28,6 +29,7 @@ __all__ = [
     "InvalidTensorForRemoteGet",
     "LocationMismatchError",
     "MemoryLimitError",
+    "NotATensorError",
     "ObjectNotFoundError",
     "OpNotAllowedError",
     "ProtocolError",
@@ -74,8 +76,23 @@ class MemoryLimitError(SimsyftError, MemoryError, RuntimeError):
     """
 
 
-class RemoteValueError(SimsyftError, ValueError):
-    """A Python value (item(), bool(), tolist()) was asked of data that lives on a worker."""
+class RemoteValueError(SimsyftError, ValueError, RuntimeError):
+    """A Python value (item(), bool(), tolist()) was asked of data that lives on a worker.
+
+    A RuntimeError too, as PySyft 0.2 raised for ``ptr.item()`` (and torch raises for ``bool()``
+    of a many-element tensor); a ValueError as torch raises for ``float()`` of one.
+    """
+
+
+class NotATensorError(SimsyftError, TypeError):
+    """Torch code was given a pointer and treated it as something other than a tensor.
+
+    A PointerTensor is not a torch.Tensor, so torch's Python functions that branch on
+    ``isinstance(x, torch.Tensor)`` (``clip_grad_norm_``, ``autograd.grad``...) take it for an
+    iterable of tensors and iterate it; that would compute a wrong answer, so iterating a
+    pointer from torch's own code raises this instead. The message names the function and the
+    worker. See Note [Torch code iterating a pointer] in pointer.py.
+    """
 
 
 class WorkerCrashedError(SimsyftError, RuntimeError):

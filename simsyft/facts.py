@@ -92,7 +92,3 @@ class TensorFacts:
         if not shape:
             raise TypeError("len() of a 0-d tensor")
         return shape[0]
-
-    def __iter__(self):
-        for i in range(len(self)):
-            yield self[i]

@@ -11,6 +11,7 @@ Speed is guarded by bench/ (row "small sync op").
 
 from __future__ import annotations
 
+import sys
 import weakref
 from typing import Any, Callable
 
@@ -24,6 +25,7 @@ from .ids import new_id
 from .pipelining import PIPELINE
 from .wire import messages, ops, tensors
 from .wire.args import walk as args_walk
+from .errors import NotATensorError
 from .wire.messages import Result
 
 NEW, SAME, VALUE, NOTHING, SEQUENCE = Result.NEW, Result.SAME, Result.VALUE, Result.NOTHING, Result.SEQUENCE
@@ -39,8 +41,13 @@ LIVE, FETCHED, VOID, OBSERVER = 0, 1, 2, 3
 _BY_REMOTE_ID: dict[int, "weakref.ref[PointerTensor]"] = {}
 
 
-# Methods whose answer is a Python value computed from the data: refuse locally, with a hint.
+# Methods whose answer is a Python value computed from the data: refuse locally, with a hint
+# (RemoteValueError, also a RuntimeError as in PySyft).
 _NEEDS_VALUE = {"item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__", "__complex__"}
+# Exports of the data to another array: numpy and torch's constructors try these first. Without
+# them they read a pointer as a sequence (it has len() and [i]): np.asarray(ptr) built an object
+# array of row pointers and torch.tensor(ptr) of an empty pointer gave tensor([]), shape (0,).
+_EXPORTS = {"__array__", "__dlpack__", "__dlpack_device__"}
 
 
 class PointerTensor(TensorFacts):
@@ -316,11 +323,64 @@ class PointerTensor(TensorFacts):
     # Operators compare remotely, so identity is what hashes.
     __hash__ = object.__hash__
 
+    def __iter__(self) -> Any:
+        """Rows as pointers, from one remote `unbind(0)` (torch's own `Tensor.__iter__`).
+
+        Refused when torch's own code iterates: Note [Torch code iterating a pointer].
+        """
+        entry = _torch_caller(sys._getframe(1))
+        if entry is not None:
+            raise NotATensorError(
+                f"{entry} iterated a pointer to a tensor on worker {self.location.id!r} as an iterable of tensors. "
+                "A PointerTensor is not a torch.Tensor, so torch code that takes 'a tensor or an iterable of "
+                "tensors' would treat its rows as separate tensors and could return a wrong result. Run it where "
+                "the data is (.get() the tensor first), or write it with torch ops on the pointer: they run on "
+                f"{self.location.id!r}")
+        if not self.shape:
+            raise TypeError("iteration over a 0-d tensor")  # torch's message
+        return iter(_call_remote(torch.Tensor.unbind, (self, 0), {}))
+
+    def __reversed__(self) -> "PointerTensor":
+        # torch's Tensor.__reversed__ is flip(0) (a tensor, not an iterator); without this,
+        # reversed() would fall back to __len__/__getitem__ and give an iterator of rows.
+        return self if not self.shape else _call_remote(torch.Tensor.flip, (self, 0), {})
+
     @classmethod
     def __torch_function__(cls, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
         if not all(issubclass(t, (torch.Tensor, PointerTensor)) for t in types):
             return NotImplemented  # let torch raise its usual TypeError
         return _call_remote(func, args, kwargs or {})
+
+
+# Note [Torch code iterating a pointer]
+# A PointerTensor is not a torch.Tensor (making isinstance() say so, e.g. with a `__class__`
+# property, would let torch's C bindings read a pointer as a tensor's memory). Most of torch
+# reaches `__torch_function__` anyway, but Python functions that accept "a tensor or an
+# iterable of tensors" branch on isinstance(x, torch.Tensor), take a pointer for the iterable,
+# and iterate it: `clip_grad_norm_(ptr, 2)` saw rows whose .grad is None, clipped nothing and
+# returned tensor(0.). Iteration is the one step all of them share, so `__iter__` refuses
+# when its caller is torch's own code, naming the function; user code (`for row in ptr`)
+# iterates rows as torch does. tests/property/test_torch_functions.py holds every torch
+# function to "the local result or an error".
+
+def _torch_caller(frame: Any) -> str | None:
+    """The torch function whose code is iterating (None when the caller is not torch).
+
+    Names the outermost public function of the run of torch frames above the iteration
+    (clip_grad_norm_ rather than its `_no_grad_wrapper` or a private helper).
+    """
+    run = []
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module != "torch" and not module.startswith("torch."):
+            break
+        run.append((module, frame.f_code))
+        frame = frame.f_back
+    if not run:
+        return None
+    public = [(m, c) for m, c in run if "._" not in m and not c.co_name.startswith(("_", "<"))]
+    module, code = (public or run)[-1]
+    return f"{module}.{code.co_qualname}"
 
 
 def from_remote_ref(ref: Any, holder: Any, owner: Any, state: int) -> PointerTensor:
@@ -349,6 +409,10 @@ class _MethodForwarder:
 def _needs_value(pointer: PointerTensor, name: str) -> Callable:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         pointer._check_live()
+        if name in _EXPORTS:
+            raise RemoteValueError(
+                f"converting a pointer to a local array or tensor (np.asarray(ptr), torch.tensor(ptr): {name}) "
+                f"needs the tensor's value, which lives on worker {pointer.location.id!r}: call .get() first")
         raise RemoteValueError(
             f"{name}() needs the tensor's value, which lives on worker {pointer.location.id!r}: "
             f"call .get() first (e.g. ptr.get().{name}())"
@@ -367,8 +431,8 @@ for _dunder in ops.OPERATOR_DUNDERS:
     _method = getattr(torch.Tensor, _dunder, None)
     if _method is not None:
         setattr(PointerTensor, _dunder, _forwarder(_method))
-for _dunder in ("__bool__", "__float__", "__int__", "__index__", "__complex__"):
-    setattr(PointerTensor, _dunder, lambda self, _n=_dunder: _needs_value(self, _n)())
+for _dunder in sorted(n for n in _NEEDS_VALUE | _EXPORTS if n.startswith("__")):
+    setattr(PointerTensor, _dunder, lambda self, *args, _n=_dunder, **kwargs: _needs_value(self, _n)())
 del _dunder, _method
 
 

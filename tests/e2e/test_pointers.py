@@ -274,7 +274,7 @@ def test_value_methods_ask_for_get(bob):
 
 def test_underscore_and_unknown_attributes_are_refused(bob):
     x = torch.ones(2).send(bob)
-    for name in ("_grad", "__array__", "_version", "nonexistent"):
+    for name in ("_grad", "_version", "nonexistent"):  # __array__ refuses with RemoteValueError: test_silent.py
         with pytest.raises(AttributeError):
             getattr(x, name)
     with pytest.raises(TypeError, match="cannot be pickled"):
