@@ -121,7 +121,9 @@ def op_name(func: Any) -> str | None:
     try:
         return _NAMES[func]
     except KeyError:
-        name = _NAMES[func] = resolve_name(func)
+        name = resolve_name(func)
+        if name is not None:  # only torch's own callables: caching anything else would keep it alive
+            _NAMES[func] = name
         return name
     except TypeError:  # unhashable: not a torch callable anyway
         return resolve_name(func)
