@@ -3,7 +3,7 @@
 Owns `TensorFacts`, the base of PointerTensor that answers torch's metadata questions
 (`shape`, `dtype`, `size()`, `dim()`, `numel()`, layout flags ...) from the metadata every
 Ack carries, so code that only looks (optimizers, nn, shape checks) costs no message.
-Imports torch only.
+Imports torch and errors.py only.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from .errors import NotATensorError
 
 __all__ = ["TensorFacts"]
 
@@ -91,4 +93,11 @@ class TensorFacts:
         shape = self.shape
         if not shape:
             raise TypeError("len() of a 0-d tensor")
+        if shape[0] == 0:
+            # torch's C constructors read a non-tensor through len() and rows: torch.tensor([p, q])
+            # of empty pointers would give tensor([], size=(2, 0)) where locally it raises. No frame
+            # tells that caller from user code, so len() of an empty pointer is refused.
+            raise NotATensorError(
+                "len() of a pointer whose first dimension is 0 is refused: torch would read it as an empty "
+                "sequence (torch.tensor([ptr, ...]) would give a wrong result); use ptr.shape[0]")
         return shape[0]

@@ -74,13 +74,6 @@ KNOWN_BUGS = {
     # .grad of leaves only, while locally t.grad is still there.
     "torch.dequantize(a)": "get() drops the .grad of a tensor dequantize made a non-leaf",
     "torch.Tensor.dequantize()": "get() drops the .grad of a tensor dequantize made a non-leaf",
-    # A list of *empty* pointers: torch's C constructors special-case real tensors inside the
-    # list and read anything else through the sequence protocol, which stops at len() == 0
-    # (tensor([], size=(2, 0)) where locally a ValueError). Non-empty pointers raise. Nothing
-    # of torch's reaches the pointer there but __len__/__iter__ called from C.
-    "torch.tensor([a, b])": "empty pointers read as empty sequences",
-    "torch.as_tensor([a, b])": "empty pointers read as empty sequences",
-    "torch.asarray([a, b])": "empty pointers read as empty sequences",
 }
 
 FUNCTION_TEMPLATES = (("a",), ("a", "b"), ("a", 0), ("a", -1), ("a", 2.0), ("a", "b", "b"),
