@@ -16,6 +16,7 @@ import torch
 
 from .. import ring
 from ..errors import LocationMismatchError
+from ..handles import local_worker
 from ..ids import new_id
 from ..pointer import PointerTensor
 from ..wire import messages
@@ -51,7 +52,8 @@ class AdditiveSharingTensor:
         self.child = shares
         self.dtype = dtype
         self.torch_dtype, self.field = ring.RINGS[dtype]
-        self.crypto_provider = crypto_provider
+        # PySyft's default crypto provider is the local worker "me" (then the client deals triples).
+        self.crypto_provider = local_worker if crypto_provider is None else crypto_provider
         self.protocol = protocol
 
     # -- what PySyft showed ----------------------------------------------------------------
