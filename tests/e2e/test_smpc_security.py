@@ -162,7 +162,7 @@ class Recording(dict):
         super().__setitem__(key, value)
 
 
-def test_no_party_store_ever_holds_a_plaintext_intermediate():
+def test_no_party_store_ever_holds_a_plaintext_intermediate(hook):
     workers = [in_process_worker(name) for name in ("rec_bob", "rec_alice", "rec_bill", "rec_james")]
     sim = workers[0].simulation
     stores = []
