@@ -25,6 +25,7 @@ from simsyft.backends.local import LocalBackend
 from simsyft.config import WorkerConfig
 from simsyft.simulation import Simulation
 from simsyft.smpc import additive
+from simsyft.smpc.fixed import encode
 from simsyft.testing import in_process_worker
 
 N = 4096  # sharings per secret: one tensor of N equal elements is N independent sharings
@@ -175,7 +176,7 @@ def test_no_party_store_ever_holds_a_plaintext_intermediate(hook):
         gen = torch.Generator().manual_seed(0)
         x, y = (torch.randint(-2 ** 20, 2 ** 20, (4, 4), generator=gen) for _ in range(2))
         fx, fy = x.float() / 1000, y.float() / 1000
-        ex, ey = (fx * 1000).long(), (fy * 1000).long()  # the fixed-point encodings
+        ex, ey = encode(fx, 10, 3), encode(fy, 10, 3)  # the fixed-point encodings
         plaintexts = [x, y, x * y, x @ y, (x * y).sum(0), x + y, x - y,
                       ex, ey, ex * ey, ex @ ey, torch.div(ex * ey, 1000, rounding_mode="floor"),
                       torch.div(ex @ ey, 1000, rounding_mode="floor")]
