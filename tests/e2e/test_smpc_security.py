@@ -20,7 +20,6 @@ import pytest
 import torch
 
 import simsyft as sy
-from simsyft import ring
 from simsyft.backends.local import LocalBackend
 from simsyft.config import WorkerConfig
 from simsyft.simulation import Simulation
