@@ -61,7 +61,7 @@ def split(secret: torch.Tensor, n: int) -> list[torch.Tensor]:
     independent of the secret; all n sum to it with wrap-around."""
     if n < 1:
         raise ValueError("sharing needs at least one party")
-    shares = [uniform(secret.shape, secret.dtype) for _ in range(n - 1)]
+    shares = [uniform(secret.shape, secret.dtype).to(secret.device) for _ in range(n - 1)]
     last = secret.clone()
     for share in shares:
         last -= share

@@ -124,7 +124,7 @@ def on_triple(core: Any, msg: messages.Triple, used: dict) -> messages.Message:
     if len(msg.ids) != len(msg.values) or not all(isinstance(v, torch.Tensor) for v in msg.values):
         raise ProtocolError("Triple carries one tensor per id")
     for object_id, value in zip(msg.ids, msg.values):
-        core.store[object_id] = value
+        core.store[object_id] = value.to(core.device)  # the provider deals on its own device
     return messages.Ack(msg.seq, (Result.NOTHING,))
 
 
