@@ -21,7 +21,7 @@ from ..ids import new_id
 from ..pointer import PointerTensor
 from ..wire import messages
 
-__all__ = ["AdditiveSharingTensor", "share_local"]
+__all__ = ["AdditiveSharingTensor", "check_keywords", "share_local"]
 
 # Note [Truncation]
 #     Dividing a shared x by a public d cannot be done exactly share by share: floor(s0/d) +
@@ -35,8 +35,19 @@ __all__ = ["AdditiveSharingTensor", "share_local"]
 #     party learns anything; the bound is the two-party one.
 
 
-def _location_names(shares: dict) -> list[str]:
-    return list(shares)
+# PySyft's keywords that change nothing here: no_wrap (there are no wrappers), check_range (always
+# checked), field (dtype says it), protocol ("snn", the only one).
+_IGNORED = {"no_wrap", "check_range", "field", "protocol"}
+
+
+def check_keywords(call: str, kwargs: dict) -> None:
+    """Refuse what this part does not do, rather than ignore it (a shared tensor with grads, say)."""
+    if kwargs.get("requires_grad"):
+        raise NotImplementedError(f"{call}(requires_grad=True): autograd on shared tensors comes with a later "
+                                  "issue")
+    unknown = set(kwargs) - _IGNORED - {"requires_grad"}
+    if unknown:
+        raise TypeError(f"{call}() got unexpected keyword argument(s) {sorted(unknown)}")
 
 
 class AdditiveSharingTensor:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..pointer import PointerTensor
-from .additive import AdditiveSharingTensor, check_parties, share_local
+from .additive import AdditiveSharingTensor, check_keywords, check_parties, share_local
 
 __all__ = ["FixedPrecisionTensor", "encode"]
 
@@ -94,8 +94,9 @@ class FixedPrecisionTensor:
             raise TypeError("this FixedPrecisionTensor is already shared")
         if isinstance(self.child, PointerTensor):
             # smpc/remote.py (which builds on this module) installs it on PointerTensor.
-            return PointerTensor._smpc_share(self.child, workers, crypto_provider, dtype,
+            return PointerTensor._smpc_share(self.child, workers, crypto_provider, dtype, kwargs,
                                              (self.base, self.precision_fractional))
+        check_keywords("share", kwargs)
         check_parties(workers, crypto_provider)
         return self._like(share_local(self.child, list(workers), crypto_provider, dtype, protocol))
 

@@ -98,6 +98,10 @@ def test_errors(world):
         bool(x)
     with pytest.raises(ValueError, match="cannot be correctly embedded"):
         torch.tensor([1e30]).fix_prec()
+    with pytest.raises(NotImplementedError, match="requires_grad"):  # refused, never ignored
+        torch.tensor([1]).share(bob, alice, requires_grad=True)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        torch.tensor([1]).send(bob).share(bob, alice, crypto_povider=james)
 
 
 def test_free_ops_and_public_operands(world):
