@@ -38,5 +38,4 @@ def row_smpc(s: Settings, lab: Any) -> list[Figure]:
         out.append(time_figure(floor, name=f"{name}_plain", group="floor", what=f"the same op in plain torch, "
                                "in this process"))
         out.append(time_figure(secure, name=name, group=G, what=what, compare=[Compare(f"{name}_plain")]))
-        del x, y
     return out
