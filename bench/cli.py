@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import floors, peers, simsyft_rows
+from . import smpc_rows
 from .harness import (MODES, Figure, Progress, busyness, failed, now, read_json, render, resolve,
                       write_json, write_plot)
 
@@ -62,6 +63,7 @@ ROWS: list[Row] = [
     _row("scaling", "simsyft", simsyft_rows.row_scaling),
     _row("fedavg", "simsyft", simsyft_rows.row_fedavg),
     _row("startup", "simsyft", simsyft_rows.row_startup, ("import_torch_x4",)),
+    _row("smpc", "simsyft", smpc_rows.row_smpc),
 ]
 
 

@@ -32,14 +32,17 @@ from .pointer import PointerTensor
 from .handles import PrivateGridNetwork, VirtualWorker, local_worker
 from .federated import BaseDataset, FederatedDataLoader, FederatedDataset
 from .multipointer import MultiPointerTensor, combine_pointers
+from .smpc import AdditiveSharingTensor, FixedPrecisionTensor
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdditiveSharingTensor",
     "BaseDataset",
     "ConfigError",
     "FederatedDataLoader",
     "FederatedDataset",
+    "FixedPrecisionTensor",
     "LocationMismatchError",
     "MemoryLimitError",
     "MultiPointerTensor",

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import handles, models, multipointer
+from . import handles, models, multipointer, smpc
 from .federated.dataset import dataset_federate
 from .pointer import PointerTensor
 
@@ -61,6 +61,8 @@ def _tensor_copy(self: torch.Tensor) -> torch.Tensor:
 
 _ADDED = {"send": _tensor_send, "send_": _tensor_send_, "copy": _tensor_copy, "tag": _tensor_tag,
           "describe": _tensor_describe}
+_ADDED.update(fix_precision=smpc.tensor_fix_precision, fix_prec=smpc.tensor_fix_precision,  # smpc/
+              share=smpc.tensor_share)
 
 
 def _module_send(self: torch.nn.Module, worker: Any, *more: Any) -> torch.nn.Module:

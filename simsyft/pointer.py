@@ -251,6 +251,18 @@ class PointerTensor(TensorFacts):
         multipointer.py builds on this module, so it installs `_combine` when imported (Note [Combining pointers]).
         """
         return PointerTensor._combine(*pointers, self)
+    # -- SMPC (smpc/ installs these: it builds on this module) ------------------
+    def fix_precision(self, base: int = 10, precision_fractional: int = 3, **kwargs: Any) -> Any:
+        """Encode the data in fixed precision on its worker (PySyft's `ptr.fix_precision()`)."""
+        return PointerTensor._smpc_fix_precision(self, base, precision_fractional, kwargs)
+
+    fix_prec = fix_precision
+
+    def share(self, *workers: Any, crypto_provider: Any = None, dtype: str = "long", **kwargs: Any) -> Any:
+        """Split the data into additive shares on its worker, sent from there to `workers`; a pointer
+        to the shared tensor (`.get()` brings its share pointers here)."""
+        return PointerTensor._smpc_share(self, workers, crypto_provider, dtype, kwargs)
+
     # -- garbage collection switches (PySyft's) --------------------------------
     @property
     def garbage_collection(self) -> bool:

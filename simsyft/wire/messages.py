@@ -281,3 +281,75 @@ class ErrorReply(Message):
     message: str
     traceback: str
     worker: str
+
+
+# -- SMPC (worker/mpc.py): codes 40-44 -------------------------------------------------------
+
+@_message(40)
+class ShareOut(Message):
+    """Split stored integer tensor `id` into additive shares in ring `ring` ("long", "int") and
+    send share i to worker parties[i] under ids[i], worker to worker (a share for this worker
+    stays here). The tensor itself stays. A Value of the shares' metadata."""
+    seq: int
+    id: int
+    parties: tuple
+    ids: tuple
+    ring: str
+
+
+@_message(41)
+class Deal(Message):
+    """Crypto provider: make a Beaver triple (a, b, c = op(a, b)) for `op` ("mul" or "matmul") with
+    a and b of `shapes` in ring `ring`, and send each party its shares (Store, worker to worker)
+    under ids[i] = (a_id, b_id, c_id). It receives nothing from the parties but their Acks."""
+    seq: int
+    op: str
+    shapes: tuple
+    ring: str
+    parties: tuple
+    ids: tuple
+
+
+@_message(42)
+class Open(Message):
+    """Beaver, step 1 on a party: mask its shares (eps = x - a, delta = y - b) and send them to
+    every other party (Opened), worker to worker; its own are kept under `tag` for step 2."""
+    seq: int
+    tag: int
+    x: int
+    y: int
+    a: int
+    b: int
+    parties: tuple
+
+
+@_message(43)
+class Opened(Message):
+    """Party to party: `sender`'s masked shares (eps, delta) for multiplication `tag`."""
+    seq: int
+    tag: int
+    sender: str
+    values: tuple
+
+
+@_message(44)
+class Beaver(Message):
+    """Beaver, step 2 on a party: eps and delta are the sums of every party's opened values;
+    store z = c + op(eps, b) + op(a, delta) (+ op(eps, delta) on the `first` party) under
+    `result_id`, and drop the triple and the openings."""
+    seq: int
+    tag: int
+    op: str
+    a: int
+    b: int
+    c: int
+    result_id: int
+    first: bool
+
+
+@_message(45)
+class Triple(Message):
+    """Crypto provider to a party: store its shares of a Beaver triple, values[i] under ids[i]."""
+    seq: int
+    ids: tuple
+    values: tuple

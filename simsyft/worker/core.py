@@ -27,7 +27,7 @@ from ..gradients import check_can_require_grad
 from ..ids import new_id
 from ..wire import args, codec, messages, tensors
 from ..wire.messages import Result
-from . import execute, limits
+from . import execute, limits, mpc
 from .origins import CLIENT, Origins
 from .peers import Peers
 
@@ -61,6 +61,7 @@ class WorkerCore:
         self.tags: dict[int, tuple[tuple[str, ...], str | None]] = {}  # id -> (tags, description)
         self._taken: dict[int, tuple[tuple[str, ...], str | None]] = {}  # tags of objects just fetched (Restore)
         self.origins = Origins(name)  # gradients back to where tensors came from (requires_grad=True)
+        self.mpc = mpc.MpcState()  # openings between the two steps of a Beaver multiplication
         self.messages_in = 0
         self.messages_out = 0
         self.started = time.time()
@@ -534,4 +535,11 @@ _HANDLERS: dict[type, Callable[[WorkerCore, Any, dict], messages.Message]] = {
     messages.Aliases: WorkerCore._on_aliases,
     messages.Search: WorkerCore._on_search,
     messages.Shutdown: WorkerCore._on_shutdown,
+    # SMPC (worker/mpc.py)
+    messages.ShareOut: mpc.on_share_out,
+    messages.Deal: mpc.on_deal,
+    messages.Triple: mpc.on_triple,
+    messages.Open: mpc.on_open,
+    messages.Opened: mpc.on_opened,
+    messages.Beaver: mpc.on_beaver,
 }

@@ -22,6 +22,7 @@ LAYERS = {
     # L0: no simsyft imports but each other
     "simsyft.errors": 0, "simsyft.exceptions": 0, "simsyft.ids": 0, "simsyft.wire.args": 0, "simsyft.backends": 0,
     "simsyft.gradients": 0,
+    "simsyft.ring": 0,
     "simsyft.wire": 0, "simsyft.links": 0, "simsyft.worker": 0, "simsyft.config": 1, "simsyft.testing": 7,
     # L1: the wire, configs, the run root
     "simsyft.wire.messages": 1, "simsyft.wire.shm": 1, "simsyft.wire.segments": 1, "simsyft.wire.tensors": 1,
@@ -33,6 +34,7 @@ LAYERS = {
     "simsyft.worker.spec": 2, "simsyft.worker.execute": 2, "simsyft.worker.limits": 2, "simsyft.worker.peers": 2,
     "simsyft.worker.core": 2, "simsyft.worker.main": 2, "simsyft.worker.__main__": 2,
     "simsyft.worker.origins": 2,
+    "simsyft.worker.mpc": 2,
     # L3: backends
     "simsyft.backends.base": 3, "simsyft.backends.local": 3, "simsyft.backends.inprocess": 3,
     # L4: the user layer
@@ -42,6 +44,7 @@ LAYERS = {
     "simsyft.federated.floptimizer": 4,
     "simsyft.multipointer": 4,
     "simsyft.origins": 4,
+    "simsyft.smpc": 4, "simsyft.smpc.additive": 4, "simsyft.smpc.fixed": 4, "simsyft.smpc.remote": 4,
     # L5: simulations
     "simsyft.simulation": 5,
     # L6+: the face; nothing imports these
@@ -53,7 +56,8 @@ LAYERS = {
 FACE = {"simsyft.cli", "simsyft.__main__", "simsyft.pytest_plugin", "simsyft.testing"}
 USER_LAYER = {"simsyft.facts", "simsyft.pipelining", "simsyft.pointer", "simsyft.models", "simsyft.handles",
               "simsyft.hook", "simsyft.federated", "simsyft.federated.dataset", "simsyft.federated.loader",
-              "simsyft.federated.floptimizer", "simsyft.multipointer", "simsyft.origins"}
+              "simsyft.federated.floptimizer", "simsyft.multipointer", "simsyft.origins",
+              "simsyft.smpc", "simsyft.smpc.additive", "simsyft.smpc.fixed", "simsyft.smpc.remote"}
 
 
 def modules() -> dict[str, str]:

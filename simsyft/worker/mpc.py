@@ -1,0 +1,166 @@
+"""A worker's part in SMPC: splitting its data into shares, dealing Beaver triples, and the two
+steps of a Beaver multiplication, with the openings parties send each other.
+
+Owns the handlers of ShareOut, Deal, Triple, Open, Opened and Beaver (worker/core.py's
+`_HANDLERS` lists them) and `MpcState`, the openings a party holds between the two steps.
+Opened values are masked (x - a with a uniform), never plaintext, and they stay out of the
+store: `bob._objects` shows shares only. Every byte between parties goes on the worker's peer
+links (worker/peers.py), so the traffic ledger counts it. Imports the wire, ring and errors;
+never the user layer.
+
+Note [Who talks when]
+    A worker has one thread: while it waits for a peer's answer it cannot serve that peer. So
+    the client runs step 1 (Open) on one party at a time; each party then sends its openings to
+    peers that are idle, and no two parties ever wait on each other. The crypto provider only
+    sends (Triple), and what comes back to it from the parties is their Acks.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+from .. import ring
+from ..errors import ProtocolError
+from ..wire import messages, tensors
+from ..wire.messages import Result
+
+__all__ = ["MpcState", "on_beaver", "on_deal", "on_open", "on_opened", "on_share_out", "on_triple"]
+
+_KEPT = 64  # multiplications whose openings a party keeps (one that failed halfway is dropped in time)
+_OPS = {"mul": torch.mul, "matmul": torch.matmul}
+
+
+class MpcState:
+    """Openings received per multiplication tag: {tag: {party: (eps, delta)}}, bounded."""
+
+    def __init__(self) -> None:
+        self.openings: OrderedDict[int, dict[str, tuple]] = OrderedDict()
+
+    def slot(self, tag: int) -> dict[str, tuple]:
+        found = self.openings.get(tag)
+        if found is None:
+            found = self.openings[tag] = {}
+            while len(self.openings) > _KEPT:
+                self.openings.popitem(last=False)
+        return found
+
+
+def _meta(t: torch.Tensor) -> tuple:
+    return (tensors.dtype_name(t.dtype), tuple(t.shape), False, "cpu" if t.is_cpu else str(t.device))
+
+
+def _tensor(core: Any, object_id: int, used: dict) -> torch.Tensor:
+    value = core._resolve(object_id, used)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"object {object_id} on worker {core.name!r} is a pointer, not a share")
+    return value
+
+
+def _send(core: Any, party: str, make) -> None:
+    core.peers.get(party).request(make)
+
+
+def on_share_out(core: Any, msg: messages.ShareOut, used: dict) -> messages.Message:
+    value = _tensor(core, msg.id, used)
+    if value.is_floating_point() or value.is_complex():
+        raise TypeError("FloatTensor cannot be additively shared, Use fix_precision.")
+    if len(msg.parties) != len(msg.ids) or len(set(msg.parties)) != len(msg.parties):
+        raise ProtocolError("ShareOut needs one distinct party per share id")
+    shares = ring.split(value.detach().to(ring.ring_dtype(msg.ring)), len(msg.parties))
+    sent = []
+    try:
+        for party, share_id, share in zip(msg.parties, msg.ids, shares):
+            if party == core.name:
+                core.store[share_id] = share
+            else:
+                _send(core, party, lambda seq, i=share_id, s=share: messages.Store(seq, i, s))
+            sent.append((party, share_id))
+    except Exception:
+        _undo(core, sent)
+        raise
+    return messages.Value(msg.seq, _meta(shares[0]))
+
+
+def _undo(core: Any, placed: list) -> None:
+    """Free shares already placed when a later party failed: no orphan share stays anywhere."""
+    for party, object_id in placed:
+        if party == core.name:
+            core.store.pop(object_id, None)
+        else:
+            try:
+                core.peers.get(party).free(object_id)
+                core.peers.get(party).request(lambda seq: messages.Objects(seq, False))  # flushes the free
+            except Exception:  # noqa: BLE001 - that party is gone too, and its store with it
+                pass
+
+
+def on_deal(core: Any, msg: messages.Deal, used: dict) -> messages.Message:
+    if core.name in msg.parties:
+        raise ValueError(f"worker {core.name!r} is the crypto provider and cannot also hold a share: "
+                         "it would learn the other parties' values")
+    op = _OPS.get(msg.op)
+    if op is None or len(msg.shapes) != 2 or len(msg.ids) != len(msg.parties):
+        raise ProtocolError(f"Deal of an unknown op {msg.op!r} or with mismatched shapes/ids")
+    dtype = ring.ring_dtype(msg.ring)
+    a, b = (ring.uniform(tuple(shape), dtype) for shape in msg.shapes)
+    c = op(a, b)
+    parts = [ring.split(t, len(msg.parties)) for t in (a, b, c)]
+    placed = []
+    try:
+        for i, (party, ids) in enumerate(zip(msg.parties, msg.ids)):
+            values = tuple(part[i] for part in parts)
+            _send(core, party, lambda seq, ids=tuple(ids), v=values: messages.Triple(seq, ids, v))
+            placed += [(party, object_id) for object_id in ids]
+    except Exception:
+        _undo(core, placed)
+        raise
+    return messages.Ack(msg.seq, (Result.NOTHING,))
+
+
+def on_triple(core: Any, msg: messages.Triple, used: dict) -> messages.Message:
+    if len(msg.ids) != len(msg.values) or not all(isinstance(v, torch.Tensor) for v in msg.values):
+        raise ProtocolError("Triple carries one tensor per id")
+    for object_id, value in zip(msg.ids, msg.values):
+        core.store[object_id] = value.to(core.device)  # the provider deals on its own device
+    return messages.Ack(msg.seq, (Result.NOTHING,))
+
+
+def on_open(core: Any, msg: messages.Open, used: dict) -> messages.Message:
+    x, y, a, b = (_tensor(core, i, used) for i in (msg.x, msg.y, msg.a, msg.b))
+    if x.dtype != a.dtype or y.dtype != b.dtype or x.shape != a.shape or y.shape != b.shape:
+        raise ValueError(f"worker {core.name!r}: the Beaver triple does not match the shares "
+                         f"({x.dtype} {tuple(x.shape)} vs {a.dtype} {tuple(a.shape)})")
+    opened = (x - a, y - b)
+    core.mpc.slot(msg.tag)[core.name] = opened
+    for party in msg.parties:
+        if party != core.name:  # Note [Who talks when]: each peer is idle while we send
+            _send(core, party, lambda seq: messages.Opened(seq, msg.tag, core.name, opened))
+    return messages.Ack(msg.seq, (Result.NOTHING,))
+
+
+def on_opened(core: Any, msg: messages.Opened, used: dict) -> messages.Message:
+    if len(msg.values) != 2 or not all(isinstance(v, torch.Tensor) for v in msg.values):
+        raise ProtocolError("Opened carries two tensors (eps, delta)")
+    core.mpc.slot(msg.tag)[msg.sender] = tuple(msg.values)
+    return messages.Ack(msg.seq, (Result.NOTHING,))
+
+
+def on_beaver(core: Any, msg: messages.Beaver, used: dict) -> messages.Message:
+    op = _OPS.get(msg.op)
+    if op is None:
+        raise ProtocolError(f"Beaver of an unknown op {msg.op!r}")
+    opened = core.mpc.openings.pop(msg.tag, None)
+    if not opened:
+        raise ValueError(f"worker {core.name!r} has no openings for multiplication {msg.tag}: step 1 did not run")
+    a, b, c = (_tensor(core, i, used) for i in (msg.a, msg.b, msg.c))
+    eps, delta = (ring.reconstruct([values[k] for values in opened.values()]) for k in (0, 1))
+    z = c + op(eps, b) + op(a, delta)
+    if msg.first:
+        z += op(eps, delta)
+    for object_id in (msg.a, msg.b, msg.c):
+        core.store.pop(object_id, None)
+    core.store[msg.result_id] = z
+    return messages.Ack(msg.seq, (Result.NEW, msg.result_id, *_meta(z)))
