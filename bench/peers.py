@@ -71,8 +71,8 @@ def peer_ray(s: Settings) -> list[Figure]:
     started = False
     try:
         if not ray.is_initialized():
-            # Local only: the node binds to 127.0.0.1, no dashboard.
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+            # Local only: a fresh node of our own (never a cluster found running), bound to 127.0.0.1.
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                      ignore_reinit_error=True, _node_ip_address="127.0.0.1")
             started = True
 
