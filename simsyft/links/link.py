@@ -176,6 +176,18 @@ class Link:
                 raise self._timed_out(msg, "accept") from None
             self.posted += 1
 
+    def send_oneway(self, make: Callable[[int], messages.Message]) -> None:
+        """Send `make(seq)`, a message the other end answers only if it fails (a deal of triple
+        shares); its failure is raised at the next request on this link."""
+        with self._lock:
+            self._check_open()
+            self._flush_free()
+            kept = len(self._armed)
+            self._transmit(self._encode(make(self.next_seq())))
+            # No reply will settle its segments: the receiver owns them once it decodes the message
+            # (a failed decode leaves them to the simulation's sweep at shutdown).
+            del self._armed[kept:]
+
     def fetch(self, object_id: int) -> Any:
         """The value of object `object_id`, removed from the worker (`.get()`).
 

@@ -31,7 +31,7 @@ import torch
 
 from . import compact, tensors
 from ..errors import ProtocolError, SimsyftError
-from .messages import (_FIELD_TYPES, _FIELDS, _KINDS, Message, Ref, RemoteRef)
+from .messages import (_FIELD_TYPES, _FIELDS, _KINDS, Message, Ref, RemoteRef, Triple)
 
 __all__ = [
     "MAX_DEPTH",
@@ -41,6 +41,7 @@ __all__ = [
     "decode",
     "encode",
     "frames_size",
+    "is_delivery",
     "peek_seq",
 ]
 
@@ -419,6 +420,20 @@ def frames_size(frames: list) -> int:
 class _Peeker(_Decoder):
     def persistent_load(self, pid: Any) -> Any:
         return None  # tensors and refs are not needed to read the sequence number
+
+
+def is_delivery(frames: list) -> bool:
+    """Whether a request is a one-way deal of Beaver triple shares (a Triple, `reply` False),
+    read from its header without building its tensors (worker/mpc.py, Note [One-way deals])."""
+    try:
+        header = bytes(frames[0])
+        if compact.is_compact(header):
+            return False  # compact layouts carry commands and replies only
+        _check_opcodes(header)
+        values = _Peeker(header, [], None).load()
+        return values[0] == Triple.code and values[-1] is False
+    except Exception:  # noqa: BLE001 - an undecodable frame is served (and refused) in its turn
+        return False
 
 
 def peek_seq(frames: list) -> int:

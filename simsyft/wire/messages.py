@@ -349,7 +349,11 @@ class Beaver(Message):
 
 @_message(45)
 class Triple(Message):
-    """Crypto provider to a party: store its shares of a Beaver triple, values[i] under ids[i]."""
+    """Crypto provider to a party: store its shares of a Beaver triple, values[i] under ids[i].
+
+    From a provider process `reply` is False: the party answers only a failure, so nothing flows
+    from the parties to the provider (Note [One-way deals], worker/mpc.py)."""
     seq: int
     ids: tuple
     values: tuple
+    reply: bool = True

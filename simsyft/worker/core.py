@@ -66,6 +66,9 @@ class WorkerCore:
         self.messages_out = 0
         self.started = time.time()
         self.running = True
+        # Set by a transport that can take in one-way deliveries while a handler waits for them
+        # (worker/main.py; Note [One-way deals] in worker/mpc.py): pump(seconds) serves at most one.
+        self.pump: Callable[[float], None] | None = None
 
     # -- transport-facing -------------------------------------------------
     def handle(self, frames: list) -> list | None:
@@ -99,8 +102,8 @@ class WorkerCore:
             _IN_FLIGHT.claims = mark
             if claims:
                 tensors.settle(claims, ok)
-        if type(msg) is messages.Command and not msg.reply:
-            return None  # pipelined: only failures are answered
+        if (type(msg) is messages.Command or type(msg) is messages.Triple) and not msg.reply:
+            return None  # pipelined, or a one-way deal: only failures are answered
         try:
             frames = codec.encode(reply, self.namespace)
         except Exception as exc:  # noqa: BLE001 - a result we cannot send is an error, not a crash

@@ -13,6 +13,7 @@ import shutil
 import signal
 import sys
 import time
+from collections import deque
 
 import torch
 
@@ -73,6 +74,29 @@ def main(argv: list[str] | None = None) -> int:
     sock.setsockopt(zmq.RCVTIMEO, 250)
     sock.bind(launch.endpoint)
     more = int(zmq.SNDMORE)  # a plain int: or-ing zmq's enum flags costs ~1 us a send
+    held: deque[list] = deque()  # messages that came while a handler waited for a delivery
+
+    def serve(frames: list) -> None:
+        if pending:
+            time.sleep(pending)  # PySyft 0.2's message_pending_time: each message really waits
+        reply = core.handle(frames[1:]) if net is None else _serve(core, net, frames)
+        if reply is not None:
+            sock.send(frames[0], more)
+            if len(reply) == 1:
+                sock.send(reply[0])
+            else:
+                sock.send_multipart(reply, copy=False)
+
+    def pump(timeout_s: float) -> None:
+        # Note [One-way deals] (worker/mpc.py): serve a triple delivery now, hold anything else.
+        if sock.poll(max(1, int(timeout_s * 1000))):
+            frames = sock.recv_multipart()
+            if codec.is_delivery(frames[1:2]):
+                serve(frames)
+            else:
+                held.append(frames)
+
+    core.pump = pump
     try:
         if memory_limit and device.type == "cpu" and sys.platform == "linux":
             problem = limits.enforce(core.name, memory_limit, config.threads)
@@ -84,21 +108,13 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 # Copies: frames are small (tensor data above INLINE_MAX travels in segments),
                 # and bytes are cheaper to make than zmq Frames.
-                frames = sock.recv_multipart()
+                frames = held.popleft() if held else sock.recv_multipart()
             except zmq.Again:
                 if parent and os.getppid() != parent:
                     _cleanup_after_parent(launch)
                     return 0
                 continue
-            if pending:
-                time.sleep(pending)  # PySyft 0.2's message_pending_time: each message really waits
-            reply = core.handle(frames[1:]) if net is None else _serve(core, net, frames)
-            if reply is not None:
-                sock.send(frames[0], more)
-                if len(reply) == 1:
-                    sock.send(reply[0])
-                else:
-                    sock.send_multipart(reply, copy=False)
+            serve(frames)
             # The backstop of Note [Memory limit]. RSS also counts the pages of shared-memory
             # segments the worker touched (tensors sent to it), which the limit does not: only
             # when RSS alone is over is /proc read to leave them out.

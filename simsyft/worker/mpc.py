@@ -12,11 +12,20 @@ Note [Who talks when]
     A worker has one thread: while it waits for a peer's answer it cannot serve that peer. So
     the client runs step 1 (Open) on one party at a time; each party then sends its openings to
     peers that are idle, and no two parties ever wait on each other. The crypto provider only
-    sends (Triple), and what comes back to it from the parties is their Acks.
+    sends (Triple).
+
+Note [One-way deals]
+    The provider must receive nothing from the parties, not even acknowledgements, so it deals
+    with `Link.send_oneway`: a Triple with `reply=False`, answered only by a failure. Nothing then
+    orders the deal before the client's next message to the party (they come on different
+    sockets), so a party whose Open finds its triple missing takes in deliveries (`core.pump`,
+    worker/main.py) until the triple is there, holding any other message for after; it waits at
+    most the simulation's request timeout (30 s when that is 0).
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -61,6 +70,21 @@ def _tensor(core: Any, object_id: int, used: dict) -> torch.Tensor:
 
 def _send(core: Any, party: str, make) -> None:
     core.peers.get(party).request(make)
+
+
+def _await_deliveries(core: Any, ids: tuple) -> None:
+    """Note [One-way deals]: wait until the provider's shares `ids` have arrived."""
+    if core.pump is None or all(i in core.store for i in ids):
+        return
+    limit = core.peers.request_timeout_s or 30.0
+    deadline = time.monotonic() + limit
+    while not all(i in core.store for i in ids):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            missing = [i for i in ids if i not in core.store]
+            raise TimeoutError(f"worker {core.name!r} waited {limit:g} s for the crypto provider's triple shares "
+                               f"{missing}, which never arrived")
+        core.pump(min(left, 0.25))
 
 
 def on_share_out(core: Any, msg: messages.ShareOut, used: dict) -> messages.Message:
@@ -112,7 +136,8 @@ def on_deal(core: Any, msg: messages.Deal, used: dict) -> messages.Message:
     try:
         for i, (party, ids) in enumerate(zip(msg.parties, msg.ids)):
             values = tuple(part[i] for part in parts)
-            _send(core, party, lambda seq, ids=tuple(ids), v=values: messages.Triple(seq, ids, v))
+            core.peers.get(party).send_oneway(
+                lambda seq, ids=tuple(ids), v=values: messages.Triple(seq, ids, v, False))
             placed += [(party, object_id) for object_id in ids]
     except Exception:
         _undo(core, placed)
@@ -129,6 +154,7 @@ def on_triple(core: Any, msg: messages.Triple, used: dict) -> messages.Message:
 
 
 def on_open(core: Any, msg: messages.Open, used: dict) -> messages.Message:
+    _await_deliveries(core, (msg.a, msg.b))
     x, y, a, b = (_tensor(core, i, used) for i in (msg.x, msg.y, msg.a, msg.b))
     if x.dtype != a.dtype or y.dtype != b.dtype or x.shape != a.shape or y.shape != b.shape:
         raise ValueError(f"worker {core.name!r}: the Beaver triple does not match the shares "

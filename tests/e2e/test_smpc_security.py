@@ -2,8 +2,8 @@
 
 - every single share is uniform: a statistical test over many sharings of one secret cannot
   tell two secrets apart (and the same test does tell apart a sharing that leaks);
-- during `x * y` the client receives only acknowledgements, the crypto provider receives from
-  the parties only the Acks of the triples it sent them, and the parties open their masked
+- during `x * y` the client receives only acknowledgements, the crypto provider receives nothing
+  at all from the parties (its deals are one-way), and the parties open their masked
   values to each other (read from the traffic ledger, issue 13; skipped where it is missing);
 - no party's store ever holds a plaintext intermediate value (every value stored is recorded);
 - a party killed during a secure op raises the crash error within a second and leaves no
@@ -111,7 +111,7 @@ def _needs_ledger():
         pytest.skip("the traffic ledger (sy.traffic / sy.measure, issue 13) is not on this branch yet")
 
 
-def test_multiplication_sends_the_client_only_acks_and_the_provider_nothing_but_acks(parties):
+def test_multiplication_sends_the_client_only_acks_and_the_provider_nothing(parties):
     _needs_ledger()
     workers, james = parties
     bob, alice = workers[:2]
@@ -125,8 +125,9 @@ def test_multiplication_sends_the_client_only_acks_and_the_provider_nothing_but_
     for src, t in to_me.items():
         assert t.shm_bytes == 0 and t.bytes <= t.messages * ACK_MAX, (src, t)
     for party in (bob.id, alice.id):
+        # Note [One-way deals]: not a byte from a party to the provider, not even an acknowledgement
         back = links.get((party, james.id))
-        assert back is not None and back.messages == 1 and back.shm_bytes == 0 and back.bytes <= ACK_MAX
+        assert back is None or (back.messages == 0 and back.bytes == 0), (party, back)
         assert links[(james.id, party)].bytes >= 3 * 64 * 8  # its shares of a, b and c
     # the parties open their masked values to each other: eps and delta, 64 int64 each
     assert links[(bob.id, alice.id)].bytes >= 2 * 64 * 8 and links[(alice.id, bob.id)].bytes >= 2 * 64 * 8
