@@ -106,6 +106,7 @@ class WorkerConfig:
     gpu_memory_fraction: float | None = None
     seed: int | None = None
     data: tuple[DataItem, ...] = ()
+    group: str | None = None  # the [workers.<group>] table with `count` that made it
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of lists, str, int, float and None (json.dumps-able)."""
@@ -121,13 +122,14 @@ class WorkerConfig:
                 {"key": d.key, "path": d.path, "tags": list(d.tags), "description": d.description}
                 for d in self.data
             ],
+            "group": self.group,
         }
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> WorkerConfig:
         """Inverse of to_dict(). The dict is trusted (it came from to_dict()), not re-validated."""
         unknown = set(spec) - {"name", "device", "cpus", "threads", "memory_limit",
-                               "gpu_memory_fraction", "seed", "data"}  # fmt: skip
+                               "gpu_memory_fraction", "seed", "data", "group"}  # fmt: skip
         if unknown:
             raise ConfigError(f"worker spec: unknown keys {sorted(unknown)}")
         cpus = spec.get("cpus")
@@ -143,6 +145,7 @@ class WorkerConfig:
                 DataItem(d["key"], d["path"], tuple(d["tags"]), d.get("description"))
                 for d in spec.get("data", ())
             ),
+            group=spec.get("group"),
         )
 
 
