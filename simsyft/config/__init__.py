@@ -6,12 +6,13 @@
 `from simsyft.config import load_config, WorkerConfig, ...` reaches both.
 """
 
-from .model import (ALL_GPUS, MEMORY_LIMIT_MIN, REQUEST_TIMEOUT_S, THREADS_MAX, DataItem, SimulationConfig,
+from .model import (ALL_GPUS, GROUP_MAX, MEMORY_LIMIT_MIN, REQUEST_TIMEOUT_S, THREADS_MAX, DataItem, SimulationConfig,
                     WorkerConfig, check_worker_name, format_size, parse_size)
 from .parse import load_config, parse_config
 
 __all__ = [
     "ALL_GPUS",
+    "GROUP_MAX",
     "MEMORY_LIMIT_MIN",
     "REQUEST_TIMEOUT_S",
     "THREADS_MAX",

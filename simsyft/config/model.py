@@ -18,6 +18,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "ALL_GPUS",
+    "GROUP_MAX",
     "MEMORY_LIMIT_MIN",
     "REQUEST_TIMEOUT_S",
     "THREADS_MAX",
@@ -55,8 +56,12 @@ with its own stack), far beyond any machine's CPUs; more is a typo (8 on a 2-CPU
 allowed: oversubscribed, but it works)."""
 
 _TOP_LEVEL_KEYS = ("simulation", "workers")
-_SIMULATION_KEYS = ("backend", "name", "request_timeout_s", "seed")
-_WORKER_KEYS = ("cpus", "data", "device", "gpu_memory_fraction", "memory_limit", "threads")
+_SIMULATION_KEYS = ("backend", "name", "request_timeout_s", "seed", "start")
+_WORKER_KEYS = ("count", "cpus", "data", "device", "gpu_memory_fraction", "memory_limit", "threads")
+_STARTS = ("fork", "spawn")  # [simulation] start: how the local backend starts a worker process
+_SPREAD = "spread"  # cpus = "spread": one CPU each, round-robin over the available ones
+GROUP_MAX = 10_000
+"""The most workers one ``count`` may make (a typo guard: each is a process)."""
 _DATA_ITEM_KEYS = ("description", "path", "tags")
 _RESERVED_NAMES = frozenset({"me"})  # the local client, sy.local_worker
 
@@ -159,6 +164,7 @@ class SimulationConfig:
     source: str = "<config>"
     request_timeout_s: float = REQUEST_TIMEOUT_S  # 0: wait forever
     backend: str = "local"  # where the workers run: a name in simsyft.backends.REGISTRY
+    start: str | None = None  # "fork" or "spawn" (local backend); None: fork where possible
 
     def worker(self, name: str) -> WorkerConfig:
         """The worker called ``name``; KeyError naming the known workers otherwise."""
@@ -167,6 +173,10 @@ class SimulationConfig:
                 return spec
         known = ", ".join(w.name for w in self.workers)
         raise KeyError(f"simulation {self.name!r} has no worker {name!r} (workers: {known})")
+
+    def group(self, name: str) -> tuple[WorkerConfig, ...]:
+        """The workers of group ``name`` (``[workers.<name>] count = N``), in index order."""
+        return tuple(w for w in self.workers if w.group == name)
 
 
 # ---------------------------------------------------------------------------
