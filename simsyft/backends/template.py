@@ -66,10 +66,10 @@ class ForkedProcess:
         if self.returncode is None:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # not (or no longer) ours to wait for: judge by /proc
-                if not pid_alive(self.pid):
-                    self.returncode = -1
-                return self.returncode
+            except ChildProcessError:
+                # Not ours yet (the middle process is exiting; Note [Forked workers]), or not
+                # ours at all: judge by /proc, and ask waitpid again next time.
+                return None if pid_alive(self.pid) else -1
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
