@@ -176,6 +176,8 @@ def _alive(pid: int) -> bool:
 
 _SCRIPT = """
 import json, sys, time, torch, simsyft as sy
+import signal
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started where SIGINT is ignored (nohup, &)
 hook = sy.TorchHook(torch)
 sim = sy.launch(sys.argv[1])
 clients = sim.group("client")

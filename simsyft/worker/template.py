@@ -24,6 +24,14 @@ Note [Forked workers]
     dies takes no worker with it. The worker carries the simulation's token because the
     template was started with it in its environment (Note [Nothing outside the run root is
     trusted], rundir.py): /proc/<pid>/environ of a fork is its parent's.
+
+    What is taken from Python's multiprocessing.forkserver (which torch.multiprocessing
+    reuses): a server that preloads the heavy modules once and forks one child per request,
+    the child dropping the server's descriptors and reseeding `random`. What differs: requests
+    are JSON lines on a pipe instead of pickles and passed descriptors on a unix socket (a
+    worker needs only its `WorkerLaunch`, and its log path), and the double fork: a
+    forkserver's children stay the server's, their exit codes sent back over a socket, so a
+    dying server would orphan them and lose their statuses.
 """
 
 from __future__ import annotations

@@ -129,6 +129,8 @@ def test_many_workers_answer_fold_in_status_and_leave_nothing(hook):
 
 SCRIPT = """
 import json, os, sys, time, torch, simsyft as sy
+import signal
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started where SIGINT is ignored (nohup, &)
 hook = sy.TorchHook(torch)
 sim = sy.launch(sys.argv[1])
 clients = sim.group("client")
