@@ -120,6 +120,7 @@ def row(n: int, start: str, directory: str, rounds: int) -> dict[str, Any]:
     from simsyft.wire import shm
 
     sy.TorchHook(torch)
+    torch.set_num_threads(1)  # as each worker (threads = 1): the one-process round is not a 2-thread one
     config = write_config(directory, f"many-{start}-{n}", n, start)
     t = time.perf_counter()
     sim = sy.launch(config)

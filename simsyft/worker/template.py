@@ -127,8 +127,12 @@ def _fork(request: dict) -> int:
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the owner's to handle (as for workers)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps each middle process for us
-    import numpy  # noqa: F401  (what every worker needs, imported once for all of them)
+    import random  # noqa: F401  (what every worker needs, imported once for all of them)
+
+    import numpy.random  # noqa: F401
+    import psutil  # noqa: F401  (serve: cpus, memory_limit)
     import torch  # noqa: F401
+    import zmq  # noqa: F401  (the module only: serve makes the context, and its IO thread, after the fork)
 
     from . import main as _worker_main  # noqa: F401  (the worker's code: core, execute, peers, zmq, wire)
 
