@@ -303,6 +303,7 @@ def plot(rows: list[dict[str, Any]], path: str) -> str | None:
     axes[2].legend()
     for ax in axes:
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log")  # each grows about linearly in N: straight lines of slope 1, past the fixed costs
         ax.set_xlabel("workers")
         ax.grid(True, alpha=0.3)
     fig.suptitle("simsyft: many workers forked from a warm template")
