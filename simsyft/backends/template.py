@@ -67,8 +67,8 @@ class ForkedProcess:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
             except ChildProcessError:
-                # Not ours yet (the middle process is exiting; Note [Forked workers]), or not
-                # ours at all: judge by /proc, and ask waitpid again next time.
+                # Not ours (this process could not adopt it, or someone else reaped it):
+                # judge by /proc, and ask waitpid again next time.
                 return None if pid_alive(self.pid) else -1
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)

@@ -73,7 +73,6 @@ def _run_worker(request: dict, middle: int) -> int:
     os.dup2(log, 2)
     os.close(log)
     os.close(null)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the template ignores it (Note [Forked workers])
     gc.enable()
     _adopted(middle)
     launch = WorkerLaunch.from_json(request["launch"])
@@ -118,15 +117,14 @@ def _fork(request: dict) -> int:
     while chunk := os.read(read_end, 64):  # the middle writes the pid, then exits (closing the pipe)
         chunks.append(chunk)
     os.close(read_end)
-    # Not waiting for the middle to be gone (its exit unmaps a copy of the template: ~10 ms)
-    # saves a third of each start; SIGCHLD ignored reaps it, and the owner waits for nothing
-    # but the worker (ForkedProcess.poll copes with the moment before the adoption).
+    # Once the middle is gone the worker is the owner's child: only then is its pid given out,
+    # so the owner can wait for it (and a caller sees its parent) from the first moment.
+    os.waitpid(middle, 0)
     return int(b"".join(chunks) or b"0")  # 0: the middle failed (its traceback is in our log)
 
 
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the owner's to handle (as for workers)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps each middle process for us
     import random  # noqa: F401  (what every worker needs, imported once for all of them)
 
     import numpy.random  # noqa: F401
