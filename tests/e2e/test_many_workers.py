@@ -66,6 +66,9 @@ def test_workers_are_forked_from_a_template_and_adopted_by_their_owner(hook):
             assert proc.ppid() == os.getpid()  # adopted: reaped by us, exit status known
             assert "simsyft.worker.template" in proc.cmdline()
             assert is_worker_of(client.pid, backend.token)  # the token crossed the fork
+        # Isolation after the fork: each worker has its own store.
+        kept = torch.arange(3).send(clients[0])
+        assert list(clients[0]._objects) == [kept.id_at_location] and clients[1]._objects == {}
         status = sim.status()
         for row in status.values():
             assert row["group"] == "client"
@@ -99,6 +102,15 @@ def test_a_dead_template_takes_no_worker_down_and_is_replaced(hook):
         sim.kill("client_0")
         with pytest.raises(sy.WorkerCrashedError, match=r"exited with -9 \(SIGKILL\)"):
             torch.ones(1).send(killed)
+
+
+def test_start_env_chooses_the_default(monkeypatch):
+    from simsyft.backends.local import START_ENV, default_start
+
+    monkeypatch.setenv(START_ENV, "spawn")
+    assert default_start() == "spawn"
+    monkeypatch.setenv(START_ENV, "fork")
+    assert default_start() == "fork"
 
 
 def test_spawn_start_runs_a_fresh_interpreter_per_worker(hook):
