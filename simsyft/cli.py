@@ -332,7 +332,14 @@ def _check(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
     except ConfigError as exc:
         return _fail(str(exc))
-    workers = ", ".join(f"{w.name} ({w.device}{', cpus ' + _cpus(w.cpus) if w.cpus else ''})" for w in cfg.workers)
+    described: list[str] = []
+    for w in cfg.workers:
+        if w.group is None:
+            described.append(f"{w.name} ({w.device}{', cpus ' + _cpus(w.cpus) if w.cpus else ''})")
+        elif w.name == f"{w.group}_0":  # a group is one entry: its first and last member
+            members = cfg.group(w.group)
+            described.append(f"{w.name}..{members[-1].name} ({len(members)} workers, {w.device})")
+    workers = ", ".join(described)
     print(f"{args.config}: OK: simulation {cfg.name!r}, {len(cfg.workers)} worker(s): {workers}")
     return 0
 
