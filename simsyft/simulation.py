@@ -123,7 +123,7 @@ class Simulation:
 
     # -- status and fault injection ---------------------------------------------------------
     def status(self) -> dict[str, dict[str, Any]]:
-        """Per worker: state, pid, device, cpus, rss, objects, bytes, messages in/out, uptime."""
+        """Per worker: state, pid, device, cpus, rss, uss, objects, bytes, messages in/out, uptime (and its group)."""
         report: dict[str, dict[str, Any]] = {}
         for name in self.backend.names():
             facts = self.backend.facts(name)
