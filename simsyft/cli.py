@@ -3,7 +3,8 @@
     simsyft up CONFIG [--detach] [--verbose]   start a simulation, show live status; Ctrl-C stops it
     simsyft run CONFIG [--verbose] -- CMD...   start, run CMD attached to it, print its traffic (and
                                                simulated time), stop; exit with CMD's code
-    simsyft status [NAME]                      status of running simulations and their links' traffic
+    simsyft status [NAME] [--all]              status of running simulations and their links' traffic
+                                               (--all: every group member)
     simsyft down [NAME]                        stop running simulations and remove leftovers
     simsyft check CONFIG                       validate a config file only
     simsyft demo                               the Part 1 tutorial on configs/default.toml
@@ -67,16 +68,48 @@ def _cpus(cpus: Any) -> str:
     return ",".join(ranges)
 
 
-def format_status(name: str, status: dict[str, dict[str, Any]]) -> str:
-    headers = ("worker", "state", "pid", "device", "cpus", "rss", "objects", "held", "msgs in/out", "uptime")
+def _fold(group: str, members: list[dict[str, Any]]) -> tuple[str, ...]:
+    """One line for a group: counts by state, memory and traffic summed."""
+    states: dict[str, int] = {}
+    for row in members:
+        states[row["state"]] = states.get(row["state"], 0) + 1
+
+    def total(key: str) -> Any:
+        values = [row[key] for row in members if isinstance(row.get(key), (int, float))]
+        return sum(values) if values else None
+
+    devices = sorted({str(row.get("device", "-")) for row in members})
+    cpus = sorted({cpu for row in members for cpu in row.get("cpus") or ()})
+    uptimes = [row["uptime"] for row in members if "uptime" in row]
+    return (
+        f"{group} [{len(members)}]", ", ".join(f"{state} {n}" for state, n in states.items()), "-",
+        ",".join(devices), _cpus(cpus), _fmt_bytes(total("rss")), _fmt_bytes(total("uss")),
+        str(total("objects") if total("objects") is not None else "-"), _fmt_bytes(total("bytes")),
+        f"{total('messages_in') if total('messages_in') is not None else '-'}/"
+        f"{total('messages_out') if total('messages_out') is not None else '-'}",
+        f"{max(uptimes):.0f}s" if uptimes else "-",
+    )
+
+
+def format_status(name: str, status: dict[str, dict[str, Any]], fold: bool = True) -> str:
+    """The status table; with `fold`, a group's workers share one line (memory summed)."""
+    headers = ("worker", "state", "pid", "device", "cpus", "rss", "uss", "objects", "held", "msgs in/out",
+               "uptime")
     rows = []
+    groups: dict[str, list[dict[str, Any]]] = {}
     for row in status.values():
+        if fold and row.get("group"):
+            if row["group"] not in groups:
+                rows.append(row["group"])  # its place: where its first member is
+            groups.setdefault(row["group"], []).append(row)
+            continue
         rows.append((
             row["name"], row["state"], str(row["pid"]), str(row.get("device", "-")), _cpus(row.get("cpus")),
-            _fmt_bytes(row.get("rss")), str(row.get("objects", "-")), _fmt_bytes(row.get("bytes")),
-            f"{row.get('messages_in', '-')}/{row.get('messages_out', '-')}",
+            _fmt_bytes(row.get("rss")), _fmt_bytes(row.get("uss")), str(row.get("objects", "-")),
+            _fmt_bytes(row.get("bytes")), f"{row.get('messages_in', '-')}/{row.get('messages_out', '-')}",
             f"{row['uptime']:.0f}s" if "uptime" in row else "-",
         ))
+    rows = [_fold(r, groups[r]) if isinstance(r, str) else r for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = [f"simulation {name!r}", "  ".join(h.ljust(w) for h, w in zip(headers, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
@@ -274,7 +307,7 @@ def _status(args: argparse.Namespace) -> int:
             print(f"{run_dir}: {exc}")
             continue
         try:
-            print(format_status(sim.name, sim.status()))
+            print(format_status(sim.name, sim.status(), fold=not args.all))
             print(f"  owner pid {meta.get('owner_pid')}, run dir {run_dir}")
             print(format_traffic(sim, "  "))
         finally:
@@ -338,7 +371,14 @@ def _check(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
     except ConfigError as exc:
         return _fail(str(exc))
-    workers = ", ".join(f"{w.name} ({w.device}{', cpus ' + _cpus(w.cpus) if w.cpus else ''})" for w in cfg.workers)
+    described: list[str] = []
+    for w in cfg.workers:
+        if w.group is None:
+            described.append(f"{w.name} ({w.device}{', cpus ' + _cpus(w.cpus) if w.cpus else ''})")
+        elif w.name == f"{w.group}_0":  # a group is one entry: its first and last member
+            members = cfg.group(w.group)
+            described.append(f"{w.name}..{members[-1].name} ({len(members)} workers, {w.device})")
+    workers = ", ".join(described)
     print(f"{args.config}: OK: simulation {cfg.name!r}, {len(cfg.workers)} worker(s): {workers}")
     return 0
 
@@ -398,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="status of running simulations")
     status.add_argument("name", nargs="?")
+    status.add_argument("--all", action="store_true", help="one line per worker (groups are folded otherwise)")
     status.set_defaults(func=_status)
 
     down = sub.add_parser("down", help="stop running simulations (all, or NAME) and remove leftovers")

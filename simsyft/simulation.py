@@ -123,6 +123,18 @@ class Simulation:
     def __getitem__(self, name: str) -> VirtualWorker:
         return self.handle(name)
 
+    def group(self, name: str) -> list[VirtualWorker]:
+        """The handles of group `name` (``[workers.<name>] count = N``), in index order.
+
+        >>> clients = sim.group("client")                # [client_0, client_1, ...]
+        """
+        members = [w for w in self.backend.names() if self.backend.config(w).group == name]
+        if not members:
+            groups = sorted({g for w in self.backend.names() if (g := self.backend.config(w).group)})
+            raise KeyError(f"simulation {self.name!r} has no group {name!r} (groups: {', '.join(groups) or 'none'})")
+        members.sort(key=lambda w: int(w[len(name) + 1:]))  # restarts move a worker to the end of names()
+        return [self.handle(w) for w in members]
+
     def __contains__(self, name: str) -> bool:
         return name in self.backend.names()
 
@@ -131,12 +143,15 @@ class Simulation:
 
     # -- status and fault injection ---------------------------------------------------------
     def status(self) -> dict[str, dict[str, Any]]:
-        """Per worker: state, pid, device, cpus, rss, objects, bytes, messages in/out, uptime."""
+        """Per worker: state, pid, device, cpus, rss, uss, objects, bytes, messages in/out, uptime (and its group)."""
         report: dict[str, dict[str, Any]] = {}
         for name in self.backend.names():
             facts = self.backend.facts(name)
             stopped = facts.pop("stopped", False)
             row: dict[str, Any] = {"name": name, "device": "?", **facts, "state": "running"}
+            group = self.backend.config(name).group
+            if group is not None:
+                row["group"] = group  # `simsyft status` folds a group into one line
             code = self.backend.exit_status(name)
             if code is not None:
                 row["state"] = f"exited ({code})"
@@ -317,7 +332,7 @@ def launch(config: str | os.PathLike | SimulationConfig, wait: bool = True) -> S
     reaches its bob.
     """
     cfg = config if isinstance(config, SimulationConfig) else load_config(config)
-    backend = backends.create(cfg.backend, cfg.name, cfg.request_timeout_s)
+    backend = backends.create(cfg.backend, cfg.name, cfg.request_timeout_s, cfg.start)
     net = None
     try:
         if cfg.network.mode != "off":  # before any link is made: every link stamps what it sends

@@ -27,10 +27,11 @@ REGISTRY: dict[str, str] = {
 }
 
 
-def create(kind: str, name: str, request_timeout_s: float) -> "Backend":
-    """A new backend of kind `kind` for the simulation `name`."""
+def create(kind: str, name: str, request_timeout_s: float, start: str | None = None) -> "Backend":
+    """A new backend of kind `kind` for the simulation `name` (`start`: how a local one starts workers)."""
     try:
         module, cls = REGISTRY[kind].split(":")
     except KeyError:
         raise ValueError(f"unknown backend {kind!r} (known: {', '.join(sorted(REGISTRY))})") from None
-    return getattr(importlib.import_module(module), cls)(name, request_timeout_s)
+    options = {} if start is None else {"start": start}  # only the local backend starts processes
+    return getattr(importlib.import_module(module), cls)(name, request_timeout_s, **options)

@@ -2,10 +2,12 @@
 
 Owns `LocalBackend`: the private run directory (inside the per-user run root
 of rundir.py, Note [Nothing outside the run root is trusted]: ipc endpoints,
-worker logs, `simulation.json`, `pids.json`), the namespace that names every
-shared-memory segment of the simulation, the token its workers carry, and the
-worker processes (started as ``python -m simsyft.worker '<WorkerLaunch>'``,
-pinned by worker/main.py, supervised, torn down). A local backend is either
+worker logs, `simulation.json`, `pids.json`, `groups.json`), the namespace that
+names every shared-memory segment of the simulation, the token its workers carry,
+and the worker processes: forked from the simulation's warm template
+(backends/template.py, ``start = "fork"``, the default on Linux) or spawned as
+``python -m simsyft.worker '<WorkerLaunch>'`` (``start = "spawn"``); either way
+pinned by worker/main.py, supervised, torn down. A local backend is either
 *owned* (this process started it and stops it) or *attached* (another process
 owns it: `simsyft.connect`, `simsyft run`). Imports config, links, rundir,
 wire and worker.spec; never handles or pointers.
@@ -30,10 +32,22 @@ from ..rundir import RUN_DIR_ENV, TOKEN_ENV, is_worker_of, pid_alive, read_meta,
 from ..wire import segments
 from ..worker.spec import WorkerLaunch
 from .base import Backend
+from .template import ForkedProcess, Template, can_fork
 
-__all__ = ["LocalBackend", "WorkerProcess"]
+__all__ = ["START_ENV", "LocalBackend", "WorkerProcess", "default_start"]
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# How workers start when the config does not say ([simulation] start): "fork" or "spawn".
+START_ENV = "SIMSYFT_START"
+_TEMPLATE_LOG = ".template.log"  # a dot: no worker name can clash with it, and `up -v` does not stream it
+
+
+def default_start() -> str:
+    """$SIMSYFT_START if set, else "fork" where workers can be forked (Linux), else "spawn"."""
+    wanted = os.environ.get(START_ENV)
+    if wanted in ("fork", "spawn"):
+        return wanted
+    return "fork" if can_fork() else "spawn"
 
 
 @dataclass
@@ -44,7 +58,7 @@ class WorkerProcess:
     pid: int
     log_path: str
     link: ZmqLink | None = None
-    popen: subprocess.Popen | None = None
+    popen: subprocess.Popen | ForkedProcess | None = None
     started: float = field(default_factory=time.time)
 
     @property
@@ -87,7 +101,8 @@ class LocalBackend(Backend):
 
     kind = "local"
 
-    def __init__(self, name: str = "default", request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+    def __init__(self, name: str = "default", request_timeout_s: float = REQUEST_TIMEOUT_S,
+                 start: str | None = None) -> None:
         super().__init__(name, request_timeout_s)
         rundir.sweep_stale()
         self.workers: dict[str, WorkerProcess] = {}
@@ -99,6 +114,10 @@ class LocalBackend(Backend):
         self.owner_started = rundir.process_started(self.owner_pid)
         self.token = secrets.token_hex(16)
         self._write_meta(ready=False)
+        self.start_method = start or default_start()
+        self.template: Template | None = None
+        if self.start_method == "fork":
+            self._template().start()  # it imports torch while the caller gets its workers ready
 
     @classmethod
     def attach(cls, run_dir: str) -> "LocalBackend":
@@ -114,8 +133,12 @@ class LocalBackend(Backend):
         self.owner_pid = meta["owner_pid"]
         self.owner_started = meta.get("owner_started")
         self.token = meta["token"]
+        self.start_method = default_start()  # for workers this process starts (sy.VirtualWorker)
+        self.template = None  # started on first use
+        groups = _read_groups(run_dir)
         for name, pid in read_pids(run_dir).items():
-            worker = WorkerProcess(WorkerConfig(name), pid, os.path.join(run_dir, f"{name}.log"))
+            worker = WorkerProcess(WorkerConfig(name, group=groups.get(name)), pid,
+                                   os.path.join(run_dir, f"{name}.log"))
             worker.link = self._connect(worker)
             self.workers[name] = worker
         return self
@@ -132,15 +155,14 @@ class LocalBackend(Backend):
         launch = WorkerLaunch(config, self.namespace, self.run_dir, self._endpoint(name), os.getpid(), self.owner,
                               self.request_timeout_s)
         log_path = os.path.join(self.run_dir, f"{name}.log")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
-        env.pop(RUN_DIR_ENV, None)
-        env[TOKEN_ENV] = self.token  # Note [Nothing outside the run root is trusted]
-        with open(log_path, "ab") as log:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "simsyft.worker", launch.to_json()],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, close_fds=True,
-            )
+        if self.start_method == "fork":
+            popen = self._template().fork(launch.to_json(), log_path)
+        else:
+            with open(log_path, "ab") as log:
+                popen = subprocess.Popen(
+                    [sys.executable, "-m", "simsyft.worker", launch.to_json()],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self._env(), close_fds=True,
+                )
         worker = WorkerProcess(config, popen.pid, log_path, popen=popen)
         worker.link = self._connect(worker)
         self.workers[name] = worker
@@ -209,6 +231,9 @@ class LocalBackend(Backend):
                 facts["stopped"] = True
             facts["cpus"] = proc.cpu_affinity()
             facts["rss"] = proc.memory_info().rss
+            # Unique memory: RSS counts every page shared with the template (and the other
+            # workers) again in each worker; USS is what this worker alone costs.
+            facts["uss"] = proc.memory_full_info().uss
         except psutil.Error:
             pass
         return facts
@@ -228,6 +253,8 @@ class LocalBackend(Backend):
                 self.stop(name)
             elif worker.link is not None:
                 worker.link.close("detached")
+        if self.template is not None:
+            self.template.close()
         if self.owner:
             segments.sweep(self.namespace)
             shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -243,6 +270,19 @@ class LocalBackend(Backend):
         except KeyError:
             known = ", ".join(self.workers) or "none"
             raise KeyError(f"simulation {self.name!r} has no worker {name!r} (workers: {known})") from None
+
+    def _env(self) -> dict[str, str]:
+        """A worker's (and the template's) environment: simsyft importable, the token set."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+        env.pop(RUN_DIR_ENV, None)
+        env[TOKEN_ENV] = self.token  # Note [Nothing outside the run root is trusted]
+        return env
+
+    def _template(self) -> Template:
+        if self.template is None:
+            self.template = Template(self._env(), os.path.join(self.run_dir, _TEMPLATE_LOG))
+        return self.template
 
     def _endpoint(self, name: str) -> str:
         return f"ipc://{self.run_dir}/{name}.sock"
@@ -272,6 +312,9 @@ class LocalBackend(Backend):
         known = read_pids(self.run_dir) if not self.owner else {}
         known.update({name: w.pid for name, w in self.workers.items()})
         rundir.write_json(os.path.join(self.run_dir, "pids.json"), known)
+        groups = _read_groups(self.run_dir) if not self.owner else {}
+        groups.update({name: w.config.group for name, w in self.workers.items() if w.config.group})
+        rundir.write_json(os.path.join(self.run_dir, "groups.json"), groups)
 
     def _write_meta(self, ready: bool) -> None:
         rundir.write_json(os.path.join(self.run_dir, "simulation.json"), {
@@ -283,3 +326,14 @@ class LocalBackend(Backend):
     def __repr__(self) -> str:
         role = "owned" if self.owner else "attached"
         return f"<LocalBackend {self.name!r} {role} workers={sorted(self.workers)} run_dir={self.run_dir}>"
+
+
+def _read_groups(run_dir: str) -> dict[str, str]:
+    """groups.json: worker name -> its group (`[workers.<group>] count = N`), for status and sim.group."""
+    import json
+
+    try:
+        with open(os.path.join(run_dir, "groups.json")) as f:
+            return {str(k): str(v) for k, v in json.load(f).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}

@@ -6,12 +6,14 @@
 `from simsyft.config import load_config, WorkerConfig, ...` reaches both.
 """
 
-from .model import (ALL_GPUS, MEMORY_LIMIT_MIN, NETWORK_MODES, REQUEST_TIMEOUT_S, THREADS_MAX, DataItem, LinkConfig,
-                    NetworkConfig, SimulationConfig, WorkerConfig, check_worker_name, format_size, parse_size)
+from .model import (ALL_GPUS, GROUP_MAX, MEMORY_LIMIT_MIN, NETWORK_MODES, REQUEST_TIMEOUT_S, THREADS_MAX, DataItem,
+                    LinkConfig, NetworkConfig, SimulationConfig, WorkerConfig, check_worker_name, format_size,
+                    parse_size)
 from .parse import load_config, parse_config
 
 __all__ = [
     "ALL_GPUS",
+    "GROUP_MAX",
     "MEMORY_LIMIT_MIN",
     "NETWORK_MODES",
     "REQUEST_TIMEOUT_S",

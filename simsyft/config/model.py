@@ -18,6 +18,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "ALL_GPUS",
+    "GROUP_MAX",
     "MEMORY_LIMIT_MIN",
     "REQUEST_TIMEOUT_S",
     "THREADS_MAX",
@@ -58,11 +59,15 @@ with its own stack), far beyond any machine's CPUs; more is a typo (8 on a 2-CPU
 allowed: oversubscribed, but it works)."""
 
 _TOP_LEVEL_KEYS = ("network", "simulation", "workers")
-_SIMULATION_KEYS = ("backend", "name", "request_timeout_s", "seed")
-_WORKER_KEYS = ("compute_factor", "cpus", "data", "device", "gpu_memory_fraction", "memory_limit",
+_SIMULATION_KEYS = ("backend", "name", "request_timeout_s", "seed", "start")
+_WORKER_KEYS = ("compute_factor", "count", "cpus", "data", "device", "gpu_memory_fraction", "memory_limit",
                 "message_pending_time", "offline", "threads")
 _LINK_KEYS = ("bandwidth_mbps", "jitter_ms", "latency_ms")
 _NETWORK_KEYS = ("bandwidth_mbps", "jitter_ms", "latency_ms", "links", "mode", "seed")
+_STARTS = ("fork", "spawn")  # [simulation] start: how the local backend starts a worker process
+_SPREAD = "spread"  # cpus = "spread": one CPU each, round-robin over the available ones
+GROUP_MAX = 10_000
+"""The most workers one ``count`` may make (a typo guard: each is a process)."""
 
 NETWORK_MODES = ("off", "account", "enforce")
 """``[network] mode``: "off" counts traffic only; "account" keeps a simulated clock without real
@@ -119,6 +124,7 @@ class WorkerConfig:
     compute_factor: float = 1.0  # its compute counts this many times its CPU time (simulated clock)
     offline: tuple[tuple[float, float], ...] = ()  # simulated [start, end) seconds it refuses calls
     message_pending_time: float = 0.0  # PySyft 0.2's: each message really waits this long first
+    group: str | None = None  # the [workers.<group>] table with `count` that made it
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of lists, str, int, float and None (json.dumps-able)."""
@@ -137,13 +143,15 @@ class WorkerConfig:
                 {"key": d.key, "path": d.path, "tags": list(d.tags), "description": d.description}
                 for d in self.data
             ],
+            "group": self.group,
         }
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> WorkerConfig:
         """Inverse of to_dict(). The dict is trusted (it came from to_dict()), not re-validated."""
         unknown = set(spec) - {"name", "device", "cpus", "threads", "memory_limit", "gpu_memory_fraction",
-                               "seed", "data", "compute_factor", "offline", "message_pending_time"}  # fmt: skip
+                               "seed", "data", "compute_factor", "offline", "message_pending_time",
+                               "group"}  # fmt: skip
         if unknown:
             raise ConfigError(f"worker spec: unknown keys {sorted(unknown)}")
         cpus = spec.get("cpus")
@@ -162,6 +170,7 @@ class WorkerConfig:
             compute_factor=spec.get("compute_factor", 1.0),
             offline=tuple((float(a), float(b)) for a, b in spec.get("offline", ())),
             message_pending_time=spec.get("message_pending_time", 0.0),
+            group=spec.get("group"),
         )
 
 
@@ -221,6 +230,7 @@ class SimulationConfig:
     request_timeout_s: float = REQUEST_TIMEOUT_S  # 0: wait forever
     backend: str = "local"  # where the workers run: a name in simsyft.backends.REGISTRY
     network: NetworkConfig = NetworkConfig()
+    start: str | None = None  # "fork" or "spawn" (local backend); None: fork where possible
 
     def worker(self, name: str) -> WorkerConfig:
         """The worker called ``name``; KeyError naming the known workers otherwise."""
@@ -229,6 +239,10 @@ class SimulationConfig:
                 return spec
         known = ", ".join(w.name for w in self.workers)
         raise KeyError(f"simulation {self.name!r} has no worker {name!r} (workers: {known})")
+
+    def group(self, name: str) -> tuple[WorkerConfig, ...]:
+        """The workers of group ``name`` (``[workers.<name>] count = N``), in index order."""
+        return tuple(w for w in self.workers if w.group == name)
 
 
 # ---------------------------------------------------------------------------

@@ -27,10 +27,10 @@ import psutil
 
 from ..errors import ConfigError
 from .model import (_BARE_KEY, _CPU_RANGE, _CUDA, _DATA_ITEM_KEYS, _LINK_KEYS, _NAME, _NAME_RULE, _NETWORK_KEYS,
-                    _REQUEST_TIMEOUT_MAX_S, _REQUEST_TIMEOUT_MIN_S, _SEED_MAX, _SIMULATION_KEYS, _STARTUP_MEMORY,
-                    _TAG, _TOP_LEVEL_KEYS, _WORKER_KEYS, ALL_GPUS, MEMORY_LIMIT_MIN, NETWORK_MODES,
-                    REQUEST_TIMEOUT_S, THREADS_MAX, DataItem, LinkConfig, NetworkConfig, SimulationConfig,
-                    WorkerConfig, _describe, _name_problem, format_size, parse_size)
+                    _REQUEST_TIMEOUT_MAX_S, _REQUEST_TIMEOUT_MIN_S, _SEED_MAX, _SIMULATION_KEYS, _SPREAD, _STARTS,
+                    _STARTUP_MEMORY, _TAG, _TOP_LEVEL_KEYS, _WORKER_KEYS, ALL_GPUS, GROUP_MAX, MEMORY_LIMIT_MIN,
+                    NETWORK_MODES, REQUEST_TIMEOUT_S, THREADS_MAX, DataItem, LinkConfig, NetworkConfig,
+                    SimulationConfig, WorkerConfig, _describe, _name_problem, format_size, parse_size)
 
 __all__ = ["load_config", "parse_config"]
 
@@ -79,6 +79,7 @@ class _Parser:
         self.base_dir = base_dir
         self._cuda_count: int | None = None
         self._available_cpus: list[int] | None = None
+        self._spread = 0  # workers given a CPU by cpus = "spread" so far
 
     def fail(self, where: str, reason: str) -> NoReturn:
         raise ConfigError(f"{self.source}: {where}: {reason}")
@@ -91,7 +92,7 @@ class _Parser:
                 kind = "table" if isinstance(value, Mapping) else "key"
                 where = f"[{_key(key)}]" if kind == "table" else _key(key)
                 self.fail(where, f"unknown {kind} (expected one of: {', '.join(_TOP_LEVEL_KEYS)})")
-        name, seed, timeout, backend = self._simulation(data.get("simulation"))
+        name, seed, timeout, backend, start = self._simulation(data.get("simulation"))
         workers = self._workers(data.get("workers"))
         if seed is not None:
             if seed + len(workers) - 1 > _SEED_MAX:
@@ -101,11 +102,11 @@ class _Parser:
         self._check_gpu_fractions(workers)
         network = self._network(data.get("network", {}), [w.name for w in workers], backend)
         self._check_network_use(workers, network)
-        return SimulationConfig(name, seed, tuple(workers), self.source, timeout, backend, network)
+        return SimulationConfig(name, seed, tuple(workers), self.source, timeout, backend, network, start)
 
     # -- [simulation] --------------------------------------------------------
 
-    def _simulation(self, table: Any) -> tuple[str, int | None, float, str]:
+    def _simulation(self, table: Any) -> tuple[str, int | None, float, str, str | None]:
         if table is None:
             self.fail("[simulation]", 'missing (every config needs [simulation] with name = "...")')
         if not isinstance(table, Mapping):
@@ -129,7 +130,16 @@ class _Parser:
 
         if backend not in REGISTRY:
             self.fail("[simulation] backend", f"unknown backend {backend!r} (known: {', '.join(sorted(REGISTRY))})")
-        return name, seed, timeout, backend
+        start = None
+        if "start" in table:
+            start = self._str("[simulation] start", table["start"])
+            if start not in _STARTS:
+                self.fail("[simulation] start", f'{start!r} is not a way to start workers: use "fork" (from a warm '
+                          'template, the default on Linux) or "spawn" (a fresh interpreter each)')  # fmt: skip
+            if backend != "local":
+                self.fail("[simulation] start", f"only the local backend starts worker processes "
+                          f"(backend is {backend!r})")  # fmt: skip
+        return name, seed, timeout, backend, start
 
     # -- [workers.<name>] ------------------------------------------------------
 
@@ -140,6 +150,7 @@ class _Parser:
             self.fail("[workers]", "no workers (add a table such as [workers.bob])")
         workers: list[WorkerConfig] = []
         origin: dict[str, str] = {}  # worker name -> table that made it, to report clashes
+        grouped: set[str] = set()  # the tables among them with `count`
         for name, spec in table.items():
             where = f"[workers.{_key(name)}]"
             problem = _name_problem(name)
@@ -147,15 +158,44 @@ class _Parser:
                 self.fail(where, problem)
             if not isinstance(spec, Mapping):
                 self.fail(where, f"expected a table, got {_describe(spec)}")
-            for worker in self._worker(name, where, spec):
+            made = self._worker(name, where, spec) if "count" not in spec else self._group(name, where, spec)
+            for worker in made:
                 if worker.name in origin:
+                    if worker.group is not None:
+                        self.fail(f"{where} count", f"names a worker {worker.name!r} ({worker.group}_<index>), "
+                                  f"which {origin[worker.name]} also names")  # fmt: skip
+                    if origin[worker.name] in grouped:  # a single worker whose name a group took
+                        self.fail(where, f"{origin[worker.name]} count already names a worker {worker.name!r}; "
+                                  "rename one of them")  # fmt: skip
                     self.fail(f"{where} device", f"{ALL_GPUS!r} names a worker {worker.name!r}, "
                               f"which {origin[worker.name]} also names")  # fmt: skip
                 origin[worker.name] = where
+                if worker.group is not None:
+                    grouped.add(where)
                 workers.append(worker)
         return workers
 
-    def _worker(self, name: str, where: str, spec: Mapping[str, Any]) -> list[WorkerConfig]:
+    def _group(self, name: str, where: str, spec: Mapping[str, Any]) -> list[WorkerConfig]:
+        """``count = N``: workers <name>_0 ... <name>_<N-1>, "{i}" in every string replaced by the index."""
+        count = self._int(f"{where} count", spec["count"])
+        if not 1 <= count <= GROUP_MAX:
+            self.fail(f"{where} count", f"must be from 1 to {GROUP_MAX}, got {count}")
+        if spec.get("device") == ALL_GPUS:
+            self.fail(f"{where} device", f'{ALL_GPUS!r} cannot be combined with count (use device = "cuda:{{i}}" '
+                      "to give worker i GPU i)")  # fmt: skip
+        members = []
+        for i in range(count):
+            member = f"{name}_{i}"
+            problem = _name_problem(member)
+            if problem is not None:
+                self.fail(f"{where} count", f"cannot name worker {i}: {problem}")
+            table = {k: _with_index(v, i) for k, v in spec.items() if k != "count"}
+            for worker in self._worker(member, where, table, f"workers.{_key(name)}.data"):
+                members.append(dataclasses.replace(worker, group=name))
+        return members
+
+    def _worker(self, name: str, where: str, spec: Mapping[str, Any],
+                data_path: str | None = None) -> list[WorkerConfig]:
         """The worker(s) one table describes: one, or one per GPU for ``device = "cuda:*"``."""
         self._check_keys(where, spec, _WORKER_KEYS)
         device = self._device(f"{where} device", spec.get("device", "cpu"))
@@ -176,7 +216,7 @@ class _Parser:
         fraction = None
         if "gpu_memory_fraction" in spec:
             fraction = self._fraction(f"{where} gpu_memory_fraction", spec["gpu_memory_fraction"], device)
-        data = self._data(f"workers.{_key(name)}.data", spec.get("data", {}))
+        data = self._data(data_path or f"workers.{_key(name)}.data", spec.get("data", {}))
         extra = self._worker_network(where, spec)
         if device != ALL_GPUS:
             return [WorkerConfig(name, device, cpus, threads, memory_limit, fraction, None, data, **extra)]
@@ -314,6 +354,11 @@ class _Parser:
         return f"cuda:{index}"
 
     def _cpus(self, where: str, value: Any) -> tuple[int, ...]:
+        if value == _SPREAD:  # the next CPU, round-robin across every "spread" worker in file order
+            available = self._cpus_available()
+            cpu = available[self._spread % len(available)]
+            self._spread += 1
+            return (cpu,)
         if isinstance(value, str):
             cpus = _parse_cpu_list(value)
             if cpus is None:
@@ -457,6 +502,17 @@ class _Parser:
 
 def _replace_seed(worker: WorkerConfig, seed: int) -> WorkerConfig:
     return dataclasses.replace(worker, seed=seed)
+
+
+def _with_index(value: Any, index: int) -> Any:
+    """``value`` with "{i}" replaced by ``index`` in every string, however deep (a group's member)."""
+    if isinstance(value, str):
+        return value.replace("{i}", str(index))
+    if isinstance(value, Mapping):
+        return {k: _with_index(v, index) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_with_index(v, index) for v in value]
+    return value
 
 
 def _key(key: str) -> str:

@@ -26,7 +26,7 @@ from .core import WorkerCore
 from .peers import ZmqPeers
 from .spec import WorkerLaunch
 
-__all__ = ["main"]
+__all__ = ["main", "serve"]
 
 
 def _cleanup_after_parent(launch: WorkerLaunch) -> None:
@@ -38,9 +38,13 @@ def _cleanup_after_parent(launch: WorkerLaunch) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return serve(WorkerLaunch.from_json((argv if argv is not None else sys.argv[1:])[0]))
+
+
+def serve(launch: WorkerLaunch) -> int:
+    """Be the worker `launch` describes until shut down (a spawned worker, or a fork of worker/template.py)."""
     import zmq
 
-    launch = WorkerLaunch.from_json((argv if argv is not None else sys.argv[1:])[0])
     config = launch.config
     shm.raise_fd_limit()  # every segment it maps keeps two descriptors (shm.intact)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the user's terminal is the client's to handle

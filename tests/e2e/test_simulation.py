@@ -162,7 +162,7 @@ def test_memory_limit_refuses_an_op_and_the_worker_lives_on(hook):
 
 
 def test_memory_limit_below_start_up_size_stops_the_worker_at_start(tmp_path, hook):
-    torch.save(torch.ones(16 * 2**20), tmp_path / "big.pt")  # 64 MiB of data on top of ~225 MiB
+    torch.save(torch.ones(32 * 2**20), tmp_path / "big.pt")  # 128 MiB of data on top of 170-225 MiB
     config = parse_config({"simulation": {"name": "e2e-memory-start"},
                            "workers": {"tiny": {"memory_limit": "256MiB",
                                                 "data": {"big": {"path": "big.pt", "tags": ["#big"]}}}}},

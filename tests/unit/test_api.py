@@ -35,8 +35,10 @@ LAYERS = {
     "simsyft.worker.core": 2, "simsyft.worker.main": 2, "simsyft.worker.__main__": 2,
     "simsyft.worker.origins": 2,
     "simsyft.worker.mpc": 2,
+    "simsyft.worker.template": 2,
     # L3: backends
     "simsyft.backends.base": 3, "simsyft.backends.local": 3, "simsyft.backends.inprocess": 3,
+    "simsyft.backends.template": 3,
     # L4: the user layer
     "simsyft.facts": 4, "simsyft.pipelining": 4, "simsyft.pointer": 4, "simsyft.models": 4, "simsyft.handles": 4,
     "simsyft.hook": 4,

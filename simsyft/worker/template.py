@@ -1,0 +1,155 @@
+"""The warm template local workers are forked from (``[simulation] start = "fork"``).
+
+Owns the template process, ``python -m simsyft.worker.template``: it imports torch, numpy
+and the worker's code once, then forks one worker per request. The owner (backends/template.py)
+writes one JSON line per worker on its stdin, ``{"launch": <WorkerLaunch JSON>, "log": PATH}``,
+and reads back one line, the worker's pid. End of stdin (the owner closed it, or died) ends
+the template; its workers are not its children and live on. Imports torch, numpy and
+worker/main.py; never the user layer.
+
+Note [Forked workers]
+    A fork copies only the calling thread, so a thread pool, a ZeroMQ context (its IO thread)
+    or a CUDA context made before it would be broken in the child. The template therefore
+    runs no torch op, opens no ZeroMQ socket and never touches CUDA; each worker applies its
+    own settings after the fork (worker/main.py's serve: threads, affinity, seed, device,
+    memory limit) and opens its own sockets. `gc.freeze()` moves the template's objects out
+    of the collector's reach, so a collection in a worker does not write to (and so copy)
+    the pages they lie in: those stay shared between every worker, which is what keeps a
+    worker's unique memory small.
+
+    Every worker is forked twice (template -> short-lived middle -> worker) so that it is
+    adopted by the owner, which made itself a child subreaper (PR_SET_CHILD_SUBREAPER): the
+    owner reaps it and reads its exit status like a child it spawned, the worker's "my
+    parent died" check (serve: getppid() != parent_pid) keeps working, and a template that
+    dies takes no worker with it. The worker carries the simulation's token because the
+    template was started with it in its environment (Note [Nothing outside the run root is
+    trusted], rundir.py): /proc/<pid>/environ of a fork is its parent's.
+
+    What is taken from Python's multiprocessing.forkserver (which torch.multiprocessing
+    reuses): a server that preloads the heavy modules once and forks one child per request,
+    the child dropping the server's descriptors and reseeding `random`. What differs: requests
+    are JSON lines on a pipe instead of pickles and passed descriptors on a unix socket (a
+    worker needs only its `WorkerLaunch`, and its log path), and the double fork: a
+    forkserver's children stay the server's, their exit codes sent back over a socket, so a
+    dying server would orphan them and lose their statuses.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+
+__all__ = ["main"]
+
+_READY = b"ready\n"
+
+
+def _adopted(middle: int) -> None:
+    """Wait until the middle process is gone and this one belongs to the owner (microseconds)."""
+    deadline = time.monotonic() + 10
+    while os.getppid() == middle and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def _run_worker(request: dict, middle: int) -> int:
+    """In the forked worker: take its own stdio, seeds and sockets, then serve."""
+    import random
+
+    import numpy
+    import torch
+
+    from .main import serve
+    from .spec import WorkerLaunch
+
+    log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)  # drops the template's request pipe, so only the template holds it
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    os.close(null)
+    gc.enable()
+    _adopted(middle)
+    launch = WorkerLaunch.from_json(request["launch"])
+    # Every fork starts from the template's random state: without a seed of its own, draw a
+    # fresh one (as a spawned worker would), or every worker's torch.rand would agree.
+    if launch.config.seed is None:
+        torch.seed()
+    random.seed()
+    numpy.random.seed()
+    return serve(launch)
+
+
+def _fork(request: dict) -> int:
+    """Fork one worker through a middle process; its pid (adopted by the owner)."""
+    read_end, write_end = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        code = 0
+        try:
+            os.close(read_end)
+            me = os.getpid()
+            worker = os.fork()
+            if worker == 0:
+                os.close(write_end)
+                try:
+                    code = _run_worker(request, me)
+                except BaseException:  # the worker's last words go to its log; then it exits
+                    traceback.print_exc()
+                    code = 1
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            os.write(write_end, str(worker).encode())
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 64):  # the middle writes the pid, then exits (closing the pipe)
+        chunks.append(chunk)
+    os.close(read_end)
+    # Once the middle is gone the worker is the owner's child: only then is its pid given out,
+    # so the owner can wait for it (and a caller sees its parent) from the first moment.
+    os.waitpid(middle, 0)
+    return int(b"".join(chunks) or b"0")  # 0: the middle failed (its traceback is in our log)
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the owner's to handle (as for workers)
+    import random  # noqa: F401  (what every worker needs, imported once for all of them)
+
+    import numpy.random  # noqa: F401
+    import psutil  # noqa: F401  (serve: cpus, memory_limit)
+    import torch  # noqa: F401
+    import zmq  # noqa: F401  (the module only: serve makes the context, and its IO thread, after the fork)
+
+    from . import main as _worker_main  # noqa: F401  (the worker's code: core, execute, peers, zmq, wire)
+
+    gc.collect()
+    gc.freeze()
+    gc.disable()  # nothing here makes garbage worth a collection; workers re-enable it
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    replies.write(_READY)
+    replies.flush()
+    for line in requests:  # ends when the owner closes our stdin (or dies)
+        try:
+            pid = _fork(json.loads(line))
+        except Exception:  # a bad request or a failed fork: say so, stay up for the next one
+            traceback.print_exc()
+            pid = 0
+        replies.write(f"{pid}\n".encode())
+        replies.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
