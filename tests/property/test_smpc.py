@@ -25,7 +25,9 @@ def examples(ci: int, thorough: int) -> int:
 def worlds():
     """{"inprocess": (parties, provider), "process": (parties, provider)}."""
     hook = sy.TorchHook(torch)
-    inproc = [in_process_worker(name) for name in NAMES + ("james",)]
+    # Names of their own: in_process_worker(name) restarts a worker of the shared in-process
+    # simulation, and the session's WorkerPool (bob, alice, carol, dave) must keep its workers.
+    inproc = [in_process_worker(f"smpc_{name}") for name in NAMES + ("james",)]
     procs = [sy.VirtualWorker(hook, id=f"smpc_{name}") for name in NAMES + ("james",)]
     yield {"inprocess": (inproc[:-1], inproc[-1]), "process": (procs[:-1], procs[-1])}
     for worker in inproc:
