@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..pointer import PointerTensor
+from . import compare  # noqa: F401 - installs comparisons, relu, max on AdditiveSharingTensor
 from .additive import AdditiveSharingTensor, check_keywords, share_local
 from .fixed import FixedPrecisionTensor, encode
 from .remote import SharedPointer, fix_precision_remote, share_remote

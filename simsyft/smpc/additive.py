@@ -243,6 +243,15 @@ class AdditiveSharingTensor:
     def t(self) -> "AdditiveSharingTensor":
         return self._map(lambda p: p.t())
 
+    def transpose(self, dim0: int, dim1: int) -> "AdditiveSharingTensor":
+        return self._map(lambda p: p.transpose(dim0, dim1))
+
+    def unsqueeze(self, dim: int) -> "AdditiveSharingTensor":
+        return self._map(lambda p: p.unsqueeze(dim))
+
+    def squeeze(self, *dim: int) -> "AdditiveSharingTensor":
+        return self._map(lambda p: p.squeeze(*dim))
+
     def __getitem__(self, index: Any) -> "AdditiveSharingTensor":
         if isinstance(index, torch.Tensor) and index.dtype != torch.bool and index.is_floating_point():
             raise TypeError("index an AdditiveSharingTensor with ints, slices or integer tensors")
