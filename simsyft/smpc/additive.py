@@ -43,8 +43,8 @@ _IGNORED = {"no_wrap", "check_range", "field", "protocol"}
 def check_keywords(call: str, kwargs: dict) -> None:
     """Refuse what this part does not do, rather than ignore it (a shared tensor with grads, say)."""
     if kwargs.get("requires_grad"):
-        raise NotImplementedError(f"{call}(requires_grad=True): autograd on shared tensors comes with a later "
-                                  "issue")
+        raise NotImplementedError(f"{call}(requires_grad=True): autograd runs on fixed precision tensors shared "
+                                  "from the client: x.fix_precision().share(..., requires_grad=True)")
     unknown = set(kwargs) - _IGNORED - {"requires_grad"}
     if unknown:
         raise TypeError(f"{call}() got unexpected keyword argument(s) {sorted(unknown)}")
@@ -245,6 +245,9 @@ class AdditiveSharingTensor:
 
     def transpose(self, dim0: int, dim1: int) -> "AdditiveSharingTensor":
         return self._map(lambda p: p.transpose(dim0, dim1))
+
+    def expand(self, *shape: Any) -> "AdditiveSharingTensor":
+        return self._map(lambda p: p.expand(*shape))
 
     def unsqueeze(self, dim: int) -> "AdditiveSharingTensor":
         return self._map(lambda p: p.unsqueeze(dim))

@@ -99,9 +99,12 @@ class FixedPrecisionTensor:
             # smpc/remote.py (which builds on this module) installs it on PointerTensor.
             return PointerTensor._smpc_share(self.child, workers, crypto_provider, dtype, kwargs,
                                              (self.base, self.precision_fractional))
+        requires_grad = kwargs.pop("requires_grad", False)
         check_keywords("share", kwargs)
         check_parties(workers, crypto_provider)
-        return self._like(share_local(self.child, list(workers), crypto_provider, dtype, protocol))
+        shared = self._like(share_local(self.child, list(workers), crypto_provider, dtype, protocol))
+        # smpc/autograd.py (which builds on this module) installs the wrapper.
+        return FixedPrecisionTensor._autograd(shared) if requires_grad else shared
 
     # -- arithmetic ------------------------------------------------------------------------------
     def _operand(self, other: Any, op: str) -> tuple[Any, bool]:
