@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..pointer import PointerTensor
-from . import autograd, compare  # noqa: F401 - install requires_grad sharing; comparisons, relu, max
+from . import autograd, compare, layers  # noqa: F401 - install requires_grad sharing; comparisons; CNN layers
 from .additive import AdditiveSharingTensor, check_keywords, share_local
 from .fixed import FixedPrecisionTensor, encode
 from .autograd import AutogradTensor

@@ -246,6 +246,9 @@ class AdditiveSharingTensor:
     def transpose(self, dim0: int, dim1: int) -> "AdditiveSharingTensor":
         return self._map(lambda p: p.transpose(dim0, dim1))
 
+    def contiguous(self) -> "AdditiveSharingTensor":
+        return self._map(lambda p: p.contiguous())
+
     def expand(self, *shape: Any) -> "AdditiveSharingTensor":
         return self._map(lambda p: p.expand(*shape))
 

@@ -146,11 +146,18 @@ def argmax(x: AdditiveSharingTensor, dim: Any = None, keepdim: bool = False,
     v, d = _reduce_dim(x, dim)
     hot = _one_hot(v, d)
     if one_hot:
-        hot = hot.transpose(d, -1)
+        hot = hot.transpose(d, -1).contiguous()
         return hot.reshape(*x.shape) if dim is None else hot
     index = (hot * torch.arange(hot.shape[-1], dtype=x.torch_dtype)).sum(-1)
-    index = index.unsqueeze(-1).transpose(d, -1).squeeze(d) if index.dim() else index
+    index = index.unsqueeze(-1).transpose(d, -1).squeeze(d).contiguous() if index.dim() else index
     return index.unsqueeze(d) if keepdim and dim is not None else index
+
+
+def max_values(x: AdditiveSharingTensor, dim: int) -> AdditiveSharingTensor:
+    """The maxima along `dim`, in the layout of x without `dim` (no indices: max_pool2d's)."""
+    hot = _one_hot(x, dim)
+    values = (x.transpose(dim, -1) * hot).sum(-1)
+    return values.unsqueeze(-1).transpose(dim, -1).squeeze(dim).contiguous() if values.dim() else values
 
 
 def max_(x: AdditiveSharingTensor, dim: Any = None, keepdim: bool = False) -> Any:
@@ -162,8 +169,8 @@ def max_(x: AdditiveSharingTensor, dim: Any = None, keepdim: bool = False) -> An
         return values
     index = (hot * torch.arange(hot.shape[-1], dtype=x.torch_dtype)).sum(-1)
     if values.dim():  # back to the layout of x without `dim`
-        values = values.unsqueeze(-1).transpose(d, -1).squeeze(d)
-        index = index.unsqueeze(-1).transpose(d, -1).squeeze(d)
+        values = values.unsqueeze(-1).transpose(d, -1).squeeze(d).contiguous()
+        index = index.unsqueeze(-1).transpose(d, -1).squeeze(d).contiguous()
     if keepdim:
         values, index = values.unsqueeze(d), index.unsqueeze(d)
     return MaxResult(values, index)

@@ -262,6 +262,8 @@ class FixedPrecisionTensor:
         method = _TORCH_FUNCTIONS.get(func)
         if method is None:
             return NotImplemented
+        # A model's SharedParameter (smpc/nn.py) stands for its encoded value.
+        args = tuple(getattr(a, "_smpc_value", a) if isinstance(a, torch.nn.Parameter) else a for a in args)
         return getattr(args[0], method)(*args[1:], **kwargs)
 
 

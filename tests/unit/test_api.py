@@ -47,6 +47,7 @@ LAYERS = {
     "simsyft.origins": 4,
     "simsyft.smpc": 4, "simsyft.smpc.additive": 4, "simsyft.smpc.fixed": 4, "simsyft.smpc.remote": 4,
     "simsyft.smpc.compare": 4, "simsyft.smpc.autograd": 4, "simsyft.smpc.nn": 4,
+    "simsyft.smpc.layers": 4,
     # L5: simulations
     "simsyft.simulation": 5,
     # L6+: the face; nothing imports these
@@ -60,7 +61,8 @@ USER_LAYER = {"simsyft.facts", "simsyft.pipelining", "simsyft.pointer", "simsyft
               "simsyft.hook", "simsyft.federated", "simsyft.federated.dataset", "simsyft.federated.loader",
               "simsyft.federated.floptimizer", "simsyft.multipointer", "simsyft.origins",
               "simsyft.smpc", "simsyft.smpc.additive", "simsyft.smpc.fixed", "simsyft.smpc.remote",
-              "simsyft.smpc.compare", "simsyft.smpc.autograd", "simsyft.smpc.nn"}
+              "simsyft.smpc.compare", "simsyft.smpc.autograd", "simsyft.smpc.nn",
+              "simsyft.smpc.layers"}
 
 
 def modules() -> dict[str, str]:
