@@ -113,3 +113,12 @@ def test_part12_example_loss_falls_like_plain_torch():
     for s, p in zip(secure, plain):
         assert abs(s - p) <= 0.01 + 0.02 * p, (secure, plain)  # fixed-point error only
     assert "(Wrapper)>AutogradTensor>FixedPrecisionTensor>[AdditiveSharingTensor]" in out
+
+
+def test_encrypted_inference_example_agrees_with_plaintext():
+    out = run_example("encrypted_inference.py")
+    assert float(re.search(r"plaintext accuracy on 100 synthetic test images: ([\d.]+)", out).group(1)) >= 0.9
+    agree = float(re.search(r"LAN: secure labels equal plaintext inference for ([\d.]+) of the images", out).group(1))
+    assert agree >= 0.99
+    per_image = re.search(r"LAN: ([\d.]+) ms and ([\d.]+) kB per image", out)
+    assert float(per_image.group(1)) > 0 and float(per_image.group(2)) > 10  # the comparisons' traffic is there
