@@ -88,7 +88,7 @@ def check_exact(world, case):
 
 
 @pytest.mark.parametrize("backend", ["inprocess", "process"])
-@settings(max_examples=examples(12, 300), deadline=None)
+@settings(max_examples=examples(8, 300), deadline=None)
 @given(case=cases)
 def test_comparisons_and_max_equal_the_plaintext_results(worlds, backend, case):
     if backend == "process" and case["seed"] % 4:
