@@ -1,5 +1,6 @@
-"""The SMPC row (issue 15): a 2-party secure `mm` (256 x 256) and a 1M-element secure multiply,
-each timed in the same run as the same plaintext op (the floor), through the public API only.
+"""The SMPC row (issues 15, 16): a 2-party secure `mm` (256 x 256), a 1M-element secure multiply,
+and a 100k-element secure `>` and `relu`, each timed in the same run as the same plaintext op
+(the floor), through the public API only.
 
     x = a.share(bob, alice, crypto_provider=james); (x.mm(y)).get() vs a.mm(b)
 
@@ -17,7 +18,7 @@ G = "simsyft"
 
 
 def row_smpc(s: Settings, lab: Any) -> list[Figure]:
-    """2-party secure mm 256x256 and 1M-element multiply vs the same plaintext ops (int64)."""
+    """2-party secure mm 256x256, 1M-element multiply, 100k-element > and relu vs plaintext (int64)."""
     torch = lab.torch
     bob, alice, james = lab.worker("bob"), lab.worker("alice"), lab.worker("james")
     small = s.mode == "smoke"
@@ -26,11 +27,17 @@ def row_smpc(s: Settings, lab: Any) -> list[Figure]:
     out: list[Figure] = []
     a, b = torch.randint(-1000, 1000, (side, side)), torch.randint(-1000, 1000, (side, side))
     u, v = torch.randint(-1000, 1000, (numel,)), torch.randint(-1000, 1000, (numel,))
+    c, d = u[:numel // 10].clone(), v[:numel // 10].clone()
     for name, what, plain, shared_op, args in (
         (f"smpc_mm_{side}", f"2-party secure mm {side}x{side} (int64 ring, james deals)", lambda: a.mm(b),
          lambda x, y: x.mm(y), (a, b)),
         (f"smpc_mul_{numel}", f"2-party secure multiply, {numel} elements", lambda: u * v,
          lambda x, y: x * y, (u, v)),
+        # Comparisons (issue 16): 8 rounds and ~1 kB per element each, so a tenth of the elements.
+        (f"smpc_gt_{numel // 10}", f"2-party secure x > y, {numel // 10} elements", lambda: c > d,
+         lambda x, y: x > y, (c, d)),
+        (f"smpc_relu_{numel // 10}", f"2-party secure relu, {numel // 10} elements", lambda: c.relu(),
+         lambda x, y: x.relu(), (c, d)),
     ):
         floor = time_calls(plain, reps, warmup=1)
         x, y = (t.share(bob, alice, crypto_provider=james) for t in args)

@@ -1,13 +1,16 @@
-"""PySyft 0.2 tutorial, Part 9: "Intro to Encrypted Programs", on simsyft, up to `mm`.
+"""PySyft 0.2 tutorial, Part 9: "Intro to Encrypted Programs", on simsyft.
 
 The notebook's cells with `import simsyft as sy` for `import syft as sy`. bob, alice, bill and
 the crypto provider are each a process: `x.share(bob, alice, bill)` sends one share to each, a
 share is uniform in the 2^64 ring (so the numbers differ from the notebook's, run to run), and
 the three shares sum, with int64 wrap-around, to the secret. In `x * y` the crypto provider
 deals a Beaver triple straight to bob and alice, who open their masked shares to each other;
-the client only sends commands. The comparisons (`>`, `<=`, `==`, `max`) come with the next
-issue, so the script stops after `mm`. A first cell seeds Python's `random` (added) so the
-pure-Python part prints the same shares each run.
+the client only sends commands. The comparisons (`>`, `<=`, `==`) and `max` run the protocol of
+docs/smpc.md ("Comparisons"): the crypto provider deals random bits and AND triples, the parties
+open only masked values to each other, and the result is again a shared tensor. `x.max()` prints
+`tensor(4)`, the 0-dim sum PySyft 0.2.9 returns (the notebook, run on an older PySyft, shows
+`tensor([4])`); `x.max(dim=0)` unpacks to (values, indices) as the notebook's cell does. A first
+cell seeds Python's `random` (added) so the pure-Python part prints the same shares each run.
 
     python examples/tutorial_part9.py
 """
@@ -113,6 +116,24 @@ z = x.mm(y)
 z.get()
 """,
     "x  # added: the shared tensor as PySyft showed it",
+    """
+x = torch.tensor([25]).share(bob,alice, crypto_provider=crypto_provider)
+y = torch.tensor([5]).share(bob,alice, crypto_provider=crypto_provider)
+""",
+    "z = x > y\nz.get()",
+    "z = x <= y\nz.get()",
+    "z = x == y\nz.get()",
+    "z = x == y + 20\nz.get()",
+    """
+x = torch.tensor([2, 3, 4, 1]).share(bob,alice, crypto_provider=crypto_provider)
+x.max().get()
+""",
+    """
+x = torch.tensor([[2, 3], [4, 1]]).share(bob,alice, crypto_provider=crypto_provider)
+max_values, max_ids = x.max(dim=0)
+max_values.get()
+""",
+    "max_ids.get()  # added: the row of each column's maximum",
 ]
 
 if __name__ == "__main__":

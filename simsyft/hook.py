@@ -94,6 +94,8 @@ _MODULE_ADDED = {
     "move": _module_move,
     "copy": _module_copy,
     "location": property(models.module_location),
+    "fix_precision": smpc.module_fix_precision, "fix_prec": smpc.module_fix_precision,  # smpc/nn.py
+    "share": smpc.module_share,
 }
 
 
@@ -132,6 +134,7 @@ class TorchHook:
                 setattr(torch.nn.Module, name, method)
         torch.nn.Parameter.__new__ = _parameter_new
         torch.utils.data.Dataset.federate = dataset_federate
+        torch.optim.Optimizer.fix_precision = smpc.optimizer_fix_precision
 
     @staticmethod
     def unhook() -> None:
@@ -145,6 +148,8 @@ class TorchHook:
         torch.nn.Parameter.__new__ = _PARAMETER_NEW
         if torch.utils.data.Dataset.__dict__.get("federate") is dataset_federate:
             del torch.utils.data.Dataset.federate
+        if torch.optim.Optimizer.__dict__.get("fix_precision") is smpc.optimizer_fix_precision:
+            del torch.optim.Optimizer.fix_precision
 
     def __repr__(self) -> str:
         return "<TorchHook torch>"

@@ -13,12 +13,15 @@ from typing import Any
 import torch
 
 from ..pointer import PointerTensor
+from . import autograd, compare, layers  # noqa: F401 - install requires_grad sharing; comparisons; CNN layers
 from .additive import AdditiveSharingTensor, check_keywords, share_local
 from .fixed import FixedPrecisionTensor, encode
+from .autograd import AutogradTensor
+from .nn import module_fix_precision, module_share, optimizer_fix_precision
 from .remote import SharedPointer, fix_precision_remote, share_remote
 
-__all__ = ["AdditiveSharingTensor", "FixedPrecisionTensor", "SharedPointer", "tensor_fix_precision",
-           "tensor_share"]
+__all__ = ["AdditiveSharingTensor", "AutogradTensor", "FixedPrecisionTensor", "SharedPointer",
+           "module_fix_precision", "module_share", "optimizer_fix_precision", "tensor_fix_precision", "tensor_share"]
 
 def tensor_fix_precision(self: torch.Tensor, base: int = 10, precision_fractional: int = 3,
                          dtype: str = "long", **kwargs: Any) -> FixedPrecisionTensor:

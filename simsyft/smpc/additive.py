@@ -43,8 +43,8 @@ _IGNORED = {"no_wrap", "check_range", "field", "protocol"}
 def check_keywords(call: str, kwargs: dict) -> None:
     """Refuse what this part does not do, rather than ignore it (a shared tensor with grads, say)."""
     if kwargs.get("requires_grad"):
-        raise NotImplementedError(f"{call}(requires_grad=True): autograd on shared tensors comes with a later "
-                                  "issue")
+        raise NotImplementedError(f"{call}(requires_grad=True): autograd runs on fixed precision tensors shared "
+                                  "from the client: x.fix_precision().share(..., requires_grad=True)")
     unknown = set(kwargs) - _IGNORED - {"requires_grad"}
     if unknown:
         raise TypeError(f"{call}() got unexpected keyword argument(s) {sorted(unknown)}")
@@ -242,6 +242,21 @@ class AdditiveSharingTensor:
 
     def t(self) -> "AdditiveSharingTensor":
         return self._map(lambda p: p.t())
+
+    def transpose(self, dim0: int, dim1: int) -> "AdditiveSharingTensor":
+        return self._map(lambda p: p.transpose(dim0, dim1))
+
+    def contiguous(self) -> "AdditiveSharingTensor":
+        return self._map(lambda p: p.contiguous())
+
+    def expand(self, *shape: Any) -> "AdditiveSharingTensor":
+        return self._map(lambda p: p.expand(*shape))
+
+    def unsqueeze(self, dim: int) -> "AdditiveSharingTensor":
+        return self._map(lambda p: p.unsqueeze(dim))
+
+    def squeeze(self, *dim: int) -> "AdditiveSharingTensor":
+        return self._map(lambda p: p.squeeze(*dim))
 
     def __getitem__(self, index: Any) -> "AdditiveSharingTensor":
         if isinstance(index, torch.Tensor) and index.dtype != torch.bool and index.is_floating_point():

@@ -10,6 +10,7 @@ others, as PySyft): |error| < ulp * (|x| + |y| + 2) for x * y, ulp = base**-prec
 
 from __future__ import annotations
 
+from collections import namedtuple
 from typing import Any
 
 import torch
@@ -17,7 +18,9 @@ import torch
 from ..pointer import PointerTensor
 from .additive import AdditiveSharingTensor, check_keywords, check_parties, share_local
 
-__all__ = ["FixedPrecisionTensor", "encode"]
+__all__ = ["FixedPrecisionTensor", "MaxResult", "encode"]
+
+MaxResult = namedtuple("MaxResult", ["values", "indices"])  # what torch's max(dim=...) unpacks to
 
 
 def encode(tensor: torch.Tensor, base: int, precision_fractional: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
@@ -96,9 +99,12 @@ class FixedPrecisionTensor:
             # smpc/remote.py (which builds on this module) installs it on PointerTensor.
             return PointerTensor._smpc_share(self.child, workers, crypto_provider, dtype, kwargs,
                                              (self.base, self.precision_fractional))
+        requires_grad = kwargs.pop("requires_grad", False)
         check_keywords("share", kwargs)
         check_parties(workers, crypto_provider)
-        return self._like(share_local(self.child, list(workers), crypto_provider, dtype, protocol))
+        shared = self._like(share_local(self.child, list(workers), crypto_provider, dtype, protocol))
+        # smpc/autograd.py (which builds on this module) installs the wrapper.
+        return FixedPrecisionTensor._autograd(shared) if requires_grad else shared
 
     # -- arithmetic ------------------------------------------------------------------------------
     def _operand(self, other: Any, op: str) -> tuple[Any, bool]:
@@ -182,6 +188,56 @@ class FixedPrecisionTensor:
         count = self.child.numel() // self.child.sum(*args, **kwargs).numel()
         return self._like(self._truncate(self.child.sum(*args, **kwargs), count))
 
+    # -- comparisons (smpc/compare.py for shared children) ------------------------------------------
+    def _compare(self, other: Any, op: str) -> "FixedPrecisionTensor":
+        """PySyft's: the 0/1 result encoded, so that float_precision() gives 1.0 and 0.0."""
+        value, scaled = self._operand(other, op)
+        result = getattr(self.child, op)(value if scaled else value * self.scale)
+        if isinstance(result, torch.Tensor) and result.dtype == torch.bool:
+            result = result.to(self._int_dtype())
+        return self._like(result * self.scale)
+
+    def __gt__(self, other: Any) -> "FixedPrecisionTensor":
+        return self._compare(other, "gt")
+
+    def __lt__(self, other: Any) -> "FixedPrecisionTensor":
+        return self._compare(other, "lt")
+
+    def __ge__(self, other: Any) -> "FixedPrecisionTensor":
+        return self._compare(other, "ge")
+
+    def __le__(self, other: Any) -> "FixedPrecisionTensor":
+        return self._compare(other, "le")
+
+    def __eq__(self, other: Any) -> "FixedPrecisionTensor":  # type: ignore[override]
+        return self._compare(other, "eq")
+
+    def __ne__(self, other: Any) -> "FixedPrecisionTensor":  # type: ignore[override]
+        return self._compare(other, "ne")
+
+    gt, lt, ge, le, eq, ne = __gt__, __lt__, __ge__, __le__, __eq__, __ne__
+    __hash__ = object.__hash__
+
+    def relu(self, inplace: bool = False) -> "FixedPrecisionTensor":
+        if isinstance(self.child, AdditiveSharingTensor):
+            return self._like(self.child.relu())
+        return self._like(self.child.clamp(min=0))
+
+    def argmax(self, dim: Any = None, keepdim: bool = False) -> "FixedPrecisionTensor":
+        """The index, encoded like every value under this wrapper (float_precision() gives it)."""
+        index = self.child.argmax(dim=dim, keepdim=keepdim)
+        return self._like(index.to(self._int_dtype()) * self.scale if isinstance(index, torch.Tensor)
+                          else index * self.scale)
+
+    def max(self, dim: Any = None, keepdim: bool = False) -> Any:
+        if dim is None:
+            return self._like(self.child.max())
+        values, indices = self.child.max(dim, keepdim=keepdim) if isinstance(self.child, AdditiveSharingTensor) \
+            else torch.max(self.child, dim, keepdim=keepdim)
+        scaled = indices.to(self._int_dtype()) * self.scale if isinstance(indices, torch.Tensor) else \
+            indices * self.scale
+        return MaxResult(self._like(values), self._like(scaled))
+
     def view(self, *shape: Any) -> "FixedPrecisionTensor":
         return self._like(self.child.view(*shape))
 
@@ -206,11 +262,14 @@ class FixedPrecisionTensor:
         method = _TORCH_FUNCTIONS.get(func)
         if method is None:
             return NotImplemented
+        # A model's SharedParameter (smpc/nn.py) stands for its encoded value.
+        args = tuple(getattr(a, "_smpc_value", a) if isinstance(a, torch.nn.Parameter) else a for a in args)
         return getattr(args[0], method)(*args[1:], **kwargs)
 
 
 _TORCH_FUNCTIONS = {torch.add: "add", torch.sub: "sub", torch.mul: "mul", torch.matmul: "matmul",
-                    torch.mm: "mm", torch.sum: "sum", torch.mean: "mean", torch.neg: "neg"}
+                    torch.mm: "mm", torch.sum: "sum", torch.mean: "mean", torch.neg: "neg",
+                    torch.relu: "relu", torch.nn.functional.relu: "relu", torch.max: "max", torch.argmax: "argmax"}
 
 
 def _mul(child: Any, value: Any) -> Any:

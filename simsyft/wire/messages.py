@@ -283,7 +283,7 @@ class ErrorReply(Message):
     worker: str
 
 
-# -- SMPC (worker/mpc.py): codes 40-44 -------------------------------------------------------
+# -- SMPC (worker/mpc.py): codes 40-47 -------------------------------------------------------
 
 @_message(40)
 class ShareOut(Message):
@@ -357,3 +357,28 @@ class Triple(Message):
     ids: tuple
     values: tuple
     reply: bool = True
+
+
+@_message(46)
+class Step(Message):
+    """A party's next round of a multi-round protocol `op` ("msb", binary.py) run under `tag`:
+    the first Step starts it on share `inputs[0]` with the provider's tensors `deal`; each Step
+    combines the previous round's openings, then sends this round's masked shares to every other
+    party (Round). The last one stores the result under `result_id` and answers its metadata."""
+    seq: int
+    tag: int
+    op: str
+    inputs: tuple
+    deal: tuple
+    result_id: int
+    parties: tuple
+
+
+@_message(47)
+class Round(Message):
+    """Party to party: `sender`'s masked shares for round `round` of protocol `tag`."""
+    seq: int
+    tag: int
+    sender: str
+    round: int
+    values: tuple

@@ -545,4 +545,6 @@ _HANDLERS: dict[type, Callable[[WorkerCore, Any, dict], messages.Message]] = {
     messages.Open: mpc.on_open,
     messages.Opened: mpc.on_opened,
     messages.Beaver: mpc.on_beaver,
+    messages.Step: mpc.on_step,
+    messages.Round: mpc.on_round,
 }

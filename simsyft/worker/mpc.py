@@ -1,8 +1,10 @@
 """A worker's part in SMPC: splitting its data into shares, dealing Beaver triples, and the two
 steps of a Beaver multiplication, with the openings parties send each other.
 
-Owns the handlers of ShareOut, Deal, Triple, Open, Opened and Beaver (worker/core.py's
-`_HANDLERS` lists them) and `MpcState`, the openings a party holds between the two steps.
+Owns the handlers of ShareOut, Deal, Triple, Open, Opened, Beaver, Step and Round (worker/core.py's
+`_HANDLERS` lists them) and `MpcState`, the openings a party holds between steps. Step runs a
+multi-round protocol (comparisons: binary.py, Note [Most significant bit]) one round per
+message, in the order of Note [Who talks when].
 Opened values are masked (x - a with a uniform), never plaintext, and they stay out of the
 store: `bob._objects` shows shares only. Every byte between parties goes on the worker's peer
 links (worker/peers.py), so the traffic ledger counts it. Imports the wire, ring and errors;
@@ -31,24 +33,28 @@ from typing import Any
 
 import torch
 
-from .. import ring
+from .. import binary, ring
 from ..errors import ProtocolError
 from ..wire import messages, tensors
 from ..wire.messages import Result
 
-__all__ = ["MpcState", "on_beaver", "on_deal", "on_open", "on_opened", "on_share_out", "on_triple"]
+__all__ = ["MpcState", "on_beaver", "on_deal", "on_open", "on_opened", "on_round", "on_share_out", "on_step",
+           "on_triple"]
 
 _KEPT = 64  # multiplications whose openings a party keeps (one that failed halfway is dropped in time)
 _OPS = {"mul": torch.mul, "matmul": torch.matmul}
+_PROTOCOLS = {"msb": binary.msb_rounds}  # Step's multi-round protocols
 
 
 class MpcState:
     """Openings received per multiplication tag: {tag: {party: (eps, delta)}}, bounded."""
 
     def __init__(self) -> None:
-        self.openings: OrderedDict[int, dict[str, tuple]] = OrderedDict()
+        self.openings: OrderedDict[Any, dict[str, tuple]] = OrderedDict()
+        # Step protocols under way: {tag: (generator, next round, how to combine openings)}.
+        self.runs: OrderedDict[int, tuple] = OrderedDict()
 
-    def slot(self, tag: int) -> dict[str, tuple]:
+    def slot(self, tag: Any) -> dict[str, tuple]:
         found = self.openings.get(tag)
         if found is None:
             found = self.openings[tag] = {}
@@ -125,17 +131,15 @@ def on_deal(core: Any, msg: messages.Deal, used: dict) -> messages.Message:
     if core.name in msg.parties:
         raise ValueError(f"worker {core.name!r} is the crypto provider and cannot also hold a share: "
                          "it would learn the other parties' values")
-    op = _OPS.get(msg.op)
-    if op is None or len(msg.shapes) != 2 or len(msg.ids) != len(msg.parties):
-        raise ProtocolError(f"Deal of an unknown op {msg.op!r} or with mismatched shapes/ids")
     dtype = ring.ring_dtype(msg.ring)
-    a, b = (ring.uniform(tuple(shape), dtype) for shape in msg.shapes)
-    c = op(a, b)
-    parts = [ring.split(t, len(msg.parties)) for t in (a, b, c)]
+    if len(msg.ids) != len(msg.parties):
+        raise ProtocolError("Deal needs one tuple of ids per party")
+    per_party = deal_values(msg.op, msg.shapes, dtype, len(msg.parties))
     placed = []
     try:
-        for i, (party, ids) in enumerate(zip(msg.parties, msg.ids)):
-            values = tuple(part[i] for part in parts)
+        for party, ids, values in zip(msg.parties, msg.ids, per_party):
+            if len(ids) != len(values):
+                raise ProtocolError(f"Deal of {msg.op!r} gives {len(values)} tensors per party, got {len(ids)} ids")
             core.peers.get(party).send_oneway(
                 lambda seq, ids=tuple(ids), v=values: messages.Triple(seq, ids, v, False))
             placed += [(party, object_id) for object_id in ids]
@@ -143,6 +147,19 @@ def on_deal(core: Any, msg: messages.Deal, used: dict) -> messages.Message:
         _undo(core, placed)
         raise
     return messages.Ack(msg.seq, (Result.NOTHING,))
+
+
+def deal_values(op_name: str, shapes: tuple, dtype: torch.dtype, n: int) -> list[tuple]:
+    """The provider's correlated randomness for `op_name`, one tuple of tensors per party: a Beaver
+    triple for "mul"/"matmul", Note [Most significant bit]'s tensors for "msb"."""
+    if op_name == "msb" and len(shapes) == 1:
+        return binary.deal_msb(tuple(shapes[0]), dtype, n)
+    op = _OPS.get(op_name)
+    if op is None or len(shapes) != 2:
+        raise ProtocolError(f"Deal of an unknown op {op_name!r} or with mismatched shapes")
+    a, b = (ring.uniform(tuple(shape), dtype) for shape in shapes)
+    parts = [ring.split(t, n) for t in (a, b, op(a, b))]
+    return [tuple(part[i] for part in parts) for i in range(n)]
 
 
 def on_triple(core: Any, msg: messages.Triple, used: dict) -> messages.Message:
@@ -190,3 +207,58 @@ def on_beaver(core: Any, msg: messages.Beaver, used: dict) -> messages.Message:
         core.store.pop(object_id, None)
     core.store[msg.result_id] = z
     return messages.Ack(msg.seq, (Result.NEW, msg.result_id, *_meta(z)))
+
+
+def on_step(core: Any, msg: messages.Step, used: dict) -> messages.Message:
+    """One round of a Step protocol (Note [Who talks when]: the client steps one party at a time,
+    so when a party's round k starts, every peer has sent it round k-1)."""
+    run = core.mpc.runs.pop(msg.tag, None)
+    if run is None:
+        protocol = _PROTOCOLS.get(msg.op)
+        if protocol is None or len(msg.inputs) != 1:
+            raise ProtocolError(f"Step of an unknown protocol {msg.op!r}")
+        _await_deliveries(core, msg.deal)
+        x = _tensor(core, msg.inputs[0], used)
+        deal = tuple(_tensor(core, i, used) for i in msg.deal)
+        if deal[0].dtype != x.dtype or deal[0].shape != x.shape:
+            raise ValueError(f"worker {core.name!r}: the dealt tensors do not match the share "
+                             f"({x.dtype} {tuple(x.shape)} vs {deal[0].dtype} {tuple(deal[0].shape)})")
+        for object_id in msg.deal:  # held by the generator from now on
+            core.store.pop(object_id, None)
+        generator, round_no, opened = protocol(msg.parties[0] == core.name, x, deal), 0, None
+    else:
+        generator, round_no, mode = run
+        received = core.mpc.openings.pop((msg.tag, round_no - 1), {})
+        missing = [p for p in msg.parties if p not in received]
+        if missing:
+            generator.close()
+            raise ProtocolError(f"worker {core.name!r}: round {round_no - 1} of {msg.tag} lacks {missing}'s values")
+        combine = ring.reconstruct if mode == "add" else _xor_all
+        opened = tuple(combine([received[p][k] for p in msg.parties]) for k in range(len(received[core.name])))
+    try:
+        mode, values = generator.send(opened)
+    except StopIteration as done:
+        core.store[msg.result_id] = done.value
+        return messages.Ack(msg.seq, (Result.NEW, msg.result_id, *_meta(done.value)))
+    core.mpc.slot((msg.tag, round_no))[core.name] = values
+    for party in msg.parties:
+        if party != core.name:
+            _send(core, party, lambda seq: messages.Round(seq, msg.tag, core.name, round_no, values))
+    core.mpc.runs[msg.tag] = (generator, round_no + 1, mode)
+    while len(core.mpc.runs) > _KEPT:  # one abandoned halfway is dropped in time
+        core.mpc.runs.popitem(last=False)
+    return messages.Ack(msg.seq, (Result.NOTHING,))
+
+
+def on_round(core: Any, msg: messages.Round, used: dict) -> messages.Message:
+    if not all(isinstance(v, torch.Tensor) for v in msg.values):
+        raise ProtocolError("Round carries tensors")
+    core.mpc.slot((msg.tag, msg.round))[msg.sender] = tuple(msg.values)
+    return messages.Ack(msg.seq, (Result.NOTHING,))
+
+
+def _xor_all(values: list) -> torch.Tensor:
+    total = values[0].clone()
+    for value in values[1:]:
+        total ^= value
+    return total

@@ -197,6 +197,11 @@ def test_part9_example_output():
     assert outs["25"] == "tensor([30])" and outs["26"] == "tensor([20])" and outs["29"] == "tensor([125])"
     assert outs["31"] == "tensor([[2, 4],\n        [6, 8]])"
     assert "*crypto provider: crypto_provider*" in outs["32"]
+    # issue 16: the comparison and max cells
+    assert outs["34"] == "tensor([1])" and outs["35"] == "tensor([0])"  # x > y, x <= y
+    assert outs["36"] == "tensor([0])" and outs["37"] == "tensor([1])"  # x == y, x == y + 20
+    assert outs["38"] == "tensor(4)"  # PySyft 0.2.9's max(): a 0-dim sum
+    assert outs["39"] == "tensor([4, 3])" and outs["40"] == "tensor([1, 0])"
 
 
 def test_part10_example_secure_average_equals_the_plain_one():

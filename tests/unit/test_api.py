@@ -23,6 +23,7 @@ LAYERS = {
     "simsyft.errors": 0, "simsyft.exceptions": 0, "simsyft.ids": 0, "simsyft.wire.args": 0, "simsyft.backends": 0,
     "simsyft.gradients": 0,
     "simsyft.ring": 0,
+    "simsyft.binary": 0,
     "simsyft.wire": 0, "simsyft.links": 0, "simsyft.worker": 0, "simsyft.config": 1, "simsyft.testing": 7,
     # L1: the wire, configs, the run root
     "simsyft.wire.messages": 1, "simsyft.wire.shm": 1, "simsyft.wire.segments": 1, "simsyft.wire.tensors": 1,
@@ -47,6 +48,8 @@ LAYERS = {
     "simsyft.multipointer": 4,
     "simsyft.origins": 4,
     "simsyft.smpc": 4, "simsyft.smpc.additive": 4, "simsyft.smpc.fixed": 4, "simsyft.smpc.remote": 4,
+    "simsyft.smpc.compare": 4, "simsyft.smpc.autograd": 4, "simsyft.smpc.nn": 4,
+    "simsyft.smpc.layers": 4,
     # L5: simulations
     "simsyft.simulation": 5,
     # L6+: the face; nothing imports these
@@ -59,7 +62,9 @@ FACE = {"simsyft.cli", "simsyft.__main__", "simsyft.pytest_plugin", "simsyft.tes
 USER_LAYER = {"simsyft.facts", "simsyft.pipelining", "simsyft.pointer", "simsyft.models", "simsyft.handles",
               "simsyft.hook", "simsyft.federated", "simsyft.federated.dataset", "simsyft.federated.loader",
               "simsyft.federated.floptimizer", "simsyft.multipointer", "simsyft.origins",
-              "simsyft.smpc", "simsyft.smpc.additive", "simsyft.smpc.fixed", "simsyft.smpc.remote"}
+              "simsyft.smpc", "simsyft.smpc.additive", "simsyft.smpc.fixed", "simsyft.smpc.remote",
+              "simsyft.smpc.compare", "simsyft.smpc.autograd", "simsyft.smpc.nn",
+              "simsyft.smpc.layers"}
 
 
 def modules() -> dict[str, str]:
