@@ -317,7 +317,7 @@ def launch(config: str | os.PathLike | SimulationConfig, wait: bool = True) -> S
     reaches its bob.
     """
     cfg = config if isinstance(config, SimulationConfig) else load_config(config)
-    backend = backends.create(cfg.backend, cfg.name, cfg.request_timeout_s)
+    backend = backends.create(cfg.backend, cfg.name, cfg.request_timeout_s, cfg)
     net = None
     try:
         if cfg.network.mode != "off":  # before any link is made: every link stamps what it sends

@@ -1,0 +1,285 @@
+"""The Ray backend: every worker a named Ray actor, on one machine or a Ray cluster.
+
+Owns `RayBackend`: connecting to Ray (`[simulation] address = "auto"` or
+"host:port", or a local Ray of our own bound to 127.0.0.1), one Ray namespace per
+simulation, placement (`cpus`/`threads` -> num_cpus, `cuda:N` -> num_gpus, `node` ->
+a custom resource or a node id), the check that the cluster can hold what a config
+asks before anything waits on it, and kill/restart/shutdown (ray.kill, a new actor).
+The actors run the same WorkerCore as a worker process (ray_actor.py); their links
+are RayLinks (ray_link.py). Ray is optional: `pip install -e ".[ray]"`.
+Imports config, errors, rundir (namespaces), wire.segments and the two modules above.
+See docs/cluster.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Any
+
+from .. import rundir
+from ..config import REQUEST_TIMEOUT_S, SimulationConfig, WorkerConfig
+from ..errors import ConfigError, SimsyftError, WorkerCrashedError, WorkerTimeoutError
+from ..wire import segments
+from .base import Backend
+from .ray_actor import RayWorker, actor_namespace
+from .ray_link import RayLink, describe_death
+
+__all__ = ["RayBackend", "demand", "import_ray"]
+
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_NODE_ID = re.compile(r"[0-9a-f]{56}")
+# A custom resource pins a worker to the node(s) that have it; this much of it lets any
+# number of workers share one node.
+_NODE_SHARE = 0.001
+# How long a restarted worker's name may stay taken by the actor ray.kill is removing, and
+# how long its resources may stay held after that.
+_NAME_FREE_S = 10.0
+_RELEASE_S = 3.0
+_ACTOR_CLASS: Any = None
+
+
+def _actor_class(ray: Any) -> Any:
+    """RayWorker as a Ray actor class, made once (each ray.remote would ship the class again)."""
+    global _ACTOR_CLASS
+    if _ACTOR_CLASS is None:
+        _ACTOR_CLASS = ray.remote(RayWorker)
+    return _ACTOR_CLASS
+
+
+def import_ray() -> Any:
+    """Ray, or a ConfigError that says how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError('[simulation] backend = "ray" needs Ray, which is not installed: '
+                          'pip install -e ".[ray]"  (or: pip install ray)') from None
+    return ray
+
+
+def demand(config: WorkerConfig) -> dict[str, float]:
+    """The resources worker `config` asks of Ray: CPUs, GPUs, and its node's custom resource."""
+    wanted: dict[str, float] = {"CPU": float(len(config.cpus) if config.cpus else config.threads)}
+    if config.device.startswith("cuda"):
+        wanted["GPU"] = 1.0
+    if config.node is not None and not _NODE_ID.fullmatch(config.node):
+        wanted[config.node] = _NODE_SHARE
+    return wanted
+
+
+class RayBackend(Backend):
+    """The workers of one simulation as Ray actors in the namespace `simsyft-<namespace>`.
+
+    >>> backend = RayBackend("demo")                 # starts a local Ray on 127.0.0.1
+    >>> backend.start(WorkerConfig("bob")); backend.wait_ready()
+    >>> backend.shutdown()                           # removes every actor (and our local Ray)
+    """
+
+    kind = "ray"
+
+    def __init__(self, name: str = "ray", request_timeout_s: float = REQUEST_TIMEOUT_S,
+                 address: str | None = None) -> None:
+        ray = import_ray()
+        super().__init__(name, request_timeout_s)
+        self._ray = ray
+        self.namespace = rundir.new_namespace()  # names the segments used between parties on one node
+        self.ray_namespace = actor_namespace(self.namespace)
+        self.address = address
+        self.started_ray = False
+        if not ray.is_initialized():
+            # The actors import simsyft: a Ray we start inherits our environment, so make it findable.
+            path = os.environ.get("PYTHONPATH", "")
+            if _PACKAGE_PARENT not in path.split(os.pathsep):
+                os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, path) if p)
+            options: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+            if address is None:  # a Ray of our own: tests never send traffic off the loopback
+                ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **options)
+            else:
+                ray.init(address=address, **options)
+            self.started_ray = True
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.actors: dict[str, Any] = {}
+        self._configs: dict[str, WorkerConfig] = {}
+        self._links: dict[str, RayLink] = {}
+        self._nodes: dict[str, str] = {}  # worker -> node id, once it answered
+        self._exits: dict[str, int] = {}
+
+    @classmethod
+    def from_config(cls, config: SimulationConfig) -> "RayBackend":
+        return cls(config.name, config.request_timeout_s, config.address)
+
+    # -- Backend ------------------------------------------------------------------------------
+    def start(self, config: WorkerConfig) -> None:
+        """Create worker `config.name`'s actor; returns at once (wait_ready waits for it)."""
+        ray = self._ray
+        if self.closed:
+            raise SimsyftError(f"simulation {self.name!r} is shut down")
+        if config.name in self.actors and self.exit_status(config.name) is None:
+            raise SimsyftError(f"worker {config.name!r} is already running (a Ray actor)")
+        if config.memory_limit is not None:
+            raise ConfigError(f"worker {config.name!r}: memory_limit is not available on the ray backend (Ray's "
+                              "memory monitor kills a worker over its node's threshold instead); leave it out")
+        self._wait_name_free(config.name)
+        options = self._placement(config)
+        spec = {"config": config.to_dict(), "namespace": self.namespace, "owner_pid": os.getpid(),
+                "owner_node": self.node_id, "request_timeout_s": self.request_timeout_s}
+        actor = _actor_class(ray).options(name=config.name, namespace=self.ray_namespace, max_restarts=0,
+                                    max_concurrency=1, **options).remote(spec)
+        self.actors[config.name] = actor
+        self._configs[config.name] = config
+        self._exits.pop(config.name, None)
+        self._nodes.pop(config.name, None)
+        self._links[config.name] = RayLink(config.name, actor, self.namespace, self.request_timeout_s,
+                                           where="Ray actor")
+
+    def wait_ready(self, names: list[str] | None = None, timeout: float = 120.0) -> None:
+        """Block until each actor runs (placed and started); a failed start is WorkerCrashedError."""
+        ray = self._ray
+        names = names or self.names()
+        waiting = {name: self.actors[name].node.remote() for name in names if name not in self._nodes}
+        deadline = time.monotonic() + timeout
+        for name, ref in waiting.items():
+            try:
+                node = ray.get(ref, timeout=max(deadline - time.monotonic(), 0.001))
+            except ray.exceptions.GetTimeoutError:
+                raise WorkerTimeoutError(
+                    f"worker {name!r} was not placed and started within {timeout:.0f}s; it asks for "
+                    f"{_format(self._asks(self._configs[name]))}. Free now: {_format(ray.available_resources())}"
+                ) from None
+            except ray.exceptions.RayActorError as exc:
+                link = self._links[name]
+                link.died(describe_death(exc))
+                self._exits[name] = -1
+                raise WorkerCrashedError(link.dead) from None
+            self._nodes[name] = node
+            link = self._links[name]
+            link.remote_node = node != self.node_id
+            link.where = f"Ray actor on node {_node_label(ray, node)}"
+
+    def stop(self, name: str, timeout: float = 5.0) -> None:
+        actor = self.actors.pop(name, None)
+        link = self._links.pop(name, None)
+        self._configs.pop(name, None)
+        self._exits.pop(name, None)
+        self._nodes.pop(name, None)
+        if link is not None:
+            link.close("shut down")
+        if actor is not None:
+            self._ray.kill(actor, no_restart=True)
+
+    def kill(self, name: str) -> None:
+        """ray.kill the worker's actor, as a crash would: its link reports Ray's cause."""
+        self._ray.kill(self.actors[name], no_restart=True)
+        self._exits[name] = -9
+
+    def restart(self, name: str) -> None:
+        config = self.config(name)
+        self.stop(name)
+        self.start(config)
+
+    def names(self) -> list[str]:
+        return list(self.actors)
+
+    def config(self, name: str) -> WorkerConfig:
+        try:
+            return self._configs[name]
+        except KeyError:
+            known = ", ".join(self.actors) or "none"
+            raise KeyError(f"simulation {self.name!r} has no worker {name!r} (workers: {known})") from None
+
+    def exit_status(self, name: str) -> int | None:
+        if name in self._exits:
+            return self._exits[name]
+        link = self._links.get(name)
+        return -1 if link is not None and link.dead is not None else None
+
+    def link(self, name: str) -> RayLink:
+        return self._links[name]
+
+    def facts(self, name: str) -> dict[str, Any]:
+        node = self._nodes.get(name)
+        return {"pid": None, "device": self.config(name).device,
+                "node": _node_label(self._ray, node) if node else "(not placed yet)"}
+
+    def shutdown(self) -> None:
+        """Remove every actor of the simulation, its segments on this node, and a Ray we started."""
+        if self.closed:
+            return
+        self.closed = True
+        for name in list(self.actors):
+            self.stop(name)
+        segments.sweep(self.namespace)
+        if self.started_ray:
+            self._ray.shutdown()
+
+    # -- placement ----------------------------------------------------------------------------
+    def _asks(self, config: WorkerConfig) -> dict[str, float]:
+        return demand(config)
+
+    def _placement(self, config: WorkerConfig) -> dict[str, Any]:
+        """Ray options placing `config`'s actor, after checking the cluster can hold it now:
+        a request Ray cannot meet would otherwise wait for ever (Ray queues it)."""
+        ray = self._ray
+        wanted = demand(config)
+        options: dict[str, Any] = {"num_cpus": wanted["CPU"], "num_gpus": wanted.get("GPU", 0.0)}
+        custom = {k: v for k, v in wanted.items() if k not in ("CPU", "GPU")}
+        if custom:
+            options["resources"] = custom
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        if config.node is not None and _NODE_ID.fullmatch(config.node):
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            nodes = [n for n in nodes if n["NodeID"] == config.node]
+            if not nodes:
+                raise ConfigError(f"worker {config.name!r}: node {config.node!r} is not a live node of the Ray "
+                                  f"cluster (nodes: {', '.join(_describe_node(n) for n in ray.nodes()) or 'none'})")
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(config.node, soft=False)
+        fits = [n for n in nodes if all(n.get("Resources", {}).get(k, 0.0) >= v for k, v in wanted.items())]
+        if not fits:
+            raise ConfigError(f"worker {config.name!r} asks for {_format(wanted)}, which no node of the Ray "
+                              f"cluster has: {'; '.join(_describe_node(n) for n in nodes) or 'no live node'}")
+        deadline = time.monotonic() + _RELEASE_S
+        while True:
+            free = dict(ray.available_resources())
+            for name, other in self._configs.items():  # started but not placed yet: not counted by Ray
+                if name not in self._nodes and self.exit_status(name) is None:
+                    for key, value in demand(other).items():
+                        free[key] = free.get(key, 0.0) - value
+            short = {k: v for k, v in wanted.items() if free.get(k, 0.0) + 1e-9 < v}
+            if not short or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)  # an actor just killed (restart) gives its resources back a little later
+        if short:
+            raise ConfigError(f"worker {config.name!r} asks for {_format(wanted)}, but the Ray cluster has only "
+                              f"{_format({k: max(free.get(k, 0.0), 0.0) for k in wanted})} free (the simulation's "
+                              "other workers, or other jobs, hold the rest)")
+        return options
+
+    def _wait_name_free(self, name: str) -> None:
+        """A killed actor keeps its name until Ray has removed it: wait for that (restart)."""
+        deadline = time.monotonic() + _NAME_FREE_S
+        while True:
+            try:
+                self._ray.get_actor(name, namespace=self.ray_namespace)
+            except ValueError:
+                return
+            if time.monotonic() > deadline:
+                raise SimsyftError(f"worker {name!r}: Ray still has an actor of that name after {_NAME_FREE_S:g}s")
+            time.sleep(0.05)
+
+
+def _format(resources: dict) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()) if not k.startswith("node:")
+                     and not k.endswith("memory")) or "nothing"
+
+
+def _describe_node(node: dict) -> str:
+    return f"node {node['NodeID'][:8]} ({node.get('NodeManagerAddress', '?')}): {_format(node.get('Resources', {}))}"
+
+
+def _node_label(ray: Any, node_id: str) -> str:
+    for node in ray.nodes():
+        if node["NodeID"] == node_id:
+            return f"{node_id[:8]} ({node.get('NodeManagerAddress', '?')})"
+    return node_id[:8]
