@@ -48,8 +48,16 @@ def _actor_class(ray: Any) -> Any:
     return _ACTOR_CLASS
 
 
-def import_ray() -> Any:
-    """Ray, or a ConfigError that says how to install it."""
+def import_ray(loopback: bool = False) -> Any:
+    """Ray, or a ConfigError that says how to install it.
+
+    Note [A local Ray stays on the loopback]: asked for 127.0.0.1, Ray still advertises (and
+    listens on) the machine's address unless its "clusters" are off, as on macOS; Ray reads that
+    switch when it is first imported, so `loopback` sets it before (a Ray imported earlier by the
+    user keeps its own setting). The Ray we start inherits it.
+    """
+    if loopback:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:
@@ -80,7 +88,7 @@ class RayBackend(Backend):
 
     def __init__(self, name: str = "ray", request_timeout_s: float = REQUEST_TIMEOUT_S,
                  address: str | None = None) -> None:
-        ray = import_ray()
+        ray = import_ray(loopback=address is None)
         super().__init__(name, request_timeout_s)
         self._ray = ray
         self.namespace = rundir.new_namespace()  # names the segments used between parties on one node
@@ -93,7 +101,7 @@ class RayBackend(Backend):
             if _PACKAGE_PARENT not in path.split(os.pathsep):
                 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, path) if p)
             options: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
-            if address is None:  # a Ray of our own: tests never send traffic off the loopback
+            if address is None:  # Note [A local Ray stays on the loopback]
                 ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **options)
             else:
                 ray.init(address=address, **options)
@@ -230,31 +238,43 @@ class RayBackend(Backend):
         if config.node is not None and _NODE_ID.fullmatch(config.node):
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-            nodes = [n for n in nodes if n["NodeID"] == config.node]
-            if not nodes:
+            if config.node not in {n["NodeID"] for n in nodes}:
                 raise ConfigError(f"worker {config.name!r}: node {config.node!r} is not a live node of the Ray "
-                                  f"cluster (nodes: {', '.join(_describe_node(n) for n in ray.nodes()) or 'none'})")
+                                  f"cluster (nodes: {'; '.join(_describe_node(n) for n in nodes) or 'none'})")
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(config.node, soft=False)
-        fits = [n for n in nodes if all(n.get("Resources", {}).get(k, 0.0) >= v for k, v in wanted.items())]
-        if not fits:
+        if not [n for n in nodes if _could_hold(n["NodeID"], n.get("Resources", {}), config, wanted)]:
             raise ConfigError(f"worker {config.name!r} asks for {_format(wanted)}, which no node of the Ray "
                               f"cluster has: {'; '.join(_describe_node(n) for n in nodes) or 'no live node'}")
         deadline = time.monotonic() + _RELEASE_S
         while True:
-            free = dict(ray.available_resources())
-            for name, other in self._configs.items():  # started but not placed yet: not counted by Ray
-                if name not in self._nodes and self.exit_status(name) is None:
-                    for key, value in demand(other).items():
-                        free[key] = free.get(key, 0.0) - value
-            short = {k: v for k, v in wanted.items() if free.get(k, 0.0) + 1e-9 < v}
-            if not short or time.monotonic() > deadline:
+            free = self._free_per_node()
+            if _first_fit(free, config, wanted) is not None or time.monotonic() > deadline:
                 break
             time.sleep(0.05)  # an actor just killed (restart) gives its resources back a little later
-        if short:
-            raise ConfigError(f"worker {config.name!r} asks for {_format(wanted)}, but the Ray cluster has only "
-                              f"{_format({k: max(free.get(k, 0.0), 0.0) for k in wanted})} free (the simulation's "
-                              "other workers, or other jobs, hold the rest)")
+        if _first_fit(free, config, wanted) is None:
+            now = "; ".join(f"node {node[:8]}: {_format({k: max(v, 0.0) for k, v in res.items()})}"
+                            for node, res in free.items())
+            raise ConfigError(f"worker {config.name!r} asks for {_format(wanted)}, but no node of the Ray cluster "
+                              f"has that free now (free: {now}); the simulation's other workers, or other jobs, "
+                              "hold the rest")
         return options
+
+    def _free_per_node(self) -> dict[str, dict[str, float]]:
+        """Each node's free resources, less what our workers started but not placed yet will take
+        (Ray counts them only once placed): those are assigned first-fit, as Ray would place them."""
+        try:
+            from ray._private.state import available_resources_per_node
+
+            free = {node: dict(res) for node, res in available_resources_per_node().items()}
+        except (ImportError, AttributeError):  # Ray moved it: judge the cluster as one node
+            free = {"cluster": dict(self._ray.available_resources())}
+        for name, other in self._configs.items():
+            if name not in self._nodes and self.exit_status(name) is None:
+                node = _first_fit(free, other, demand(other))
+                if node is not None:
+                    for key, value in demand(other).items():
+                        free[node][key] = free[node].get(key, 0.0) - value
+        return free
 
     def _wait_name_free(self, name: str) -> None:
         """A killed actor keeps its name until Ray has removed it: wait for that (restart)."""
@@ -267,6 +287,16 @@ class RayBackend(Backend):
             if time.monotonic() > deadline:
                 raise SimsyftError(f"worker {name!r}: Ray still has an actor of that name after {_NAME_FREE_S:g}s")
             time.sleep(0.05)
+
+
+def _could_hold(node_id: str, resources: dict, config: WorkerConfig, wanted: dict[str, float]) -> bool:
+    if config.node is not None and _NODE_ID.fullmatch(config.node) and node_id not in (config.node, "cluster"):
+        return False
+    return all(resources.get(k, 0.0) + 1e-9 >= v for k, v in wanted.items())
+
+
+def _first_fit(free: dict[str, dict[str, float]], config: WorkerConfig, wanted: dict[str, float]) -> str | None:
+    return next((node for node, res in free.items() if _could_hold(node, res, config, wanted)), None)
 
 
 def _format(resources: dict) -> str:
