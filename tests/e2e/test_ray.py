@@ -249,12 +249,13 @@ def test_tutorial_part1_on_ray_matches_the_notebook(cluster, tmp_path):
     driver = _script(f"""
         import runpy, sys, torch, simsyft as sy
         from simsyft.config import SimulationConfig, WorkerConfig
+        sys.path.insert(0, {os.path.join(ROOT, "examples")!r})
         sy.launch(SimulationConfig("tutorial", None, (WorkerConfig("bob"),), backend="ray", address={cluster!r}))
         sys.argv = ["tutorial_part1.py"]
         runpy.run_path({os.path.join(ROOT, "examples", "tutorial_part1.py")!r}, run_name="__main__")
     """, tmp_path)
     result = subprocess.run([sys.executable, driver], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, **LOOPBACK, "PYTHONPATH": ROOT})
+                            env={**os.environ, **LOOPBACK, "PYTHONPATH": ROOT}, start_new_session=True)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(GOLDEN) as f:
         assert mask(result.stdout) == f.read()
@@ -266,6 +267,7 @@ def test_actors_leave_after_kill_9_of_the_users_process(cluster, tmp_path):
     driver = _script(f"""
         import time, torch, simsyft as sy
         from simsyft.config import SimulationConfig, WorkerConfig
+        hook = sy.TorchHook(torch)
         sim = sy.launch(SimulationConfig("orphan", None, (WorkerConfig("w1", node="head"),
                                           WorkerConfig("w2", node="second")), backend="ray", address={cluster!r}))
         (torch.randn(100_000).send(sim["w1"]) + 1)   # a segment on this node
@@ -273,7 +275,7 @@ def test_actors_leave_after_kill_9_of_the_users_process(cluster, tmp_path):
         time.sleep(600)
     """, tmp_path)
     proc = subprocess.Popen([sys.executable, driver], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, **LOOPBACK, "PYTHONPATH": ROOT})
+                            env={**os.environ, **LOOPBACK, "PYTHONPATH": ROOT}, start_new_session=True)
     try:
         namespace = proc.stdout.readline().strip()
         assert namespace.startswith("simsyft-"), namespace
@@ -297,6 +299,7 @@ def test_without_address_a_local_ray_on_the_loopback_is_started_and_stopped(tmp_
     driver = _script("""
         import psutil, ray, torch, simsyft as sy
         from simsyft.config import SimulationConfig, WorkerConfig
+        hook = sy.TorchHook(torch)
         with sy.launch(SimulationConfig("mine", None, (WorkerConfig("bob"),), backend="ray")) as sim:
             assert sim.backend.started_ray
             assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
@@ -305,7 +308,7 @@ def test_without_address_a_local_ray_on_the_loopback_is_started_and_stopped(tmp_
         assert not ray.is_initialized()
     """, tmp_path)
     result = subprocess.run([sys.executable, driver], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": ROOT})
+                            env={**os.environ, "PYTHONPATH": ROOT}, start_new_session=True)
     assert result.returncode == 0, result.stderr[-3000:]
     pids = [int(p) for p in result.stdout.split()]
     assert pids, "a local Ray starts processes of its own"
