@@ -365,6 +365,11 @@ def attach(run_dir: str) -> Simulation:
     from .rundir import read_meta, verify_run_dir
 
     run_dir = verify_run_dir(run_dir)
+    meta = read_meta(run_dir)
+    if meta.get("backend") == "ray":  # its actors, found by name on the owner's Ray cluster
+        from .backends.ray import RayBackend
+
+        return Simulation(RayBackend.attach(run_dir, meta))
     found = network.read(run_dir)
     if found is not None and found[0].mode != "off":
         network.install(read_meta(run_dir)["namespace"], network.Network(found[0], "me", origin=found[1]))

@@ -13,8 +13,11 @@ See docs/cluster.md.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import secrets
+import shutil
 import time
 from typing import Any
 
@@ -106,12 +109,64 @@ class RayBackend(Backend):
             else:
                 ray.init(address=address, **options)
             self.started_ray = True
-        self.node_id = ray.get_runtime_context().get_node_id()
+        self._setup()
+        # Note [Attaching to a Ray simulation]: a run directory, as the local backend's, so that
+        # `simsyft run` / `simsyft.connect` find it; it names the cluster and the namespace, and
+        # the owner's sweep of leftovers removes it if we die.
+        rundir.sweep_stale()
+        self.run_dir = os.path.join(rundir.run_root(), self.namespace)
+        os.mkdir(self.run_dir, 0o700)
+        self.workers_file = os.path.join(self.run_dir, "ray_workers.json")
+        rundir.write_json(os.path.join(self.run_dir, "simulation.json"), {
+            "name": name, "owner_pid": os.getpid(), "owner_started": rundir.process_started(os.getpid()),
+            "namespace": self.namespace, "token": secrets.token_hex(16), "ready": False,
+            "request_timeout_s": request_timeout_s, "backend": self.kind,
+            "ray_address": ray.get_runtime_context().gcs_address,
+        })
+
+    def _setup(self) -> None:
+        self.node_id = self._ray.get_runtime_context().get_node_id()
         self.actors: dict[str, Any] = {}
         self._configs: dict[str, WorkerConfig] = {}
         self._links: dict[str, RayLink] = {}
         self._nodes: dict[str, str] = {}  # worker -> node id, once it answered
         self._exits: dict[str, int] = {}
+
+    @classmethod
+    def attach(cls, run_dir: str, meta: dict) -> "RayBackend":
+        """The Ray simulation another process owns (`simsyft run`, `connect`): its actors, reached by us.
+        Shutting it down only detaches."""
+        ray = import_ray()
+        self = object.__new__(cls)
+        Backend.__init__(self, meta["name"], float(meta.get("request_timeout_s", REQUEST_TIMEOUT_S)))
+        self.owner = False
+        self._ray = ray
+        self.namespace = meta["namespace"]
+        self.ray_namespace = actor_namespace(self.namespace)
+        self.address = meta["ray_address"]
+        self.run_dir = run_dir
+        self.started_ray = not ray.is_initialized()
+        if self.started_ray:  # connects to the owner's cluster (it stays up when we leave)
+            ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+        self._setup()
+        try:
+            with open(os.path.join(run_dir, "ray_workers.json")) as f:
+                configs = [WorkerConfig.from_dict(spec) for spec in json.load(f)]
+        except (OSError, ValueError):
+            configs = []
+        for config in configs:
+            try:
+                actor = ray.get_actor(config.name, namespace=self.ray_namespace)
+            except ValueError:
+                continue  # stopped since
+            self.actors[config.name] = actor
+            self._configs[config.name] = config
+            node = ray.get(actor.node.remote())
+            self._nodes[config.name] = node
+            self._links[config.name] = RayLink(config.name, actor, self.namespace, self.request_timeout_s,
+                                               remote_node=node != self.node_id,
+                                               where=f"Ray actor on node {_node_label(ray, node)}")
+        return self
 
     @classmethod
     def from_config(cls, config: SimulationConfig) -> "RayBackend":
@@ -140,6 +195,11 @@ class RayBackend(Backend):
         self._nodes.pop(config.name, None)
         self._links[config.name] = RayLink(config.name, actor, self.namespace, self.request_timeout_s,
                                            where="Ray actor")
+        self._write_workers()
+
+    def _write_workers(self) -> None:
+        if self.owner and os.path.isdir(self.run_dir):
+            rundir.write_json(self.workers_file, [c.to_dict() for c in self._configs.values()])  # type: ignore[arg-type]
 
     def wait_ready(self, names: list[str] | None = None, timeout: float = 120.0) -> None:
         """Block until each actor runs (placed and started); a failed start is WorkerCrashedError."""
@@ -164,6 +224,7 @@ class RayBackend(Backend):
             link = self._links[name]
             link.remote_node = node != self.node_id
             link.where = f"Ray actor on node {_node_label(ray, node)}"
+        self.ready()
 
     def stop(self, name: str, timeout: float = 5.0) -> None:
         actor = self.actors.pop(name, None)
@@ -173,8 +234,9 @@ class RayBackend(Backend):
         self._nodes.pop(name, None)
         if link is not None:
             link.close("shut down")
-        if actor is not None:
+        if actor is not None and self.owner:
             self._ray.kill(actor, no_restart=True)
+        self._write_workers()
 
     def kill(self, name: str) -> None:
         """ray.kill the worker's actor, as a crash would: its link reports Ray's cause."""
@@ -210,14 +272,24 @@ class RayBackend(Backend):
         return {"pid": None, "device": self.config(name).device,
                 "node": _node_label(self._ray, node) if node else "(not placed yet)"}
 
+    def ready(self) -> None:
+        if self.owner:
+            meta = rundir.read_meta(self.run_dir)
+            rundir.write_json(os.path.join(self.run_dir, "simulation.json"), {**meta, "ready": True})
+
     def shutdown(self) -> None:
-        """Remove every actor of the simulation, its segments on this node, and a Ray we started."""
+        """Owned: remove every actor of the simulation, its segments on this node, its run
+        directory, and a Ray we started. Attached: close our links (and our connection to Ray)."""
         if self.closed:
             return
         self.closed = True
         for name in list(self.actors):
             self.stop(name)
-        segments.sweep(self.namespace)
+        if self.owner:
+            segments.sweep(self.namespace)
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        else:
+            segments.close(self.namespace)
         if self.started_ray:
             self._ray.shutdown()
 

@@ -242,23 +242,21 @@ def _script(body: str, tmp_path) -> str:
     return str(path)
 
 
-def test_tutorial_part1_on_ray_matches_the_notebook(cluster, tmp_path):
-    """The unchanged tutorial script, its sy.VirtualWorker(hook, id="bob") reaching a Ray actor."""
+def test_tutorial_part1_under_simsyft_run_on_ray_matches_the_notebook(cluster, tmp_path):
+    """`simsyft run CONFIG -- python examples/tutorial_part1.py`: the unchanged script's
+    sy.VirtualWorker(hook, id="bob") reaches a Ray actor of the simulation `run` launched."""
     from tests.e2e.test_tutorial import GOLDEN, mask
 
-    driver = _script(f"""
-        import runpy, sys, torch, simsyft as sy
-        from simsyft.config import SimulationConfig, WorkerConfig
-        sys.path.insert(0, {os.path.join(ROOT, "examples")!r})
-        sy.launch(SimulationConfig("tutorial", None, (WorkerConfig("bob"),), backend="ray", address={cluster!r}))
-        sys.argv = ["tutorial_part1.py"]
-        runpy.run_path({os.path.join(ROOT, "examples", "tutorial_part1.py")!r}, run_name="__main__")
-    """, tmp_path)
-    result = subprocess.run([sys.executable, driver], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, **LOOPBACK, "PYTHONPATH": ROOT}, start_new_session=True)
+    config = tmp_path / "ray.toml"
+    config.write_text(f'[simulation]\nname = "tutorial"\nbackend = "ray"\naddress = "{cluster}"\n'
+                      '[workers.bob]\nnode = "second"\n')
+    result = subprocess.run([sys.executable, "-m", "simsyft", "run", str(config), "--", sys.executable,
+                             os.path.join(ROOT, "examples", "tutorial_part1.py")], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, **LOOPBACK, "PYTHONPATH": ROOT}, start_new_session=True)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(GOLDEN) as f:
         assert mask(result.stdout) == f.read()
+    assert "me -> bob" in result.stderr  # run's traffic summary counts the script's links
 
 
 def test_actors_leave_after_kill_9_of_the_users_process(cluster, tmp_path):
