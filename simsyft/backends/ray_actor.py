@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 import torch
 
@@ -22,7 +23,7 @@ from ..wire import segments
 from ..wire.tensors import OUT_OF_BAND
 from ..worker.core import WorkerCore
 from ..worker.peers import Peers
-from .ray_link import RayLink
+from .ray_link import RayLink, pack, unpack
 
 __all__ = ["RayPeers", "RayWorker", "actor_namespace"]
 
@@ -87,15 +88,17 @@ class RayWorker:
         """The Ray node this actor runs on (and, answered, proof that it started)."""
         return self.node_id
 
-    def call(self, batch: list, remote_node: bool) -> list:
-        """Handle a batch of messages in order: [(frames, object refs)] -> the replies, same form.
+    def call(self, payload: bytes, refs: list | None, remote_node: bool) -> Any:
+        """Handle a batch of messages in order (ray_link.pack; `refs`: None, or each message's
+        object refs) -> the replies packed, with their object refs if any carry some.
 
         `remote_node`: the caller is on another node, so big tensors in replies go as Ray objects.
         """
         import ray
 
-        replies = []
-        for frames, refs in batch:
+        batch = unpack(payload)
+        replies, reply_refs = [], []
+        for frames, refs in zip(batch, refs or [None] * len(batch)):
             if self.pending:
                 time.sleep(self.pending)  # PySyft 0.2's message_pending_time, per message
             OUT_OF_BAND.into = ray.get(refs) if refs else None
@@ -105,11 +108,12 @@ class RayWorker:
             finally:
                 OUT_OF_BAND.into = OUT_OF_BAND.out = None
             if reply is not None:
+                replies.append([bytes(f) for f in reply])
                 # Put now: a later message of this batch may change the tensor in place.
-                replies.append(([bytes(f) for f in reply], [ray.put(t.numpy()) for t in objs] if objs else None))
+                reply_refs.append([ray.put(t.numpy()) for t in objs] if objs else None)
             if not self.core.running:
                 break
-        return replies
+        return (pack(replies), reply_refs) if any(reply_refs) else pack(replies)
 
     def _watch_owner(self, owner_pid: int) -> None:
         """Leave when the user's process dies (kill -9 included), as a local worker does, removing
