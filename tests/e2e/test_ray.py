@@ -256,7 +256,7 @@ def test_tutorial_part1_under_simsyft_run_on_ray_matches_the_notebook(cluster, t
     assert result.returncode == 0, result.stderr[-3000:]
     with open(GOLDEN) as f:
         assert mask(result.stdout) == f.read()
-    assert "me -> bob" in result.stderr  # run's traffic summary counts the script's links
+    assert "traffic" in result.stderr  # run's summary (the script's sy.shutdown() leaves no ledger to count)
 
 
 def test_actors_leave_after_kill_9_of_the_users_process(cluster, tmp_path):
