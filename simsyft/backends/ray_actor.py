@@ -88,15 +88,18 @@ class RayWorker:
         """The Ray node this actor runs on (and, answered, proof that it started)."""
         return self.node_id
 
-    def call(self, payload: bytes, refs: list | None, remote_node: bool) -> Any:
-        """Handle a batch of messages in order (ray_link.pack; `refs`: None, or each message's
-        object refs) -> the replies packed, with their object refs if any carry some.
+    def call(self, payload: bytes) -> Any:
+        """Handle a batch of messages in order -> the replies packed (ray_link.pack), with their
+        object refs if any carry some. `payload`: b"r" (the caller is on another node: big tensors
+        in replies go as Ray objects) or b"l", then the packed messages."""
+        return self.call_with(payload, None)
 
-        `remote_node`: the caller is on another node, so big tensors in replies go as Ray objects.
-        """
+    def call_with(self, payload: bytes, refs: list | None) -> Any:
+        """`call`, with each message's object refs (None for a message without)."""
         import ray
 
-        batch = unpack(payload)
+        remote_node = payload[:1] == b"r"
+        batch = unpack(payload[1:])
         replies, reply_refs = [], []
         for frames, refs in zip(batch, refs or [None] * len(batch)):
             if self.pending:
