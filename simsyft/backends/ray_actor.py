@@ -10,6 +10,7 @@ and ray_link; never the user layer.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
@@ -27,7 +28,7 @@ from .ray_link import RayLink, pack, unpack
 
 __all__ = ["RayPeers", "RayWorker", "actor_namespace"]
 
-_OWNER_POLL_S = 0.5
+_OWNER_POLL_S = 0.2
 
 
 def actor_namespace(namespace: str) -> str:
@@ -82,7 +83,10 @@ class RayWorker:
                                RayPeers(spec["namespace"], spec["request_timeout_s"], self.node_id))
         self.core.load_data(config.data)
         if spec["owner_node"] == self.node_id:
-            threading.Thread(target=self._watch_owner, args=(spec["owner_pid"],), daemon=True).start()
+            owner = spec["owner_pid"]
+            threading.Thread(target=self._watch_owner, args=(owner,), daemon=True).start()
+            # Ray may remove us first when the owner dies (its actors share its fate): sweep on the way out.
+            atexit.register(lambda: None if pid_alive(owner) else segments.sweep(self.core.namespace))
 
     def node(self) -> str:
         """The Ray node this actor runs on (and, answered, proof that it started)."""
