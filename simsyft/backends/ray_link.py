@@ -107,9 +107,9 @@ class RayLink(Link):
         self._started = time.monotonic()
 
     def _encode(self, msg: Any) -> list:
-        if not self.remote_node:
-            return super()._encode(msg)
-        previous, OUT_OF_BAND.out = OUT_OF_BAND.out, []
+        # Always set, never inherited: an actor answering a caller on another node has its own
+        # reply's list in OUT_OF_BAND.out while it asks a peer on its node (segments) for something.
+        previous, OUT_OF_BAND.out = OUT_OF_BAND.out, [] if self.remote_node else None
         try:
             frames = super()._encode(msg)
             self._next_objs = OUT_OF_BAND.out
@@ -152,9 +152,7 @@ class RayLink(Link):
         return frames
 
     def _decode(self, frames: list, msg: Any) -> Any:
-        if self._reply_objs is None:
-            return super()._decode(frames, msg)
-        previous, OUT_OF_BAND.into = OUT_OF_BAND.into, self._reply_objs
+        previous, OUT_OF_BAND.into = OUT_OF_BAND.into, self._reply_objs  # this reply's own, or none
         try:
             return super()._decode(frames, msg)
         finally:

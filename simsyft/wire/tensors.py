@@ -193,6 +193,8 @@ def handover(tensor: torch.Tensor) -> Handover | None:
     """`tensor` as a Handover if its segment can change hands, else None (copy it instead)."""
     if tensor.device.type != "cpu":
         return None
+    if OUT_OF_BAND.out is not None:
+        return None  # the reply goes where segments cannot: Note [Out-of-band buffers]
     given = segments.handover(tensor)
     if given is None:
         return None

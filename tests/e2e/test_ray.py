@@ -238,6 +238,12 @@ def test_move_between_nodes_goes_actor_to_actor(cluster, hook):
         # A chain across nodes: bob holds a pointer to alice's tensor, ops forward to alice.
         chain = torch.arange(5.0).send(alice).send(bob)
         assert torch.equal((chain + chain).get().get(), torch.arange(5.0) * 2)
+        # A tensor bob holds over a segment (it came from us, on his node) leaves for alice's node as
+        # a Ray object: alice points to it, then takes it (remote_get) across nodes.
+        local_big = torch.randn(256 * 1024)
+        held = local_big.send(bob).send(alice)
+        held.remote_get()
+        assert torch.equal(held.get(), local_big)
         # the traffic ledger counts the client's links and the workers' own
         ledger = s.traffic()
         assert ledger.links[("alice", "me")].shm_bytes >= big.numel() * 4
