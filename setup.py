@@ -15,6 +15,7 @@ setup(
         "test": ["pytest>=7", "hypothesis>=6"],
         "bench": ["matplotlib"],
         "examples": ["matplotlib", "tqdm"],  # examples/fedavg_hospitals.py: its plot and progress bar
+        "ray": ["ray>=2.9"],  # [simulation] backend = "ray": workers as Ray actors (docs/cluster.md)
     },
     entry_points={
         "console_scripts": ["simsyft=simsyft.cli:main"],

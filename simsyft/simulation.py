@@ -332,7 +332,7 @@ def launch(config: str | os.PathLike | SimulationConfig, wait: bool = True) -> S
     reaches its bob.
     """
     cfg = config if isinstance(config, SimulationConfig) else load_config(config)
-    backend = backends.create(cfg.backend, cfg.name, cfg.request_timeout_s, cfg.start)
+    backend = backends.create(cfg.backend, cfg.name, cfg.request_timeout_s, cfg.start, cfg)
     net = None
     try:
         if cfg.network.mode != "off":  # before any link is made: every link stamps what it sends
@@ -380,6 +380,11 @@ def attach(run_dir: str) -> Simulation:
     from .rundir import read_meta, verify_run_dir
 
     run_dir = verify_run_dir(run_dir)
+    meta = read_meta(run_dir)
+    if meta.get("backend") == "ray":  # its actors, found by name on the owner's Ray cluster
+        from .backends.ray import RayBackend
+
+        return Simulation(RayBackend.attach(run_dir, meta))
     found = network.read(run_dir)
     if found is not None and found[0].mode != "off":
         network.install(read_meta(run_dir)["namespace"], network.Network(found[0], "me", origin=found[1]))

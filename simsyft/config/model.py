@@ -59,9 +59,9 @@ with its own stack), far beyond any machine's CPUs; more is a typo (8 on a 2-CPU
 allowed: oversubscribed, but it works)."""
 
 _TOP_LEVEL_KEYS = ("network", "simulation", "workers")
-_SIMULATION_KEYS = ("backend", "name", "request_timeout_s", "seed", "start")
+_SIMULATION_KEYS = ("address", "backend", "name", "request_timeout_s", "seed", "start")
 _WORKER_KEYS = ("compute_factor", "count", "cpus", "data", "device", "gpu_memory_fraction", "memory_limit",
-                "message_pending_time", "offline", "threads")
+                "message_pending_time", "node", "offline", "threads")
 _LINK_KEYS = ("bandwidth_mbps", "jitter_ms", "latency_ms")
 _NETWORK_KEYS = ("bandwidth_mbps", "jitter_ms", "latency_ms", "links", "mode", "seed")
 _STARTS = ("fork", "spawn")  # [simulation] start: how the local backend starts a worker process
@@ -125,6 +125,7 @@ class WorkerConfig:
     offline: tuple[tuple[float, float], ...] = ()  # simulated [start, end) seconds it refuses calls
     message_pending_time: float = 0.0  # PySyft 0.2's: each message really waits this long first
     group: str | None = None  # the [workers.<group>] table with `count` that made it
+    node: str | None = None  # backend "ray": a custom resource or node id that pins the worker to a node
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of lists, str, int, float and None (json.dumps-able)."""
@@ -132,6 +133,7 @@ class WorkerConfig:
             "compute_factor": self.compute_factor,
             "offline": [list(window) for window in self.offline],
             "message_pending_time": self.message_pending_time,
+            "node": self.node,
             "name": self.name,
             "device": self.device,
             "cpus": None if self.cpus is None else list(self.cpus),
@@ -151,7 +153,7 @@ class WorkerConfig:
         """Inverse of to_dict(). The dict is trusted (it came from to_dict()), not re-validated."""
         unknown = set(spec) - {"name", "device", "cpus", "threads", "memory_limit", "gpu_memory_fraction",
                                "seed", "data", "compute_factor", "offline", "message_pending_time",
-                               "group"}  # fmt: skip
+                               "group", "node"}  # fmt: skip
         if unknown:
             raise ConfigError(f"worker spec: unknown keys {sorted(unknown)}")
         cpus = spec.get("cpus")
@@ -171,6 +173,7 @@ class WorkerConfig:
             offline=tuple((float(a), float(b)) for a, b in spec.get("offline", ())),
             message_pending_time=spec.get("message_pending_time", 0.0),
             group=spec.get("group"),
+            node=spec.get("node"),
         )
 
 
@@ -231,6 +234,7 @@ class SimulationConfig:
     backend: str = "local"  # where the workers run: a name in simsyft.backends.REGISTRY
     network: NetworkConfig = NetworkConfig()
     start: str | None = None  # "fork" or "spawn" (local backend); None: fork where possible
+    address: str | None = None  # backend "ray": "auto", "host:port", or None to start a local Ray
 
     def worker(self, name: str) -> WorkerConfig:
         """The worker called ``name``; KeyError naming the known workers otherwise."""

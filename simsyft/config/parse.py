@@ -102,7 +102,22 @@ class _Parser:
         self._check_gpu_fractions(workers)
         network = self._network(data.get("network", {}), [w.name for w in workers], backend)
         self._check_network_use(workers, network)
-        return SimulationConfig(name, seed, tuple(workers), self.source, timeout, backend, network, start)
+        address = self._ray_keys(data["simulation"], workers, backend)
+        return SimulationConfig(name, seed, tuple(workers), self.source, timeout, backend, network, start, address)
+
+    def _ray_keys(self, table: Mapping[str, Any], workers: list[WorkerConfig], backend: str) -> str | None:
+        """`[simulation] address` and the workers' `node`: where a Ray backend's workers run."""
+        address = None if "address" not in table else self._str("[simulation] address", table["address"])
+        if backend != "ray":
+            if address is not None:
+                self.fail("[simulation] address", f'only backend = "ray" connects to a cluster (backend is {backend!r})')
+            for worker in workers:
+                if worker.node is not None:
+                    self.fail(f"[workers.{_key(worker.name)}] node", 'places a worker on a Ray node: it needs '
+                              f'backend = "ray" (backend is {backend!r})')
+        elif address is not None and address != "auto" and not re.fullmatch(r"(ray://)?[^\s:]+:[0-9]{1,5}", address):
+            self.fail("[simulation] address", f'expected "auto" or "host:port", got {address!r}')
+        return address
 
     # -- [simulation] --------------------------------------------------------
 
@@ -218,6 +233,8 @@ class _Parser:
             fraction = self._fraction(f"{where} gpu_memory_fraction", spec["gpu_memory_fraction"], device)
         data = self._data(data_path or f"workers.{_key(name)}.data", spec.get("data", {}))
         extra = self._worker_network(where, spec)
+        if "node" in spec:
+            extra["node"] = self._str(f"{where} node", spec["node"])
         if device != ALL_GPUS:
             return [WorkerConfig(name, device, cpus, threads, memory_limit, fraction, None, data, **extra)]
         count = self._cuda_device_count()

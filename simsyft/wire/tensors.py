@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import threading
 from typing import Any
 
 import torch
@@ -40,9 +41,24 @@ class Location:
     SEGMENT = "s"  # (SEGMENT, path, capacity, ticket): a shared-memory segment (segments.py)
     EMPTY = "e"  # (EMPTY,): no bytes at all
     CUDA = "c"  # (CUDA, stride, offset, device, handle, ...): a CUDA IPC handle
+    OBJECT = "o"  # (OBJECT, index): the index-th buffer the transport carries beside the frames (Ray's objects)
 
 
 INLINE, SEGMENT, EMPTY, CUDA = Location.INLINE, Location.SEGMENT, Location.EMPTY, Location.CUDA
+OBJECT = Location.OBJECT
+
+
+class _OutOfBand(threading.local):
+    """Note [Out-of-band buffers]: a transport that carries buffers beside the frames (the Ray
+    backend: its object store, which crosses nodes where segments cannot) sets `out` to a list
+    while it encodes, and `into` to the buffers that came with a message while it decodes. Large
+    CPU tensors (and CUDA ones, through the host) then travel as those buffers, not in segments."""
+
+    out: list | None = None
+    into: list | None = None
+
+
+OUT_OF_BAND = _OutOfBand()
 
 __all__ = [
     "INLINE_MAX",
@@ -111,6 +127,10 @@ def encode_tensor(tensor: torch.Tensor, buffers: list, namespace: str, inline_ma
     """
     limit = INLINE_MAX if inline_max is None else inline_max
     grad = _grad_to_send(tensor)
+    oob = OUT_OF_BAND.out
+    if oob is not None and tensor.device.type == "cuda":
+        tensor = tensor.detach().cpu().requires_grad_(tensor.requires_grad)  # no CUDA IPC across nodes
+        grad = None if grad is None else grad.cpu()
     if tensor.device.type == "cuda":
         data: tuple = _encode_cuda(tensor)
         grad_desc = encode_tensor(grad, buffers, namespace, inline_max) if grad is not None else None
@@ -128,6 +148,10 @@ def encode_tensor(tensor: torch.Tensor, buffers: list, namespace: str, inline_ma
     elif nbytes <= limit:
         buffers.append(ctypes.string_at(raw.data_ptr(), nbytes))  # torch alone: numpy may be absent
         data: tuple = (INLINE, len(buffers) - 1)
+    elif oob is not None:
+        oob.append(raw)  # the transport copies it out before the caller can change it (backends/ray.py)
+        data = (OBJECT, len(oob) - 1)
+        IN_FLIGHT.shm_bytes += nbytes  # counted with shared memory's: bytes beside the frames
     else:
         seg = segments.acquire(namespace, nbytes)
         try:
@@ -169,6 +193,8 @@ def handover(tensor: torch.Tensor) -> Handover | None:
     """`tensor` as a Handover if its segment can change hands, else None (copy it instead)."""
     if tensor.device.type != "cpu":
         return None
+    if OUT_OF_BAND.out is not None:
+        return None  # the reply goes where segments cannot: Note [Out-of-band buffers]
     given = segments.handover(tensor)
     if given is None:
         return None
@@ -270,6 +296,8 @@ def decode_tensor(desc: Any, buffers: list, namespace: str = "", used: set | Non
         tensor = _open_segment(data, nbytes, dtype, shape, namespace)
     elif kind == CUDA and len(data) == 11:
         tensor = _decode_cuda(data, dtype, shape, used)
+    elif kind == OBJECT and len(data) == 2:
+        tensor = _decode_object(data[1], dtype, shape, nbytes, used)
     else:
         raise ProtocolError(f"unknown tensor data location {data!r:.200}")
     if requires_grad:
@@ -291,6 +319,30 @@ def decode_tensor(desc: Any, buffers: list, namespace: str = "", used: set | Non
             _reset_version(holder)
             return holder
         tensor.grad = grad
+    return tensor
+
+
+def _decode_object(index: Any, dtype: torch.dtype, shape: tuple, nbytes: int, used: set) -> torch.Tensor:
+    """Note [Out-of-band buffers]: a tensor of its own, copied once from the transport's buffer
+    (Ray's are read-only views of its object store, which must not pin them)."""
+    into = OUT_OF_BAND.into
+    if into is None or type(index) is not int or not 0 <= index < len(into):
+        raise ProtocolError(f"tensor descriptor names missing out-of-band buffer {index!r:.40}")
+    if (OBJECT, index) in used:
+        raise ProtocolError(f"two tensor descriptors name out-of-band buffer {index}")
+    used.add((OBJECT, index))
+    raw = into[index]
+    kind = getattr(raw, "dtype", None)
+    if str(kind) != "uint8" or getattr(raw, "ndim", 0) != 1 or len(raw) != nbytes:
+        raise ProtocolError(f"out-of-band buffer {index} does not hold the {nbytes} bytes its descriptor needs")
+    tensor = torch.empty(shape, dtype=dtype)
+    if nbytes:
+        mine = tensor.view(-1).view(torch.uint8)
+        if isinstance(raw, torch.Tensor):
+            mine.copy_(raw)
+        else:
+            mine.numpy()[:] = raw  # a read-only numpy view of the object store: numpy copies it, torch would warn
+    IN_FLIGHT.shm_bytes += nbytes
     return tensor
 
 

@@ -195,7 +195,7 @@ def test_check_refuses_bad_configs_with_the_exact_error(tmp_path, case):
         config.write_text('[simulation]\nname = "cli-bad"\n\n[workers.bob]\ndevcie = "cpu"\n')
         reason = ("[workers.bob] devcie: unknown key "
                   "(expected one of: compute_factor, count, cpus, data, device, gpu_memory_fraction, memory_limit, "
-                  "message_pending_time, offline, threads)")
+                  "message_pending_time, node, offline, threads)")
     elif case == "missing data file":
         config.write_text('[simulation]\nname = "cli-bad"\n\n[workers.h.data]\n'
                           'x = { path = "data/x.pt", tags = ["#x"] }\n')

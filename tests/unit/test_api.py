@@ -40,6 +40,7 @@ LAYERS = {
     # L3: backends
     "simsyft.backends.base": 3, "simsyft.backends.local": 3, "simsyft.backends.inprocess": 3,
     "simsyft.backends.template": 3,
+    "simsyft.backends.ray": 3, "simsyft.backends.ray_actor": 3, "simsyft.backends.ray_link": 3,
     # L4: the user layer
     "simsyft.facts": 4, "simsyft.pipelining": 4, "simsyft.pointer": 4, "simsyft.models": 4, "simsyft.handles": 4,
     "simsyft.hook": 4,

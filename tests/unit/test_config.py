@@ -291,7 +291,7 @@ def test_worker_lookup(tmp_path: Path) -> None:
 # --- refusals: exact text ----------------------------------------------------------
 
 WORKER_KEYS = ("compute_factor, count, cpus, data, device, gpu_memory_fraction, memory_limit, message_pending_time, "
-               "offline, threads")
+               "node, offline, threads")
 
 
 THREADS_TOO_MANY = (
@@ -311,7 +311,8 @@ TIMEOUT_RANGE = "must be 0 (wait forever) or from 0.1 to 86400 seconds (a day), 
         ("[simulation]\n[workers.bob]\n", '[simulation] name: missing (e.g. name = "hospitals")'),
         ("[simulation]\nname = 3\n", "[simulation] name: expected a string, got an integer (3)"),
         ('[simulation]\nname = "my sim"\n', f"[simulation] name: invalid simulation name 'my sim': {RULE}"),
-        (HEAD + "nmae = 1\n", "[simulation] nmae: unknown key (expected one of: backend, name, request_timeout_s, seed, start)"),
+        (HEAD + "nmae = 1\n",
+         "[simulation] nmae: unknown key (expected one of: address, backend, name, request_timeout_s, seed, start)"),
         (HEAD + "seed = true\n[workers.bob]\n", "[simulation] seed: expected an integer, got a boolean (true)"),
         (HEAD + "seed = 1.0\n[workers.bob]\n", "[simulation] seed: expected an integer, got a float (1.0)"),
         (HEAD + "seed = -1\n[workers.bob]\n", "[simulation] seed: must be 0 or more, got -1"),
