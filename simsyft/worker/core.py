@@ -68,7 +68,7 @@ class WorkerCore:
         self.running = True
         # Set by a transport that can take in one-way deliveries while a handler waits for them
         # (worker/main.py; Note [One-way deals] in worker/mpc.py): pump(seconds) serves at most one.
-        self.pump: Callable[[float], None] | None = None
+        self.pump: Callable[[float], bool] | None = None
 
     # -- transport-facing -------------------------------------------------
     def handle(self, frames: list) -> list | None:

@@ -91,14 +91,19 @@ def serve(launch: WorkerLaunch) -> int:
             else:
                 sock.send_multipart(reply, copy=False)
 
-    def pump(timeout_s: float) -> None:
-        # Note [One-way deals] (worker/mpc.py): serve a triple delivery now, hold anything else.
-        if sock.poll(max(1, int(timeout_s * 1000))):
-            frames = sock.recv_multipart()
-            if codec.is_delivery(frames[1:2]):
-                serve(frames)
-            else:
-                held.append(frames)
+    def pump(timeout_s: float) -> bool:
+        # Note [One-way deals] (worker/mpc.py): serve a triple delivery now, hold anything else
+        # (at most 1024: past that the rest stay queued in the socket, and the wait runs out).
+        if len(held) >= 1024 or not sock.poll(max(1, int(timeout_s * 1000))):
+            if held and len(held) >= 1024:
+                time.sleep(timeout_s)
+            return False
+        frames = sock.recv_multipart()
+        if codec.is_delivery(frames[1:2]):
+            serve(frames)
+        else:
+            held.append(frames)
+        return True
 
     core.pump = pump
     try:

@@ -21,8 +21,10 @@ Note [One-way deals]
     with `Link.send_oneway`: a Triple with `reply=False`, answered only by a failure. Nothing then
     orders the deal before the client's next message to the party (they come on different
     sockets), so a party whose Open finds its triple missing takes in deliveries (`core.pump`,
-    worker/main.py) until the triple is there, holding any other message for after; it waits at
-    most the simulation's request timeout (30 s when that is 0).
+    worker/main.py) until the triple is there, holding any other message for after. The deal left
+    the provider before the provider answered the client, so the triple is already in flight: the
+    party gives up after 2 s in which nothing arrives (an Open naming a triple nobody dealt, say,
+    a forged one), and after the request timeout (30 s when that is 0) in any case.
 """
 
 from __future__ import annotations
@@ -78,19 +80,23 @@ def _send(core: Any, party: str, make) -> None:
     core.peers.get(party).request(make)
 
 
+_QUIET_S = 2.0  # Note [One-way deals]: how long a party waits with nothing arriving before it gives up
+
+
 def _await_deliveries(core: Any, ids: tuple) -> None:
     """Note [One-way deals]: wait until the provider's shares `ids` have arrived."""
     if core.pump is None or all(i in core.store for i in ids):
         return
     limit = core.peers.request_timeout_s or 30.0
-    deadline = time.monotonic() + limit
+    start = quiet_since = time.monotonic()
     while not all(i in core.store for i in ids):
-        left = deadline - time.monotonic()
-        if left <= 0:
+        now = time.monotonic()
+        if now - start > limit or now - quiet_since > _QUIET_S:
             missing = [i for i in ids if i not in core.store]
-            raise TimeoutError(f"worker {core.name!r} waited {limit:g} s for the crypto provider's triple shares "
-                               f"{missing}, which never arrived")
-        core.pump(min(left, 0.25))
+            raise TimeoutError(f"worker {core.name!r} has no crypto provider's triple shares {missing}: none "
+                               f"arrived (waited {now - start:.1f} s)")
+        if core.pump(0.25):
+            quiet_since = time.monotonic()
 
 
 def on_share_out(core: Any, msg: messages.ShareOut, used: dict) -> messages.Message:
