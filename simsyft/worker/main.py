@@ -80,7 +80,7 @@ def serve(launch: WorkerLaunch) -> int:
     more = int(zmq.SNDMORE)  # a plain int: or-ing zmq's enum flags costs ~1 us a send
     held: deque[list] = deque()  # messages that came while a handler waited for a delivery
 
-    def serve(frames: list) -> None:
+    def answer(frames: list) -> None:
         if pending:
             time.sleep(pending)  # PySyft 0.2's message_pending_time: each message really waits
         reply = core.handle(frames[1:]) if net is None else _serve(core, net, frames)
@@ -100,7 +100,7 @@ def serve(launch: WorkerLaunch) -> int:
             return False
         frames = sock.recv_multipart()
         if codec.is_delivery(frames[1:2]):
-            serve(frames)
+            answer(frames)
         else:
             held.append(frames)
         return True
@@ -123,7 +123,7 @@ def serve(launch: WorkerLaunch) -> int:
                     _cleanup_after_parent(launch)
                     return 0
                 continue
-            serve(frames)
+            answer(frames)
             # The backstop of Note [Memory limit]. RSS also counts the pages of shared-memory
             # segments the worker touched (tensors sent to it), which the limit does not: only
             # when RSS alone is over is /proc read to leave them out.
