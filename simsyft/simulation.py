@@ -461,7 +461,9 @@ def shutdown() -> None:
         sims = list(reversed(_stack))
         _stack.clear()
     for sim in sims:
-        sim.backend.shutdown()
+        # As at exit: an attached process frees what its pointers own and leaves its ledger (the
+        # tutorial under `simsyft run` / `simsyft demo` ends with sy.shutdown(): its traffic counts).
+        _close_at_exit(sim)
 
 
 handles.default_simulation = default_simulation  # Note [The default simulation] in handles.py

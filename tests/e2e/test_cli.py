@@ -498,3 +498,24 @@ def test_sweep_exits_0_and_reports_a_count():
     result = simsyft("sweep", timeout=30)
     assert result.returncode == 0, result.stderr
     assert re.search(r"^\d+ leftover\(s\) removed$", result.stdout, re.M)
+
+
+SHUTDOWN_SCRIPT = """
+    import torch
+    import simsyft as sy
+
+    hook = sy.TorchHook(torch)
+    bob = sy.VirtualWorker(hook, id="bob")
+    print((torch.ones(3).send(bob) + 1).get().tolist())
+    sy.shutdown()  # as the tutorials end: detaching still leaves this client's traffic for run
+"""
+
+
+def test_run_counts_a_script_that_ends_with_shutdown(tmp_path, cleanup):
+    config, name = write_config(tmp_path, "shutdown")
+    cleanup.names.append(name)
+    result = simsyft("run", config, "--", sys.executable, write_script(tmp_path, SHUTDOWN_SCRIPT))
+    assert result.returncode == 0, result.stderr
+    assert "[2.0, 2.0, 2.0]" in result.stdout
+    sent = re.search(r"me -> bob +(\d+) ", result.stderr)
+    assert sent and int(sent.group(1)) >= 2, result.stderr  # the send and the op at least
