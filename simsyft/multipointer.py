@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from . import handles
+from . import pointer as _pointer
 from .errors import LocationMismatchError, RemoteValueError
 from .facts import TensorFacts
 from .ids import new_id
@@ -244,6 +245,7 @@ def combine_pointers(*pointers: PointerTensor) -> MultiPointerTensor:
 # Note [Combining pointers]: PointerTensor.combine is PySyft's `p1.combine(p2)`; this module
 # builds on pointer.py, so it gives pointer.py the function when imported (simsyft/__init__ imports it).
 PointerTensor._combine = staticmethod(combine_pointers)
+_pointer._MANY_PLACES = (MultiPointerTensor,)
 
 
 # -- one op on every worker -------------------------------------------------------

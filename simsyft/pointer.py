@@ -454,6 +454,11 @@ _SCALARS = frozenset({int, float, bool, type(None)})
 _BACKWARD = "torch.Tensor.backward"  # the one allowlisted op that runs a backward pass
 
 
+# Types standing for objects on several workers (multipointer.py adds MultiPointerTensor: it
+# builds on this module, so it registers itself when imported).
+_MANY_PLACES: tuple[type, ...] = ()
+
+
 class _Collector:
     """Walks op arguments: pointers -> Ref, checking that everything is in one place."""
 
@@ -495,6 +500,12 @@ class _Collector:
         return messages.Ref(pointer.id_at_location)
 
     def leaf(self, value: Any) -> Any:
+        if isinstance(value, _MANY_PLACES):
+            # A multi-pointer among a pointer's arguments (`ptr + mpt`): refused as `mpt + ptr` is.
+            raise LocationMismatchError(
+                f"{self.op} got a MultiPointerTensor on {list(value.child)} and a pointer to "
+                f"{self.location.id if self.location is not None else 'a worker'!r}; give it one pointer per worker "
+                "(sy.combine_pointers) or .get() it")
         if isinstance(value, torch.Tensor):
             remote = value.__dict__.get("_simsyft_pointer")  # a sent module's parameter (models.py)
             if remote is not None:

@@ -211,6 +211,12 @@ def test_errors(bob, alice):
         torch.tensor([1, 2]) + x
     with pytest.raises(sy.LocationMismatchError, match="a pointer to 'bob'"):
         torch.add(torch.tensor([1, 2]).send(bob), x)
+    # the plain pointer on the left: its own dunder meets the multi-pointer first
+    with pytest.raises(sy.LocationMismatchError, match=r"on \['bob', 'alice'\] and a pointer to 'bob'"):
+        torch.tensor([1, 2]).send(bob) + x
+    with pytest.raises(sy.LocationMismatchError, match="a pointer to 'bob'"):
+        torch.tensor([1, 2]).send(bob).mul_(x)
+    assert bob.object_count() == 1 and alice.object_count() == 1  # only x's copies: nothing was sent
     with pytest.raises(sy.LocationMismatchError, match=r"on \['bob', 'alice'\] and on \['bob'\]"):
         x + sy.combine_pointers(torch.tensor([1, 2]).send(bob))
     with pytest.raises(ValueError, match="worker 'bob' twice"):
