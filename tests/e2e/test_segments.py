@@ -195,18 +195,26 @@ def test_a_truncated_free_segment_is_not_reused_by_its_creator(tmp_path):
     script = textwrap.dedent("""
         import gc, os, sys, torch
         from simsyft.wire import segments, tensors
-        ns = f"{os.getpid()}-child"
-        desc = tensors.encode_tensor(torch.ones(1 << 20), [], ns)
-        out = tensors.decode_tensor(desc, [], ns)
-        del out
-        gc.collect()                                   # FREE, and pooled for the next send
-        os.truncate(desc[3][1], 0)
-        again = tensors.encode_tensor(torch.ones(1 << 20), [], ns)
-        assert again[3][1] != desc[3][1]
-        assert torch.equal(tensors.decode_tensor(again, [], ns), torch.ones(1 << 20))
-        segments.sweep(ns)
-        print("ok")
+        ns = sys.argv[1]
+        try:
+            desc = tensors.encode_tensor(torch.ones(1 << 20), [], ns)
+            out = tensors.decode_tensor(desc, [], ns)
+            del out
+            gc.collect()                                   # FREE, and pooled for the next send
+            os.truncate(desc[3][1], 0)
+            again = tensors.encode_tensor(torch.ones(1 << 20), [], ns)
+            assert again[3][1] != desc[3][1]
+            assert torch.equal(tensors.decode_tensor(again, [], ns), torch.ones(1 << 20))
+            print("ok")
+        finally:
+            segments.sweep(ns)
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": ROOT})
+    # The namespace carries this process's pid: whatever the child leaves (a failed assert, a
+    # SIGBUS) is swept below, and the session's leak check would see it.
+    ns = f"{os.getpid()}-child"
+    try:
+        done = subprocess.run([sys.executable, "-c", script, ns], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": ROOT})
+    finally:
+        segments.sweep(ns)
     assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
