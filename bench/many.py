@@ -5,9 +5,15 @@
     python -m bench.many --leaks 256           # also: `simsyft down`, Ctrl-C and kill -9 at 256 workers
     python -m bench.many --markdown            # the table as Markdown (docs/benchmarks.md)
 
-Each row launches `[workers.client] count = N` (cpus = "spread") from a config, the way a user
-would, and measures in the same run:
-- start: `sy.launch(config)` until every worker answers (the template's `import torch` included);
+Each row is a fresh Python process that imports simsyft and launches `[workers.client] count = N`
+(cpus = "spread") from a config, the way a user's script would, and measures:
+- start: `sy.launch(config)` until every worker answers. "fork": the script imports simsyft,
+  then torch (the order `simsyft up` has), so the template `import simsyft` starts (Note
+  [Prewarmed template]) imports torch beside the script's own import; "fork, torch first": the
+  script imports torch, then simsyft (the tutorials' order): the template starts only then,
+  and is still importing when launch is called; "fork, cold": SIMSYFT_PREWARM=0, the template's
+  whole `import torch` inside launch; "spawn": one fresh interpreter per worker. "from exec" is
+  the same moment counted from the process's start;
 - memory: USS (pages only that process holds), PSS and RSS of every worker and the template;
 - one FedAvg round: a small MLP copied to each worker, one SGD step on its data there, brought
   back and averaged; next to the same round computed in one process with plain torch, whose
@@ -113,10 +119,32 @@ def _copy(model):
     return copy.deepcopy(model)
 
 
-def row(n: int, start: str, directory: str, rounds: int) -> dict[str, Any]:
+def run_row(n: int, start: str, directory: str, rounds: int) -> dict[str, Any]:
+    """One row, in a fresh process: its launch is a script's first (Note [Prewarmed template])."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
+    env.pop("SIMSYFT_PREWARM", None)  # this process turned it off for itself only
+    method, extra = start, []
+    if start == "fork, cold":
+        env["SIMSYFT_PREWARM"], method = "0", "fork"
+    elif start == "fork, torch first":
+        method, extra = "fork", ["--torch-first", "yes"]  # in a row: a flag
+    proc = subprocess.run([sys.executable, "-m", "bench.many", "--row", str(n), "--start", method,
+                           "--rounds", str(rounds), "--dir", directory, *extra], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=1800)
+    if proc.returncode:
+        raise RuntimeError(f"row {n} ({start}) failed:\n{proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["start"] = start
+    return out
+
+
+def row(n: int, start: str, directory: str, rounds: int, torch_first: bool = False) -> dict[str, Any]:
+    if torch_first:
+        import torch  # noqa: F401  (before simsyft: its prewarmed template starts only after this)
+    import simsyft as sy
+    import psutil
     import torch
 
-    import simsyft as sy
     from simsyft.wire import shm
 
     sy.TorchHook(torch)
@@ -125,7 +153,8 @@ def row(n: int, start: str, directory: str, rounds: int) -> dict[str, Any]:
     t = time.perf_counter()
     sim = sy.launch(config)
     start_s = time.perf_counter() - t
-    out: dict[str, Any] = {"workers": n, "start": start, "start_s": start_s}
+    out: dict[str, Any] = {"workers": n, "start": start, "start_s": start_s,
+                           "from_exec_s": time.time() - psutil.Process().create_time()}
     try:
         clients = sim.group("client")
         pids = [c.pid for c in clients]
@@ -237,12 +266,13 @@ def leaks(n: int, directory: str) -> list[dict[str, Any]]:
 # -- output ------------------------------------------------------------------------------------------
 
 def table(rows: list[dict[str, Any]], torch_s: float, markdown: bool) -> str:
-    headers = ("workers", "start", "start s", "x import torch", "USS total", "USS/worker", "PSS total",
+    headers = ("workers", "start", "start s", "x import torch", "from exec s", "USS total", "USS/worker", "PSS total",
                "RSS total", "FedAvg round", "one process", "same result", "left")
     lines = []
     for r in rows:
         lines.append((
             str(r["workers"]), r["start"], f"{r['start_s']:.2f}", f"{r['start_s'] / torch_s:.2f}",
+            f"{r['from_exec_s']:.2f}",
             f"{(r['workers_uss'] + r['template_uss']) / MiB:.0f} MiB", f"{r['uss_per_worker'] / MiB:.1f} MiB",
             f"{r['workers_pss'] / MiB:.0f} MiB", f"{r['workers_rss'] / MiB:.0f} MiB",
             f"{r['fedavg_s'] * 1000:.0f} ms", f"{r['fedavg_one_process_s'] * 1000:.1f} ms",
@@ -267,6 +297,11 @@ def targets(rows: list[dict[str, Any]], torch_s: float) -> list[str]:
         found.append(f"start 64 / start 4 = {ratio:.2f} (goal <= 2): {'met' if ratio <= 2 else 'NOT met'}")
         ratio = fork[64]["start_s"] / torch_s
         found.append(f"start 64 / import torch = {ratio:.2f} (goal <= 1): {'met' if ratio <= 1 else 'NOT met'}")
+    for variant, what in (("fork, torch first", "a script importing torch before simsyft"),
+                          ("fork, cold", "no prewarmed template (SIMSYFT_PREWARM=0)")):
+        other = {r["workers"]: r for r in rows if r["start"] == variant}
+        if 64 in other:
+            found.append(f"  with {what}: start 64 / import torch = {other[64]['start_s'] / torch_s:.2f}")
     if fork:
         worst = max(r["uss_per_worker"] for r in fork.values()) / MiB
         found.append(f"USS per idle worker, worst row = {worst:.1f} MiB (goal <= 32): {'met' if worst <= 32 else 'NOT met'}")
@@ -318,6 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.many", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,4,16,64,256", help="worker counts, comma-separated")
     parser.add_argument("--spawn", default="4", help="worker counts to also start with start = \"spawn\" ('' for none)")
+    parser.add_argument("--cold", default="4,64", help="worker counts to also start with SIMSYFT_PREWARM=0 ('' for none)")
+    parser.add_argument("--torch-first", default="64", help="worker counts to also start from a script importing "
+                        "torch before simsyft ('' for none)")
+    parser.add_argument("--row", type=int, help=argparse.SUPPRESS)  # one row, in this process (run_row)
+    parser.add_argument("--start", default="fork", help=argparse.SUPPRESS)
+    parser.add_argument("--dir", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=3, help="FedAvg rounds per row (the median is shown)")
     parser.add_argument("--leaks", type=int, default=0, help="also check down / Ctrl-C / kill -9 at this many workers")
     parser.add_argument("--json", default=os.path.join(RESULTS, "many.json"))
@@ -325,16 +366,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
+    if args.row is not None:
+        print(json.dumps(row(args.row, args.start, args.dir, args.rounds, args.torch_first == "yes")))
+        return 0
+    os.environ["SIMSYFT_PREWARM"] = "0"  # this process starts no simulation: each row is its own process
     sizes = [int(s) for s in args.sizes.split(",") if s]
     spawn = [int(s) for s in args.spawn.split(",") if s]
+    cold = [int(s) for s in args.cold.split(",") if s]
+    torch_first = [int(s) for s in args.torch_first.split(",") if s]
     log("timing python -c 'import torch' (3 runs)")
     torch_s = import_torch_s()
     rows = []
     with tempfile.TemporaryDirectory(prefix="simsyft-many-") as directory:
-        for start, counts in (("spawn", spawn), ("fork", sizes)):
+        for start, counts in (("spawn", spawn), ("fork, cold", cold), ("fork, torch first", torch_first),
+                              ("fork", sizes)):
             for n in counts:
                 log(f"{n} workers ({start})")
-                rows.append(row(n, start, directory, args.rounds))
+                rows.append(run_row(n, start, directory, args.rounds))
                 log(f"  {json.dumps(rows[-1])}")
         leak_rows = leaks(args.leaks, directory) if args.leaks else []
     print(f'python -c "import torch": {torch_s:.2f} s (median of 3)')

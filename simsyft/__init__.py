@@ -8,6 +8,13 @@
 tensor([2, 4, 6])
 """
 
+# First, before torch: a worker template importing torch beside this process (Note [Prewarmed
+# template], backends/template.py). Neither module imported here imports torch.
+from .backends.template import prewarm as _prewarm
+
+_prewarm()
+del _prewarm
+
 from .errors import (
     ConfigError,
     LocationMismatchError,

@@ -37,7 +37,6 @@ import tempfile
 from typing import Any
 
 from .errors import SimsyftError
-from .wire import shm
 
 __all__ = [
     "ROOT_ENV",
@@ -296,6 +295,8 @@ def sweep_stale() -> list[str]:
                     pass
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
+    from .wire import shm  # here, not at the top: rundir stays free of torch (Note [Prewarmed template])
+
     uid = os.getuid()
     for name in shm.list_segments():
         m = _SHM_RE.match(name)

@@ -22,6 +22,7 @@ import time
 from typing import Any, Iterator
 
 from . import backends, handles, network
+from .backends.template import discard_prewarmed
 from .config import REQUEST_TIMEOUT_S, SimulationConfig, WorkerConfig, load_config
 from .errors import SimsyftError, WorkerCrashedError, WorkerShutdownError, WorkerTimeoutError
 from .handles import VirtualWorker
@@ -339,8 +340,7 @@ def launch(config: str | os.PathLike | SimulationConfig, wait: bool = True) -> S
             origin = time.monotonic()
             network.write(backend.run_dir, cfg.network, origin)
             net = network.install(backend.namespace, network.Network(cfg.network, "me", origin=origin))
-        for worker in cfg.workers:
-            backend.start(worker)  # all start in parallel: each imports torch on its own
+        backend.start_many(cfg.workers)  # forked from one template in one request, or spawned side by side
         if wait:
             backend.wait_ready()
     except BaseException:
@@ -464,6 +464,7 @@ def shutdown() -> None:
         # As at exit: an attached process frees what its pointers own and leaves its ledger (the
         # tutorial under `simsyft run` / `simsyft demo` ends with sy.shutdown(): its traffic counts).
         _close_at_exit(sim)
+    discard_prewarmed()  # a template `import simsyft` started, if no simulation took it
 
 
 handles.default_simulation = default_simulation  # Note [The default simulation] in handles.py

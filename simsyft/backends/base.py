@@ -7,7 +7,7 @@ pids, Popen or sockets. Today's implementations: backends/local.py (worker
 processes on this machine) and backends/inprocess.py (workers in this process).
 A new backend is one module subclassing `Backend` plus one line in
 backends/__init__.py's registry (docs/architecture.md, "A new backend").
-Imports config, links and errors only.
+Imports config, links, errors and backends/template.py (to stop an unused prewarmed template).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ..config import REQUEST_TIMEOUT_S, WorkerConfig
 from ..errors import WorkerTimeoutError
 from ..links.link import Link
 from ..wire import messages
+from .template import discard_prewarmed
 
 __all__ = ["Backend"]
 
@@ -39,11 +40,17 @@ class Backend(abc.ABC):
         self.owner = True
         self.closed = False
         self.namespace = ""  # names the simulation's shared-memory segments: set by the subclass
+        discard_prewarmed()  # the first backend made takes it (local, forking) or nobody will
 
     # -- what every backend does ------------------------------------------------------------
     @abc.abstractmethod
     def start(self, config: WorkerConfig) -> None:
         """Start a worker; returns at once (`wait_ready` waits until it answers)."""
+
+    def start_many(self, configs: list[WorkerConfig]) -> None:
+        """Start these workers (a backend that can start several at once for less says so here)."""
+        for config in configs:
+            self.start(config)
 
     @abc.abstractmethod
     def stop(self, name: str, timeout: float = 5.0) -> None:

@@ -28,17 +28,14 @@ from .. import rundir
 from ..config import REQUEST_TIMEOUT_S, WorkerConfig
 from ..errors import SimsyftError
 from ..links.zmq import ZmqLink
-from ..rundir import RUN_DIR_ENV, TOKEN_ENV, is_worker_of, pid_alive, read_meta, read_pids, signal_name
+from ..rundir import is_worker_of, pid_alive, read_meta, read_pids, signal_name
 from ..wire import segments
 from ..worker.spec import WorkerLaunch
 from .base import Backend
-from .template import ForkedProcess, Template, can_fork
+from .template import START_ENV, ForkedProcess, Template, can_fork, take_prewarmed, worker_env
 
 __all__ = ["START_ENV", "LocalBackend", "WorkerProcess", "default_start"]
 
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# How workers start when the config does not say ([simulation] start): "fork" or "spawn".
-START_ENV = "SIMSYFT_START"
 _TEMPLATE_LOG = ".template.log"  # a dot: no worker name can clash with it, and `up -v` does not stream it
 
 
@@ -103,6 +100,9 @@ class LocalBackend(Backend):
 
     def __init__(self, name: str = "default", request_timeout_s: float = REQUEST_TIMEOUT_S,
                  start: str | None = None) -> None:
+        self.start_method = start or default_start()
+        # Taken before Backend.__init__, which stops a prewarmed template nobody took.
+        prewarmed = take_prewarmed() if self.start_method == "fork" else None
         super().__init__(name, request_timeout_s)
         rundir.sweep_stale()
         self.workers: dict[str, WorkerProcess] = {}
@@ -112,10 +112,13 @@ class LocalBackend(Backend):
         os.chmod(self.run_dir, 0o700)  # umask can only narrow mkdir's mode; be explicit anyway
         self.owner_pid = os.getpid()
         self.owner_started = rundir.process_started(self.owner_pid)
-        self.token = secrets.token_hex(16)
-        self._write_meta(ready=False)
-        self.start_method = start or default_start()
         self.template: Template | None = None
+        if prewarmed is not None:  # Note [Prewarmed template] (backends/template.py)
+            self.template, self.token = prewarmed
+            self.template.relog(os.path.join(self.run_dir, _TEMPLATE_LOG))
+        else:
+            self.token = secrets.token_hex(16)
+        self._write_meta(ready=False)
         if self.start_method == "fork":
             self._template().start()  # it imports torch while the caller gets its workers ready
 
@@ -145,27 +148,35 @@ class LocalBackend(Backend):
 
     # -- Backend ------------------------------------------------------------------------------
     def start(self, config: WorkerConfig) -> None:
-        """Spawn a worker process; returns at once (the worker answers once torch is imported)."""
-        name = config.name
+        """Start a worker process; returns at once (`wait_ready` waits until it answers)."""
+        self.start_many([config])
+
+    def start_many(self, configs: list[WorkerConfig]) -> None:
+        """Start these workers; forked, they are asked of the template in one request."""
         if self.closed:
             raise SimsyftError(f"simulation {self.name!r} is shut down")
-        existing = self.workers.get(name)
-        if existing is not None and existing.exit_code() is None:
-            raise SimsyftError(f"worker {name!r} is already running (pid {existing.pid})")
-        launch = WorkerLaunch(config, self.namespace, self.run_dir, self._endpoint(name), os.getpid(), self.owner,
-                              self.request_timeout_s)
-        log_path = os.path.join(self.run_dir, f"{name}.log")
+        launches = []
+        for config in configs:
+            existing = self.workers.get(config.name)
+            if existing is not None and existing.exit_code() is None:
+                raise SimsyftError(f"worker {config.name!r} is already running (pid {existing.pid})")
+            launch = WorkerLaunch(config, self.namespace, self.run_dir, self._endpoint(config.name), os.getpid(),
+                                  self.owner, self.request_timeout_s)
+            launches.append((launch.to_json(), os.path.join(self.run_dir, f"{config.name}.log")))
         if self.start_method == "fork":
-            popen = self._template().fork(launch.to_json(), log_path)
+            popens = self._template().fork_many(launches) if launches else []
         else:
-            with open(log_path, "ab") as log:
-                popen = subprocess.Popen(
-                    [sys.executable, "-m", "simsyft.worker", launch.to_json()],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self._env(), close_fds=True,
-                )
-        worker = WorkerProcess(config, popen.pid, log_path, popen=popen)
-        worker.link = self._connect(worker)
-        self.workers[name] = worker
+            popens = []
+            for launch_json, log_path in launches:
+                with open(log_path, "ab") as log:
+                    popens.append(subprocess.Popen(
+                        [sys.executable, "-m", "simsyft.worker", launch_json], stdin=subprocess.DEVNULL,
+                        stdout=log, stderr=subprocess.STDOUT, env=self._env(), close_fds=True,
+                    ))
+        for config, (_, log_path), popen in zip(configs, launches, popens):
+            worker = WorkerProcess(config, popen.pid, log_path, popen=popen)
+            worker.link = self._connect(worker)
+            self.workers[config.name] = worker
         self._write_pids()
 
     def stop(self, name: str, timeout: float = 5.0) -> None:
@@ -273,11 +284,7 @@ class LocalBackend(Backend):
 
     def _env(self) -> dict[str, str]:
         """A worker's (and the template's) environment: simsyft importable, the token set."""
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
-        env.pop(RUN_DIR_ENV, None)
-        env[TOKEN_ENV] = self.token  # Note [Nothing outside the run root is trusted]
-        return env
+        return worker_env(self.token)
 
     def _template(self) -> Template:
         if self.template is None:
