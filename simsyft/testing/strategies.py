@@ -83,7 +83,7 @@ def tensors(draw: Callable, dtype: Any = None, shape: Any = None, *, contiguous:
         t = (raw[:numel] % 2).bool() if dtype is torch.bool else raw.view(dtype)
         t = t.reshape(shape)
     else:
-        values = draw(st.lists(elements or _elements(dtype), min_size=numel, max_size=numel))
+        values = draw(st.lists(elements if elements is not None else _elements(dtype), min_size=numel, max_size=numel))
         t = torch.tensor(values, dtype=dtype).reshape(shape)
     layout = draw(st.sampled_from(["contiguous", "strided"])) if contiguous is None else (
         "contiguous" if contiguous else "strided")
