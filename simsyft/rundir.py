@@ -5,7 +5,8 @@ directories inside it (one per simulation, named by its namespace), their
 ``simulation.json`` and ``pids.json``, finding running simulations by name, the
 sweep of leftovers of simulations whose owner died, and the identity checks
 made before any process is signalled. Imports the standard library, psutil,
-wire.shm (segment names) and simsyft.errors; it starts nothing.
+wire.shm (segment names, inside the sweep only: this module is imported before torch,
+Note [Prewarmed template] in backends/template.py) and simsyft.errors; it starts nothing.
 
 Note [Nothing outside the run root is trusted]
     The temp dir is shared by every local user, so anything in it may have been

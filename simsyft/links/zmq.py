@@ -47,6 +47,10 @@ class ZmqLink(Link):
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.RCVTIMEO, _RECV_TIMEOUT_MS)
         self._sock.setsockopt(zmq.SNDTIMEO, _RECV_TIMEOUT_MS)
+        # A worker just started may not have bound yet: retry after 5 ms, not ZeroMQ's 100 ms
+        # (measured: 64 forked workers answered 0.2 s later), backing off to 100 ms for one gone.
+        self._sock.setsockopt(zmq.RECONNECT_IVL, 5)
+        self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
         self._sock.connect(endpoint)
         self._next_liveness_check = 0.0
 

@@ -1,10 +1,12 @@
 """The warm template local workers are forked from (``[simulation] start = "fork"``).
 
 Owns the template process, ``python -m simsyft.worker.template``: it imports torch, numpy
-and the worker's code once, then forks one worker per request. The owner (backends/template.py)
+and the worker's code once, then forks workers on request. The owner (backends/template.py)
 writes one JSON line per batch of workers on its stdin, a list of ``{"launch": <WorkerLaunch
-JSON>, "log": PATH}``, and reads back one line, their pids. End of stdin (the owner closed it, or died) ends
-the template; its workers are not its children and live on. Imports torch, numpy and
+JSON>, "log": PATH}``, and reads back one line, their pids; or ``{"log": PATH}``: stderr goes
+there from now on (a prewarmed template learning its simulation's run directory). End of
+stdin (the owner closed it, or died) ends the template; its workers are not its children
+and live on. Imports torch, numpy and
 worker/main.py; never the user layer.
 
 Note [Forked workers]
@@ -49,23 +51,34 @@ import traceback
 __all__ = ["main"]
 
 _READY = b"ready\n"
+_PER_MIDDLE = 16  # a batch is split between middles (one per CPU at most) only past this many each
 
 
-def _adopted(middle: int) -> None:
-    """Wait until the middle process is gone and this one belongs to the owner (microseconds)."""
+def _adopted(middle: int, gone: int) -> None:
+    """Wait until the middle process is gone and this one belongs to the owner.
+
+    `gone` reads end-of-file once the middle exited (it held the only other write end): a
+    batch's first worker waits for all of the batch's forks without spending CPU on it, which
+    the forks need. The kernel closes a process's files just before it hands its children on,
+    so getppid() may still name the middle for a moment after.
+    """
+    try:
+        while os.read(gone, 64):
+            pass
+    finally:
+        os.close(gone)
     deadline = time.monotonic() + 10
     while os.getppid() == middle and time.monotonic() < deadline:
-        time.sleep(0.001)
+        time.sleep(0.0002)
 
 
-def _run_worker(request: dict, middle: int) -> int:
+def _run_worker(request: dict, middle: int, gone: int) -> int:
     """In the forked worker: take its own stdio, seeds and sockets, then serve."""
     import random
 
     import numpy
-    import torch
 
-    from .main import serve
+    from .main import seed_torch, serve
     from .spec import WorkerLaunch
 
     log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -76,66 +89,83 @@ def _run_worker(request: dict, middle: int) -> int:
     os.close(log)
     os.close(null)
     gc.enable()
-    _adopted(middle)
+    _adopted(middle, gone)
     launch = WorkerLaunch.from_json(request["launch"])
     # Every fork starts from the template's random state: without a seed of its own, draw a
     # fresh one (as a spawned worker would), or every worker's torch.rand would agree.
     if launch.config.seed is None:
-        torch.seed()
+        seed_torch(None)
     random.seed()
     numpy.random.seed()
     return serve(launch)
 
 
 def _fork(requests: list[dict]) -> list[int]:
-    """Fork one worker per request through one middle process; their pids (adopted by the owner).
+    """Fork one worker per request; their pids (adopted by the owner), 0 for any not forked.
 
-    One middle serves the whole batch (Note [Forked workers]): a middle's own fork and exit
-    cost about four worker forks, so a batch of 64 costs one of them instead of 64.
+    Through middle processes (Note [Forked workers]): one per batch, or one per CPU for a big
+    batch, so that the forks (each copying the template's page tables) run side by side.
     """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = 1
+    parts = max(1, min(cpus, len(requests) // _PER_MIDDLE))
+    size = -(-len(requests) // parts)
+    middles = [_start_middle(requests[i:i + size]) for i in range(0, len(requests), size)]
+    pids: list[int] = []
+    for (middle, read_end), part in zip(middles, (requests[i:i + size] for i in range(0, len(requests), size))):
+        chunks = []
+        while chunk := os.read(read_end, 4096):  # the middle writes the pids, then exits (closing the pipe)
+            chunks.append(chunk)
+        os.close(read_end)
+        # Once the middle is gone its workers are the owner's children: only then are their pids
+        # given out, so the owner can wait for them (and a caller sees its parent) from the first moment.
+        os.waitpid(middle, 0)
+        got = [int(p) for p in b"".join(chunks).split()]
+        pids += got + [0] * (len(part) - len(got))  # 0: not forked (the middle's traceback is in our log)
+    return pids
+
+
+def _start_middle(requests: list[dict]) -> tuple[int, int]:
+    """Fork a middle process that forks these workers and writes their pids; (its pid, the pipe to read)."""
     read_end, write_end = os.pipe()
     middle = os.fork()
-    if middle == 0:
-        code = 0
-        try:
-            os.close(read_end)
-            me = os.getpid()
-            pids = []
-            for request in requests:
+    if middle:
+        os.close(write_end)
+        return middle, read_end
+    code = 0
+    try:
+        os.close(read_end)
+        me = os.getpid()
+        gone_read, gone_write = os.pipe()  # each worker reads it to its end: this process exited
+        pids = []
+        for request in requests:
+            try:
+                worker = os.fork()
+            except OSError:  # out of processes or memory: the owner kills those already forked
+                traceback.print_exc()
+                code = 1
+                break
+            if worker == 0:
+                os.close(write_end)
+                os.close(gone_write)
                 try:
-                    worker = os.fork()
-                except OSError:  # out of processes or memory: the owner kills those already forked
+                    code = _run_worker(request, me, gone_read)
+                except BaseException:  # the worker's last words go to its log; then it exits
                     traceback.print_exc()
                     code = 1
-                    break
-                if worker == 0:
-                    os.close(write_end)
-                    try:
-                        code = _run_worker(request, me)
-                    except BaseException:  # the worker's last words go to its log; then it exits
-                        traceback.print_exc()
-                        code = 1
-                    finally:
-                        sys.stdout.flush()
-                        sys.stderr.flush()
-                        os._exit(code)
-                pids.append(worker)
-            os.write(write_end, " ".join(map(str, pids)).encode())
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    chunks = []
-    while chunk := os.read(read_end, 4096):  # the middle writes the pids, then exits (closing the pipe)
-        chunks.append(chunk)
-    os.close(read_end)
-    # Once the middle is gone the workers are the owner's children: only then are their pids
-    # given out, so the owner can wait for them (and a caller sees its parent) from the first moment.
-    os.waitpid(middle, 0)
-    pids = [int(p) for p in b"".join(chunks).split()]
-    return pids + [0] * (len(requests) - len(pids))  # 0: not forked (the middle's traceback is in our log)
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            pids.append(worker)
+        os.write(write_end, " ".join(map(str, pids)).encode())
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
 
 
 def _relog(path: str) -> None:
