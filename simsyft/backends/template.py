@@ -376,6 +376,25 @@ def take_prewarmed() -> tuple[Template, str] | None:
     return template, token
 
 
+def _forget_in_child() -> None:
+    """In a fork of this process (a multiprocessing or DataLoader worker): the prewarmed template
+    is the parent's; this process never takes or stops it, and holds none of its pipes."""
+    global _prewarmed
+    prewarmed, _prewarmed = _prewarmed, None
+    if prewarmed is not None:
+        popen = prewarmed[0].popen
+        for pipe in (popen.stdin, popen.stdout):
+            try:
+                pipe.close()  # our copies only: the parent's stay open
+            except OSError:
+                pass
+        popen.returncode = 0  # not our child: nothing for Popen to wait for or warn about
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def discard_prewarmed() -> None:
     """Stop the prewarmed template if no simulation took it (the first backend made does this)."""
     global _prewarmed

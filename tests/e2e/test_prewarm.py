@@ -146,3 +146,26 @@ def test_a_template_nobody_took_does_not_outlive_its_process(how):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_fork_of_the_process_neither_takes_nor_stops_the_parents_template():
+    # A multiprocessing (fork) or DataLoader worker copies the parent's memory, prewarmed template
+    # included: it must not write to that template's pipes, nor kill it when discarding it.
+    facts = run(PREAMBLE + """
+    from simsyft.config import parse_config
+    child = os.fork()
+    if child == 0:
+        sim = sy.launch(parse_config({"simulation": {"name": "prewarm-child"}, "workers": {"kid": {}}}))
+        ok = sim.backend.template.pid != prewarmed and (torch.ones(2).send(sim.handle("kid")) + 1).get().tolist() == [2.0, 2.0]
+        sim.shutdown()
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(child, 0)
+    sim = sy.launch(parse_config({"simulation": {"name": "prewarm-parent"}, "workers": {"bob": {}}}))
+    out = {"child": os.waitstatus_to_exitcode(status), "prewarmed": prewarmed,
+           "template": sim.backend.template.pid, "value": (torch.ones(2).send(sim.handle("bob")) * 3).get().tolist()}
+    sim.shutdown()
+    print(json.dumps(out))
+    """)
+    assert facts["child"] == 0
+    assert facts["template"] == facts["prewarmed"] is not None
+    assert facts["value"] == [3.0, 3.0]
