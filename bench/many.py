@@ -119,8 +119,21 @@ def _copy(model):
     return copy.deepcopy(model)
 
 
-def run_row(n: int, start: str, directory: str, rounds: int) -> dict[str, Any]:
-    """One row, in a fresh process: its launch is a script's first (Note [Prewarmed template])."""
+def run_row(n: int, start: str, directory: str, rounds: int, repeats: int = 1) -> dict[str, Any]:
+    """One row: `repeats` fresh processes (a launch is a script's first, Note [Prewarmed template]),
+    the first also measuring memory and FedAvg; start times are their median."""
+    runs = [_run_row_once(n, start, directory, rounds)]
+    runs += [_run_row_once(n, start, directory, 0) for _ in range(repeats - 1)]
+    out = runs[0]
+    out["start_samples"] = [r["start_s"] for r in runs]
+    out["start_s"] = statistics.median(out["start_samples"])
+    out["from_exec_s"] = statistics.median(r["from_exec_s"] for r in runs)
+    out["left_processes"] = sum(r["left_processes"] for r in runs)
+    out["left_segments"] = sum(r["left_segments"] for r in runs)
+    return out
+
+
+def _run_row_once(n: int, start: str, directory: str, rounds: int) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
     env.pop("SIMSYFT_PREWARM", None)  # this process turned it off for itself only
     method, extra = start, []
@@ -136,6 +149,28 @@ def run_row(n: int, start: str, directory: str, rounds: int) -> dict[str, Any]:
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["start"] = start
     return out
+
+
+def fedavg(n: int, clients: list, rounds: int) -> dict[str, Any]:
+    """FedAvg rounds over `clients`, next to the same rounds in one process with plain torch."""
+    import torch
+
+    model, data = model_and_data(n)  # data placed first, then rounds timed
+    shards = [(x.send(c), y.send(c)) for (x, y), c in zip(data, clients)]
+    reference = _copy(model)
+    fedavg_round(model, shards)  # warm-up for both: first-call costs are not a round's
+    fedavg_round(reference, data)
+    remote_s, local_s = [], []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fedavg_round(model, shards)
+        remote_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        fedavg_round(reference, data)
+        local_s.append(time.perf_counter() - t)
+    return {"fedavg_s": statistics.median(remote_s), "fedavg_one_process_s": statistics.median(local_s),
+            "fedavg_equal": all(torch.allclose(a, b, atol=1e-6)
+                                for a, b in zip(model.parameters(), reference.parameters()))}
 
 
 def row(n: int, start: str, directory: str, rounds: int, torch_first: bool = False) -> dict[str, Any]:
@@ -163,26 +198,9 @@ def row(n: int, start: str, directory: str, rounds: int, torch_first: bool = Fal
         out.update({f"workers_{k}": v for k, v in workers_mem.items()})
         out["template_uss"] = memory([template])["uss"] if template else 0
         out["uss_per_worker"] = workers_mem["uss"] / n
-        # FedAvg: data placed first, then rounds timed; plain torch on the same data alongside.
-        model, data = model_and_data(n)
-        shards = [(x.send(c), y.send(c)) for (x, y), c in zip(data, clients)]
-        reference = _copy(model)
-        fedavg_round(model, shards)  # warm-up for both: first-call costs are not a round's
-        fedavg_round(reference, data)
-        remote_s, local_s = [], []
-        for _ in range(rounds):
-            t = time.perf_counter()
-            fedavg_round(model, shards)
-            remote_s.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            fedavg_round(reference, data)
-            local_s.append(time.perf_counter() - t)
-        out["fedavg_s"] = statistics.median(remote_s)
-        out["fedavg_one_process_s"] = statistics.median(local_s)
-        out["fedavg_equal"] = all(torch.allclose(a, b, atol=1e-6) for a, b in
-                                  zip(model.parameters(), reference.parameters()))
         namespace, run_dir = sim.namespace, sim.run_dir
-        del shards
+        if rounds:  # else a start-only repeat (run_row)
+            out.update(fedavg(n, clients, rounds))
     finally:
         sim.shutdown()
     deadline = time.monotonic() + 30
@@ -301,7 +319,10 @@ def targets(rows: list[dict[str, Any]], torch_s: float) -> list[str]:
                           ("fork, cold", "no prewarmed template (SIMSYFT_PREWARM=0)")):
         other = {r["workers"]: r for r in rows if r["start"] == variant}
         if 64 in other:
-            found.append(f"  with {what}: start 64 / import torch = {other[64]['start_s'] / torch_s:.2f}")
+            line = f"  with {what}: start 64 / import torch = {other[64]['start_s'] / torch_s:.2f}"
+            if 4 in other:
+                line += f", start 64 / start 4 = {other[64]['start_s'] / other[4]['start_s']:.2f}"
+            found.append(line)
     if fork:
         worst = max(r["uss_per_worker"] for r in fork.values()) / MiB
         found.append(f"USS per idle worker, worst row = {worst:.1f} MiB (goal <= 32): {'met' if worst <= 32 else 'NOT met'}")
@@ -360,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", default="fork", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=3, help="FedAvg rounds per row (the median is shown)")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per row (the median start is shown)")
     parser.add_argument("--leaks", type=int, default=0, help="also check down / Ctrl-C / kill -9 at this many workers")
     parser.add_argument("--json", default=os.path.join(RESULTS, "many.json"))
     parser.add_argument("--plot", default=os.path.join(RESULTS, "many.png"))
@@ -382,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                               ("fork", sizes)):
             for n in counts:
                 log(f"{n} workers ({start})")
-                rows.append(run_row(n, start, directory, args.rounds))
+                rows.append(run_row(n, start, directory, args.rounds, args.repeats))
                 log(f"  {json.dumps(rows[-1])}")
         leak_rows = leaks(args.leaks, directory) if args.leaks else []
     print(f'python -c "import torch": {torch_s:.2f} s (median of 3)')

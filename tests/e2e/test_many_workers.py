@@ -52,7 +52,7 @@ def gone(pids, namespace: str, run_dir: str, timeout: float = 60.0) -> tuple[lis
 
 
 def test_workers_are_forked_from_a_template_and_adopted_by_their_owner(hook):
-    with sy.launch(group_config("many-fork", 3)) as sim:
+    with sy.launch(group_config("many-fork", 3, start="fork")) as sim:
         backend = sim.backend
         assert backend.start_method == "fork"
         template = psutil.Process(backend.template.pid)
@@ -76,13 +76,13 @@ def test_workers_are_forked_from_a_template_and_adopted_by_their_owner(hook):
 
 
 def test_unseeded_forks_draw_different_random_numbers(hook):
-    with sy.launch(group_config("many-rand", 2)) as sim:
+    with sy.launch(group_config("many-rand", 2, start="fork")) as sim:
         a, b = sim.group("client")
         assert not torch.equal(torch.zeros(8).send(a).uniform_().get(), torch.zeros(8).send(b).uniform_().get())
 
 
 def test_seeded_forks_follow_seed_plus_index(hook):
-    with sy.launch(group_config("many-seed", 2, seed=11)) as sim:
+    with sy.launch(group_config("many-seed", 2, seed=11, start="fork")) as sim:
         for i, client in enumerate(sim.group("client")):
             torch.manual_seed(11 + i)
             expected = torch.zeros(5).uniform_()
@@ -90,7 +90,7 @@ def test_seeded_forks_follow_seed_plus_index(hook):
 
 
 def test_a_dead_template_takes_no_worker_down_and_is_replaced(hook):
-    with sy.launch(group_config("many-template", 2)) as sim:
+    with sy.launch(group_config("many-template", 2, start="fork")) as sim:
         first = sim.backend.template.pid
         os.kill(first, signal.SIGKILL)
         for client in sim.group("client"):
@@ -121,7 +121,7 @@ def test_spawn_start_runs_a_fresh_interpreter_per_worker(hook):
 
 
 def test_many_workers_answer_fold_in_status_and_leave_nothing(hook):
-    with sy.launch(group_config("many-64", MANY)) as sim:
+    with sy.launch(group_config("many-64", MANY, start="fork")) as sim:
         clients = sim.group("client")
         assert [c.id for c in clients] == [f"client_{i}" for i in range(MANY)]
         pointers = [torch.full((2,), float(i)).send(c) for i, c in enumerate(clients)]
