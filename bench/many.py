@@ -347,8 +347,14 @@ def plot(rows: list[dict[str, Any]], path: str) -> str | None:
     fork = sorted((r for r in rows if r["start"] == "fork"), key=lambda r: r["workers"])
     n = [r["workers"] for r in fork]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    axes[0].plot(n, [r["start_s"] for r in fork], marker="o")
+    axes[0].plot(n, [r["start_s"] for r in fork], marker="o", label="fork (prewarmed template)")
+    for variant, marker in (("fork, torch first", "s"), ("fork, cold", "^"), ("spawn", "x")):
+        other = sorted((r for r in rows if r["start"] == variant), key=lambda r: r["workers"])
+        if other:
+            axes[0].plot([r["workers"] for r in other], [r["start_s"] for r in other], marker=marker,
+                         linestyle=":", label=variant)
     axes[0].set_ylabel("start until all answer (s)")
+    axes[0].legend(fontsize=7)
     axes[1].plot(n, [(r["workers_uss"] + r["template_uss"]) / MiB for r in fork], marker="o", label="USS")
     axes[1].plot(n, [r["workers_pss"] / MiB for r in fork], marker="o", label="PSS")
     axes[1].set_ylabel("memory, all workers (MiB)")
