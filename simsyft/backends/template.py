@@ -16,10 +16,10 @@ Note [Prewarmed template]
     `import simsyft` starts one template at once, before it imports torch itself: the two
     imports run side by side, and the first simulation this process starts takes that
     template (warm by then, or nearly) instead of starting its own. It is taken only if its
-    environment is exactly what a template started now would get (a variable the user set
-    after the import, say CUDA_VISIBLE_DEVICES or OMP_NUM_THREADS, may matter at import
-    time, so a template started before it must not be used) and only by a local simulation
-    that forks; the first backend of any kind made in this process takes it or stops it, so
+    environment and working directory are exactly what a template started now would get (a
+    variable set after the import, say CUDA_VISIBLE_DEVICES or OMP_NUM_THREADS, may matter
+    when torch loads, so a template started before it must not be used) and only by a local
+    simulation that forks; the first backend of any kind made in this process takes it or stops it, so
     after that simulation ends no template is left. Its stderr goes to an unlinked temporary
     file until the simulation's run directory exists (then the template copies it there).
     It costs one more `import torch` of CPU beside the user's, and a template's memory
@@ -158,6 +158,7 @@ class Template:
         self.ready_timeout_s = ready_timeout_s
         self.popen: subprocess.Popen | None = None
         self.starts = 0  # how many template processes were started (a dead one is replaced)
+        self.cwd: str | None = None
         self._stderr: IO[bytes] | None = None
         self._relog = False  # the template must be told log_path before its next batch
         self._buffer = b""
@@ -186,6 +187,7 @@ class Template:
             if stderr is not self._stderr:
                 stderr.close()
         os.set_blocking(self.popen.stdout.fileno(), False)
+        self.cwd = os.getcwd()  # its workers' working directory too
         self._buffer = b""
         self._ready = False
         self._relog = False  # a fresh process writes to log_path from the start
@@ -361,8 +363,8 @@ def prewarm() -> None:
 def take_prewarmed() -> tuple[Template, str] | None:
     """The prewarmed template and its token, if it can serve a simulation starting now; else None.
 
-    Only the first caller can get it; a template it cannot use (the environment changed since the
-    import, or the template died) is stopped.
+    Only the first caller can get it; a template it cannot use (the environment or the working
+    directory changed since the import, or the template died) is stopped.
     """
     global _prewarmed
     with _prewarm_lock:
@@ -370,7 +372,12 @@ def take_prewarmed() -> tuple[Template, str] | None:
     if prewarmed is None:
         return None
     template, token = prewarmed
-    if template.env != worker_env(token) or template.popen is None or template.popen.poll() is not None:
+    try:
+        cwd = os.getcwd()
+    except OSError:  # removed since: whatever a template started now would get, it is not that one's
+        cwd = None
+    if (template.env != worker_env(token) or template.cwd != cwd or template.popen is None
+            or template.popen.poll() is not None):
         template.close()
         return None
     return template, token

@@ -169,3 +169,14 @@ def test_a_fork_of_the_process_neither_takes_nor_stops_the_parents_template():
     assert facts["child"] == 0
     assert facts["template"] == facts["prewarmed"] is not None
     assert facts["value"] == [3.0, 3.0]
+
+
+def test_a_changed_working_directory_is_not_missed_by_the_workers(tmp_path):
+    facts = run(PREAMBLE + f"""
+    os.chdir({str(tmp_path)!r})
+    bob = sy.VirtualWorker(hook, id="bob")
+    print(json.dumps({{"prewarmed": prewarmed, "template": bob.simulation.backend.template.pid,
+                      "cwd": os.readlink(f"/proc/{{bob.pid}}/cwd")}}))
+    """)
+    assert facts["prewarmed"] is not None and facts["template"] != facts["prewarmed"]
+    assert facts["cwd"] == str(tmp_path)
