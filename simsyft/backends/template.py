@@ -336,7 +336,7 @@ def _should_prewarm() -> bool:
     mp = sys.modules.get("multiprocessing")
     if mp is not None and mp.parent_process() is not None:
         return False  # a child of the user's program: its parent has (or had) the simulation
-    argv = sys.argv or [""]
+    argv = getattr(sys, "argv", None) or [""]  # an embedded interpreter may have none
     # `simsyft CMD` or `python -m simsyft CMD` (whose argv[0] is "-m" while the package imports)
     if os.path.basename(argv[0]) == "simsyft" or argv[0] == "-m":
         return len(argv) > 1 and argv[1] in _LAUNCHING_COMMANDS
