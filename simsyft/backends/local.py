@@ -103,6 +103,15 @@ class LocalBackend(Backend):
         self.start_method = start or default_start()
         # Taken before Backend.__init__, which stops a prewarmed template nobody took.
         prewarmed = take_prewarmed() if self.start_method == "fork" else None
+        try:
+            self._init(name, request_timeout_s, prewarmed)
+        except BaseException:
+            if prewarmed is not None:
+                prewarmed[0].close()  # taken, but this simulation never came to be
+            raise
+
+    def _init(self, name: str, request_timeout_s: float, prewarmed: tuple[Template, str] | None) -> None:
+        self.template: Template | None = None
         super().__init__(name, request_timeout_s)
         rundir.sweep_stale()
         self.workers: dict[str, WorkerProcess] = {}
@@ -112,7 +121,6 @@ class LocalBackend(Backend):
         os.chmod(self.run_dir, 0o700)  # umask can only narrow mkdir's mode; be explicit anyway
         self.owner_pid = os.getpid()
         self.owner_started = rundir.process_started(self.owner_pid)
-        self.template: Template | None = None
         if prewarmed is not None:  # Note [Prewarmed template] (backends/template.py)
             self.template, self.token = prewarmed
             self.template.relog(os.path.join(self.run_dir, _TEMPLATE_LOG))
@@ -163,21 +171,26 @@ class LocalBackend(Backend):
             launch = WorkerLaunch(config, self.namespace, self.run_dir, self._endpoint(config.name), os.getpid(),
                                   self.owner, self.request_timeout_s)
             launches.append((launch.to_json(), os.path.join(self.run_dir, f"{config.name}.log")))
-        if self.start_method == "fork":
-            popens = self._template().fork_many(launches) if launches else []
-        else:
-            popens = []
-            for launch_json, log_path in launches:
-                with open(log_path, "ab") as log:
-                    popens.append(subprocess.Popen(
-                        [sys.executable, "-m", "simsyft.worker", launch_json], stdin=subprocess.DEVNULL,
-                        stdout=log, stderr=subprocess.STDOUT, env=self._env(), close_fds=True,
-                    ))
-        for config, (_, log_path), popen in zip(configs, launches, popens):
-            worker = WorkerProcess(config, popen.pid, log_path, popen=popen)
-            worker.link = self._connect(worker)
-            self.workers[config.name] = worker
-        self._write_pids()
+        try:
+            if self.start_method == "fork":
+                popens = self._template().fork_many(launches) if launches else []
+                for config, (_, log_path), popen in zip(configs, launches, popens):
+                    self._add(config, log_path, popen)
+            else:
+                for config, (launch_json, log_path) in zip(configs, launches):
+                    with open(log_path, "ab") as log:
+                        popen = subprocess.Popen(
+                            [sys.executable, "-m", "simsyft.worker", launch_json], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=subprocess.STDOUT, env=self._env(), close_fds=True,
+                        )
+                    self._add(config, log_path, popen)  # at once: one failing later leaves none unknown
+        finally:
+            self._write_pids()
+
+    def _add(self, config: WorkerConfig, log_path: str, popen: subprocess.Popen | ForkedProcess) -> None:
+        worker = WorkerProcess(config, popen.pid, log_path, popen=popen)
+        self.workers[config.name] = worker
+        worker.link = self._connect(worker)
 
     def stop(self, name: str, timeout: float = 5.0) -> None:
         """Ask a worker to exit (killing it after `timeout`), and forget it."""
