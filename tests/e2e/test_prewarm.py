@@ -115,15 +115,35 @@ def test_a_simulation_that_does_not_fork_stops_it(how):
     assert gone(facts["prewarmed"], timeout=10)
 
 
-def test_prewarm_can_be_turned_off_and_is_off_where_nothing_would_take_it():
+def test_prewarm_can_be_turned_off_and_is_off_where_nothing_would_take_it(tmp_path):
     script = "import json, simsyft; from simsyft.backends import template as t; print(json.dumps(t._prewarmed is not None))"
     assert run(script) is True
     assert run(script, SIMSYFT_PREWARM="0") is False
     assert run(script, SIMSYFT_START="spawn") is False
+    assert run(script, SIMSYFT_RUN_DIR="/nonexistent") is False  # a script `simsyft run` attaches
     # `simsyft status` (and the other commands that start nothing) do not; `simsyft up` does.
     cli = "import sys; sys.argv = ['/usr/local/bin/simsyft', sys.argv[1]]; " + script
     assert run(cli, "status") is False
     assert run(cli, "up") is True
+    # A multiprocessing child (spawn: it imports simsyft afresh): its parent has the simulation.
+    child = tmp_path / "child.py"
+    child.write_text(textwrap.dedent("""
+        import json, multiprocessing as mp
+        def child(q):
+            from simsyft.backends import template as t
+            q.put(t._prewarmed is not None)
+        if __name__ == "__main__":
+            ctx = mp.get_context("spawn")
+            q = ctx.Queue()
+            p = ctx.Process(target=child, args=(q,))
+            p.start()
+            print(json.dumps(q.get(timeout=60)))
+            p.join()
+        """))
+    proc = subprocess.run([sys.executable, str(child)], capture_output=True, text=True, env=env(), cwd=ROOT,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) is False
 
 
 @pytest.mark.parametrize("how", ["exit", "kill-9"])
