@@ -61,18 +61,6 @@ def _cluster(folder: str) -> tuple[str, list[subprocess.Popen]]:
     return f"127.0.0.1:{port}", nodes
 
 
-def _forget_cluster(address: str) -> None:
-    """A head node stopped by a signal leaves its address in Ray's "current cluster" file; a later
-    plain ray.init() would try to join it instead of starting a Ray of its own."""
-    path = os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
-    try:
-        with open(path) as f:
-            if f.read().strip() == address:
-                os.unlink(path)
-    except OSError:
-        pass
-
-
 def _p50(fn, reps: int, warmup: int = 20) -> float:
     for _ in range(warmup):
         fn()
@@ -90,6 +78,7 @@ def main() -> int:
 
     import simsyft as sy
     from simsyft.config import SimulationConfig, WorkerConfig
+    from simsyft.backends.ray import forget_cluster
 
     torch.set_num_threads(1)
     sy.TorchHook(torch)  # Tensor.send
@@ -194,7 +183,7 @@ def main() -> int:
             os.killpg(node.pid, signal.SIGTERM)  # `ray start --block` stops what it started
         for node in nodes:
             node.wait(timeout=60)
-        _forget_cluster(address)
+        forget_cluster(address)
 
     print(f"| row | ray backend | local backend | reference |\n|---|---|---|---|")
     for row in rows:

@@ -41,6 +41,7 @@ __all__ = [
     "WorkerShutdownError",
     "WorkerTimeoutError",
     "WorkerUnavailableError",
+    "unknown_worker",
 ]
 
 
@@ -131,3 +132,8 @@ class RemoteError(SimsyftError, RuntimeError):
 
 class InvalidTensorForRemoteGet(SimsyftError, TypeError):
     """remote_get() on a pointer whose worker holds the tensor itself (PySyft's name and message)."""
+
+
+def unknown_worker(simulation: str, name: str, known) -> KeyError:
+    """The KeyError for a worker `simulation` does not have, naming the ones it does."""
+    return KeyError(f"simulation {simulation!r} has no worker {name!r} (workers: {', '.join(known) or 'none'})")

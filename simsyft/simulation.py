@@ -24,7 +24,7 @@ from typing import Any, Iterator
 from . import backends, handles, network
 from .backends.template import discard_prewarmed
 from .config import REQUEST_TIMEOUT_S, SimulationConfig, WorkerConfig, load_config
-from .errors import SimsyftError, WorkerCrashedError, WorkerShutdownError, WorkerTimeoutError
+from .errors import SimsyftError, WorkerCrashedError, WorkerShutdownError, WorkerTimeoutError, unknown_worker
 from .handles import VirtualWorker
 from .rundir import RUN_DIR_ENV, find_run_dir, write_json
 from .ledger import Measurement, Traffic
@@ -107,8 +107,7 @@ class Simulation:
                                      f"not {message_pending_time:g}; shut it down first (.shutdown()) to "
                                      "start it again with another")
             elif not running:
-                known = ", ".join(self.backend.names()) or "none"
-                raise KeyError(f"simulation {self.name!r} has no worker {name!r} (workers: {known})")
+                raise unknown_worker(self.name, name, self.backend.names())
             handle = self._handles.get(name)
             if handle is None:
                 handle = self._handles[name] = VirtualWorker._over(self, name, hook)

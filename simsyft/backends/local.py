@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import rundir
 from ..config import REQUEST_TIMEOUT_S, WorkerConfig
-from ..errors import SimsyftError
+from ..errors import SimsyftError, unknown_worker
 from ..links.zmq import ZmqLink
 from ..rundir import is_worker_of, pid_alive, read_meta, read_pids, signal_name
 from ..wire import segments
@@ -292,8 +292,7 @@ class LocalBackend(Backend):
         try:
             return self.workers[name]
         except KeyError:
-            known = ", ".join(self.workers) or "none"
-            raise KeyError(f"simulation {self.name!r} has no worker {name!r} (workers: {known})") from None
+            raise unknown_worker(self.name, name, self.workers) from None
 
     def _env(self) -> dict[str, str]:
         """A worker's (and the template's) environment: simsyft importable, the token set."""

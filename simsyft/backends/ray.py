@@ -23,15 +23,15 @@ from typing import Any
 
 from .. import rundir
 from ..config import REQUEST_TIMEOUT_S, SimulationConfig, WorkerConfig
-from ..errors import ConfigError, SimsyftError, WorkerCrashedError, WorkerTimeoutError
+from ..errors import ConfigError, SimsyftError, WorkerCrashedError, WorkerTimeoutError, unknown_worker
 from ..wire import segments
 from .base import Backend
+from .template import PACKAGE_PARENT
 from .ray_actor import RayWorker, actor_namespace
 from .ray_link import RayLink, describe_death
 
-__all__ = ["RayBackend", "demand", "import_ray"]
+__all__ = ["RayBackend", "demand", "forget_cluster", "import_ray"]
 
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _NODE_ID = re.compile(r"[0-9a-f]{56}")
 # A custom resource pins a worker to the node(s) that have it; this much of it lets any
 # number of workers share one node.
@@ -101,8 +101,8 @@ class RayBackend(Backend):
         if not ray.is_initialized():
             # The actors import simsyft: a Ray we start inherits our environment, so make it findable.
             path = os.environ.get("PYTHONPATH", "")
-            if _PACKAGE_PARENT not in path.split(os.pathsep):
-                os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, path) if p)
+            if PACKAGE_PARENT not in path.split(os.pathsep):
+                os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_PARENT, path) if p)
             options: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
             if address is None:  # Note [A local Ray stays on the loopback]
                 ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **options)
@@ -255,8 +255,7 @@ class RayBackend(Backend):
         try:
             return self._configs[name]
         except KeyError:
-            known = ", ".join(self.actors) or "none"
-            raise KeyError(f"simulation {self.name!r} has no worker {name!r} (workers: {known})") from None
+            raise unknown_worker(self.name, name, self.actors) from None
 
     def exit_status(self, name: str) -> int | None:
         if name in self._exits:
@@ -385,3 +384,20 @@ def _node_label(ray: Any, node_id: str) -> str:
         if node["NodeID"] == node_id:
             return f"{node_id[:8]} ({node.get('NodeManagerAddress', '?')})"
     return node_id[:8]
+
+
+def forget_cluster(address: str) -> None:
+    """Forget a stopped Ray head at `address` (for tools that start and stop their own cluster).
+
+    A head node stopped by a signal leaves its address in Ray's "current cluster" file, and a
+    later plain ray.init() would try to join it instead of starting a Ray of its own.
+    """
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
+    try:
+        with open(path) as f:
+            if f.read().strip() == address:
+                os.unlink(path)
+    except OSError:
+        pass

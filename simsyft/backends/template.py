@@ -50,6 +50,7 @@ from ..errors import SimsyftError
 from ..rundir import RUN_DIR_ENV, TOKEN_ENV, pid_alive
 
 __all__ = [
+    "PACKAGE_PARENT",
     "PREWARM_ENV",
     "START_ENV",
     "ForkedProcess",
@@ -62,7 +63,8 @@ __all__ = [
     "worker_env",
 ]
 
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The folder holding the simsyft package: on every worker's PYTHONPATH (local and Ray).
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # How workers start when the config does not say ([simulation] start): "fork" or "spawn".
 START_ENV = "SIMSYFT_START"
 # "0" (or "false", "no", "off"): `import simsyft` starts no template (Note [Prewarmed template]).
@@ -77,7 +79,7 @@ _subreaper_lock = threading.Lock()
 def worker_env(token: str) -> dict[str, str]:
     """A worker's (and a template's) environment: this process's, simsyft importable, `token` set."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
     env.pop(RUN_DIR_ENV, None)
     env[TOKEN_ENV] = token  # Note [Nothing outside the run root is trusted] (rundir.py)
     return env

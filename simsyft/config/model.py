@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, unknown_worker
 
 __all__ = [
     "ALL_GPUS",
@@ -241,8 +241,7 @@ class SimulationConfig:
         for spec in self.workers:
             if spec.name == name:
                 return spec
-        known = ", ".join(w.name for w in self.workers)
-        raise KeyError(f"simulation {self.name!r} has no worker {name!r} (workers: {known})")
+        raise unknown_worker(self.name, name, [w.name for w in self.workers])
 
     def group(self, name: str) -> tuple[WorkerConfig, ...]:
         """The workers of group ``name`` (``[workers.<name>] count = N``), in index order."""

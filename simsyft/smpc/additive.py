@@ -21,7 +21,7 @@ from ..ids import new_id
 from ..pointer import PointerTensor
 from ..wire import messages
 
-__all__ = ["AdditiveSharingTensor", "check_keywords", "share_local"]
+__all__ = ["AdditiveSharingTensor", "Shaped", "check_keywords", "free_dealt", "share_local"]
 
 # Note [Truncation]
 #     Dividing a shared x by a public d cannot be done exactly share by share: floor(s0/d) +
@@ -50,7 +50,29 @@ def check_keywords(call: str, kwargs: dict) -> None:
         raise TypeError(f"{call}() got unexpected keyword argument(s) {sorted(unknown)}")
 
 
-class AdditiveSharingTensor:
+class Shaped:
+    """`size()` and `dim()` derived from a `shape` property (the SMPC wrappers each define shape)."""
+
+    shape: torch.Size
+
+    def size(self, dim: int | None = None) -> Any:
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+
+def free_dealt(handles: list, ids: list) -> None:
+    """Free `ids[i]` on `handles[i]`, quietly: what an interrupted protocol dealt to the live parties."""
+    for handle, object_ids in zip(handles, ids):
+        try:
+            for object_id in object_ids:
+                handle.connection.free(object_id)
+        except Exception:  # noqa: BLE001 - a dead party's store went with it
+            pass
+
+
+class AdditiveSharingTensor(Shaped):
     """A tensor split into additive shares in the 2^64 (dtype="long") or 2^32 ("int") ring.
 
     >>> x = torch.tensor([25]).share(bob, alice, crypto_provider=james)
@@ -91,12 +113,6 @@ class AdditiveSharingTensor:
     @property
     def shape(self) -> torch.Size:
         return next(iter(self.child.values())).shape
-
-    def size(self, dim: int | None = None) -> Any:
-        return self.shape if dim is None else self.shape[dim]
-
-    def dim(self) -> int:
-        return len(self.shape)
 
     def numel(self) -> int:
         return self.shape.numel()
@@ -348,12 +364,7 @@ def _beaver(x: AdditiveSharingTensor, y: AdditiveSharingTensor, op: str) -> Addi
                 lambda seq, a=a, b=b, c=c, r=result, first=(i == 0): messages.Beaver(seq, tag, op, a, b, c, r, first))
             shares[name] = PointerTensor(handle, result, handle.owner, ack.result[2:])
     except BaseException:
-        for handle, triple in zip(handles, ids):  # leave no triple share behind on the live parties
-            try:
-                for object_id in triple:
-                    handle.connection.free(object_id)
-            except Exception:  # noqa: BLE001 - a dead party's store went with it
-                pass
+        free_dealt(handles, ids)  # leave no triple share behind on the live parties
         raise
     return x._like(shares)
 

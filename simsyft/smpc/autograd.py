@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from . import compare
-from .additive import AdditiveSharingTensor
+from .additive import AdditiveSharingTensor, Shaped
 from .fixed import FixedPrecisionTensor
 
 __all__ = ["AutogradTensor", "resolve"]
@@ -27,7 +27,7 @@ def resolve(value: Any) -> Any:
     return getattr(value, "_smpc_value", value) if isinstance(value, torch.nn.Parameter) else value
 
 
-class AutogradTensor:
+class AutogradTensor(Shaped):
     """A FixedPrecisionTensor (shared or not) that records the ops made with it, for backward().
 
     >>> w = torch.tensor([[0.5]]).fix_prec().share(bob, alice, crypto_provider=james, requires_grad=True)
@@ -54,12 +54,6 @@ class AutogradTensor:
     @property
     def shape(self) -> torch.Size:
         return self.child.shape
-
-    def size(self, dim: int | None = None) -> Any:
-        return self.shape if dim is None else self.shape[dim]
-
-    def dim(self) -> int:
-        return len(self.shape)
 
     def get(self) -> Any:
         """The FixedPrecisionTensor, reconstructed (PySyft: `loss.get().float_precision()`)."""

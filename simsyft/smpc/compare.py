@@ -28,7 +28,7 @@ from .. import binary
 from ..ids import new_id
 from ..pointer import PointerTensor
 from ..wire import messages
-from .additive import _TORCH_FUNCTIONS, AdditiveSharingTensor
+from .additive import _TORCH_FUNCTIONS, AdditiveSharingTensor, free_dealt
 from .fixed import MaxResult
 
 __all__ = ["argmax", "max_", "msb", "relu"]
@@ -67,12 +67,7 @@ def msb(x: AdditiveSharingTensor) -> AdditiveSharingTensor:
                 return x._like({name: done[name] for name in names})
         raise RuntimeError(f"comparison {tag} did not finish on {sorted(set(names) - set(done))}")
     except BaseException:
-        for handle, ids in zip(handles, deals):  # leave no dealt tensor behind on the live parties
-            try:
-                for object_id in ids:
-                    handle.connection.free(object_id)
-            except Exception:  # noqa: BLE001 - a dead party's store went with it
-                pass
+        free_dealt(handles, deals)  # leave no dealt tensor behind on the live parties
         raise
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..pointer import PointerTensor
-from .additive import AdditiveSharingTensor, check_keywords, check_parties, share_local
+from .additive import AdditiveSharingTensor, Shaped, check_keywords, check_parties, share_local
 
 __all__ = ["FixedPrecisionTensor", "MaxResult", "encode"]
 
@@ -33,7 +33,7 @@ def encode(tensor: torch.Tensor, base: int, precision_fractional: int, dtype: to
     return upscaled.to(dtype)
 
 
-class FixedPrecisionTensor:
+class FixedPrecisionTensor(Shaped):
     """`x.fix_precision()`: `x` scaled by base**precision_fractional and held as integers.
 
     >>> x = torch.tensor([0.1, 0.2, 0.3]).fix_prec()
@@ -63,12 +63,6 @@ class FixedPrecisionTensor:
     @property
     def shape(self) -> torch.Size:
         return self.child.shape
-
-    def size(self, dim: int | None = None) -> Any:
-        return self.shape if dim is None else self.shape[dim]
-
-    def dim(self) -> int:
-        return len(self.shape)
 
     def __len__(self) -> int:
         return self.shape[0]

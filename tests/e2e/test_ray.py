@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 import tomllib
@@ -28,6 +27,7 @@ import torch
 from hypothesis import settings
 
 import simsyft as sy
+from simsyft.backends.ray import forget_cluster
 from simsyft.config import SimulationConfig, WorkerConfig, parse_config
 from simsyft.errors import ConfigError, WorkerCrashedError
 from simsyft.simulation import release_default
@@ -106,20 +106,8 @@ def cluster(tmp_path_factory):
         left = [p for p in map(_process, started) if p is not None]
         for proc in left:
             proc.kill()
-        _forget_cluster(address)
+        forget_cluster(address)
         assert not left, f"Ray processes left running: {[p.pid for p in left]}"
-
-
-def _forget_cluster(address: str) -> None:
-    """A head node stopped by a signal leaves its address in Ray's "current cluster" file, and a
-    later plain ray.init() would try to join it instead of starting a Ray of its own."""
-    path = os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
-    try:
-        with open(path) as f:
-            if f.read().strip() == address:
-                os.unlink(path)
-    except OSError:
-        pass
 
 
 def _process(pid: int):

@@ -9,8 +9,7 @@ import torch
 import torch.optim as optim
 
 import simsyft as sy
-from simsyft.testing import in_process_worker
-from tests.e2e.test_smpc_security import ACK_MAX, Recording
+from tests.e2e.test_smpc_security import ACK_MAX, assert_no_plaintext_stored, recording_workers
 from tests.e2e.test_smpc_training import Net
 
 pytestmark = pytest.mark.skipif(not hasattr(sy, "measure"), reason="needs the traffic ledger (issue 13)")
@@ -62,15 +61,8 @@ def test_fixed_precision_relu_and_max_pool_like_max_stay_quiet(parties):
     assert out.get().child.shape == (4,)
 
 
-def test_no_party_store_holds_a_plaintext_during_comparisons():
-    workers = [in_process_worker(name) for name in ("crec_bob", "crec_alice", "crec_bill", "crec_james")]
-    sim = workers[0].simulation
-    stores = []
-    for worker in workers:
-        core = sim.backend.cores[worker.id]
-        core.store = Recording(core.store)
-        stores.append(core.store)
-    try:
+def test_no_party_store_holds_a_plaintext_during_comparisons(hook):
+    with recording_workers(("crec_bob", "crec_alice", "crec_bill", "crec_james")) as (workers, stores):
         gen = torch.Generator().manual_seed(1)
         x, y = (torch.randint(-2 ** 20, 2 ** 20, (16,), generator=gen) for _ in range(2))
         x[:4] = y[:4]  # some ties
@@ -81,14 +73,7 @@ def test_no_party_store_holds_a_plaintext_during_comparisons():
             results = [sx > sy_, sx < sy_, sx >= sy_, sx <= sy_, sx == sy_, sx.relu(), sx.max(), sx.argmax()]
             del results
         assert sum(len(store.seen) for store in stores) > 100
-        for store in stores:
-            for value in store.seen:
-                for plain in plaintexts:
-                    if value.shape == plain.shape and value.dtype == plain.dtype:
-                        assert not torch.equal(value, plain), "a party stored a plaintext value"
-    finally:
-        for worker in workers:
-            worker.shutdown()
+        assert_no_plaintext_stored(stores, plaintexts)
 
 
 def test_errors(parties):

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -163,8 +164,10 @@ class Recording(dict):
         super().__setitem__(key, value)
 
 
-def test_no_party_store_ever_holds_a_plaintext_intermediate(hook):
-    workers = [in_process_worker(name) for name in ("rec_bob", "rec_alice", "rec_bill", "rec_james")]
+@contextlib.contextmanager
+def recording_workers(names):
+    """In-process workers whose stores are `Recording`s: (workers, stores); shut down after."""
+    workers = [in_process_worker(name) for name in names]
     sim = workers[0].simulation
     stores = []
     for worker in workers:
@@ -172,6 +175,22 @@ def test_no_party_store_ever_holds_a_plaintext_intermediate(hook):
         core.store = Recording(core.store)
         stores.append(core.store)
     try:
+        yield workers, stores
+    finally:
+        for worker in workers:
+            worker.shutdown()
+
+
+def assert_no_plaintext_stored(stores, plaintexts) -> None:
+    for store in stores:
+        for value in store.seen:
+            for plain in plaintexts:
+                if value.shape == plain.shape and value.dtype == plain.dtype:
+                    assert not torch.equal(value, plain), "a party stored a plaintext value"
+
+
+def test_no_party_store_ever_holds_a_plaintext_intermediate(hook):
+    with recording_workers(("rec_bob", "rec_alice", "rec_bill", "rec_james")) as (workers, stores):
         parties, james = workers[:3], workers[3]
         gen = torch.Generator().manual_seed(0)
         x, y = (torch.randint(-2 ** 20, 2 ** 20, (4, 4), generator=gen) for _ in range(2))
@@ -187,14 +206,7 @@ def test_no_party_store_ever_holds_a_plaintext_intermediate(hook):
             results += [px * py, px.mm(py), (px * py).mean(), px / 3]  # truncations, collapsed for n = 3
             del results
         assert sum(len(store.seen) for store in stores) > 50  # the recording saw the protocol's traffic
-        for store in stores:
-            for value in store.seen:
-                for plain in plaintexts:
-                    if value.shape == plain.shape and value.dtype == plain.dtype:
-                        assert not torch.equal(value, plain), "a party stored a plaintext value"
-    finally:
-        for worker in workers:
-            worker.shutdown()
+        assert_no_plaintext_stored(stores, plaintexts)
 
 
 # -- a crash during a secure op -----------------------------------------------------------------

@@ -10,30 +10,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import simsyft as sy
-from simsyft.testing import in_process_worker
-
-THOROUGH = settings.default.max_examples >= 1000
-NAMES = ("bob", "alice", "charlie", "dave", "erin")
-
-
-def examples(ci: int, thorough: int) -> int:
-    return thorough if THOROUGH else ci
+from tests.property import smpc_worlds
+from tests.property.smpc_worlds import examples
 
 
 @pytest.fixture(scope="module")
 def worlds():
     """{"inprocess": (parties, provider), "process": (parties, provider)}."""
-    hook = sy.TorchHook(torch)
-    # Names of their own: in_process_worker(name) restarts a worker of the shared in-process
-    # simulation, and the session's WorkerPool (bob, alice, carol, dave) must keep its workers.
-    inproc = [in_process_worker(f"smpc_{name}") for name in NAMES + ("james",)]
-    procs = [sy.VirtualWorker(hook, id=f"smpc_{name}") for name in NAMES + ("james",)]
-    yield {"inprocess": (inproc[:-1], inproc[-1]), "process": (procs[:-1], procs[-1])}
-    for worker in inproc:
-        worker.shutdown()
-    for worker in procs:
-        worker.shutdown()
+    yield from smpc_worlds.worlds("smpc_", "smpc_")
 
 
 def ring_tensor(gen: torch.Generator, shape: tuple, dtype: torch.dtype, small: bool) -> torch.Tensor:

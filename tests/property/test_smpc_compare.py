@@ -11,25 +11,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import simsyft as sy
-from simsyft.testing import in_process_worker
-
-THOROUGH = settings.default.max_examples >= 1000
-NAMES = ("bob", "alice", "charlie", "dave", "erin")
-
-
-def examples(ci: int, thorough: int) -> int:
-    return thorough if THOROUGH else ci
+from tests.property import smpc_worlds
+from tests.property.smpc_worlds import examples
 
 
 @pytest.fixture(scope="module")
 def worlds():
-    hook = sy.TorchHook(torch)
-    inproc = [in_process_worker(f"cmp_{name}") for name in NAMES + ("james",)]
-    procs = [sy.VirtualWorker(hook, id=f"cmp_p_{name}") for name in NAMES[:3] + ("james",)]
-    yield {"inprocess": (inproc[:-1], inproc[-1]), "process": (procs[:-1], procs[-1])}
-    for worker in inproc + procs:
-        worker.shutdown()
+    """{"inprocess": (parties, provider), "process": (parties, provider)}."""
+    yield from smpc_worlds.worlds("cmp_", "cmp_p_", 3)
 
 
 def limit(dtype: torch.dtype) -> int:

@@ -18,9 +18,16 @@ def run_msb(x: torch.Tensor, n: int) -> torch.Tensor:
     """Every party's generator, their openings combined as worker/mpc.py's Step does."""
     shares = ring.split(x, n)
     deals = binary.deal_msb(tuple(x.shape), x.dtype, n)
-    parties = [binary.msb_rounds(i == 0, shares[i], deals[i]) for i in range(n)]
+    results, rounds = play([binary.msb_rounds(i == 0, shares[i], deals[i]) for i in range(n)])
+    assert all(r is not None for r in results) and rounds == binary.levels(x.dtype) + 2
+    return ring.reconstruct(results)
+
+
+def play(parties: list) -> tuple[list, int]:
+    """Run the parties' generators to the end, their openings combined as worker/mpc.py's Step
+    does; (each party's result, the number of rounds)."""
     sent = [next(p) for p in parties]
-    results: list = [None] * n
+    results: list = [None] * len(parties)
     rounds = 1
     while results[0] is None:
         op = (lambda a, b: a + b) if sent[0][0] == "add" else (lambda a, b: a ^ b)
@@ -32,8 +39,7 @@ def run_msb(x: torch.Tensor, n: int) -> torch.Tensor:
             except StopIteration as done:
                 results[i] = done.value
         rounds += bool(sent)
-    assert all(r is not None for r in results) and rounds == binary.levels(x.dtype) + 2
-    return ring.reconstruct(results)
+    return results, rounds
 
 
 def edges(dtype: torch.dtype) -> torch.Tensor:
@@ -80,15 +86,5 @@ def test_a_wrong_and_triple_gives_a_wrong_answer():
     shares = ring.split(x, 2)
     deals = [list(d) for d in binary.deal_msb(tuple(x.shape), x.dtype, 2)]
     deals[0][4 + 3 * 5 + 2] = deals[0][4 + 3 * 5 + 2] ^ -1  # the last level's c, all bits flipped
-    parties = [binary.msb_rounds(i == 0, shares[i], tuple(deals[i])) for i in range(2)]
-    sent, results = [next(p) for p in parties], [None, None]
-    while results[0] is None:
-        op = (lambda a, b: a + b) if sent[0][0] == "add" else (lambda a, b: a ^ b)
-        opened = tuple(functools.reduce(op, [s[1][k] for s in sent]) for k in range(len(sent[0][1])))
-        sent = []
-        for i, party in enumerate(parties):
-            try:
-                sent.append(party.send(opened))
-            except StopIteration as done:
-                results[i] = done.value
+    results, _ = play([binary.msb_rounds(i == 0, shares[i], tuple(deals[i])) for i in range(2)])
     assert not torch.equal(ring.reconstruct(results), (x < 0).to(torch.int64))
